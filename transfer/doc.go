@@ -1,0 +1,60 @@
+// Package transfer owns the content model of share and moves its bytes: content
+// IDs, manifests, chunks, verification, the on-disk store, the chunk Source
+// interface, the download scheduler and rate limits. Both modes (the HTTP server
+// and the libp2p peer) move bytes through this package; it imports neither.
+//
+// # Content model
+//
+// A share is one regular file or one directory tree. Its bytes are the
+// concatenation of its files' contents, in the manifest's file order (sorted by
+// path), cut into fixed-size chunks of ChunkSize bytes (DefaultChunkSize, 1 MiB,
+// unless chosen otherwise); only the last chunk may be shorter. A chunk may span
+// several files, as BitTorrent v1 pieces do, so that every chunk but the last has
+// the same size whatever the files are; that keeps scheduling and rate limiting
+// uniform. Empty files take no bytes of the stream.
+//
+// Every chunk has a Hash: the 32-byte BLAKE3 digest of its bytes.
+//
+// # Manifest
+//
+// The manifest is a JSON document (see Manifest.Encode for the exact form):
+//
+//	{"version":1,"name":"photos","type":"dir","chunk_size":1048576,
+//	 "chunk_hash":"blake3","size":1234,
+//	 "files":[{"path":"a/b.jpg","size":1234,"mode":420}],
+//	 "dirs":[{"path":"a","mode":493}],
+//	 "chunks":["<64 hex digits>", ...]}
+//
+// A single-file share has type "file" and exactly one file whose path equals the
+// name. A directory share has type "dir"; its paths are relative to the
+// directory, slash-separated, and each element is a valid Name. Files and dirs
+// are sorted by path and unique; modes are permission bits only (no setuid,
+// setgid or sticky bits); mtimes are not recorded, so that the same content
+// gives the same ID on any machine.
+//
+// # Content ID
+//
+// A share's ID is the CIDv1 (multicodec "json", 0x0200) of the BLAKE3-256
+// multihash of the manifest's exact bytes. Because the manifest lists every
+// chunk hash, the ID authenticates the whole share: a manifest is accepted only
+// if its bytes hash to the ID (VerifyManifest), and a chunk only if its bytes
+// hash to the manifest's entry (Manifest.VerifyChunk). The encoder is
+// deterministic, so the same tree with the same chunk size gives the same ID on
+// any machine. The ID's string form is the CID's base32 form, which is also the
+// key the peer mode announces on the DHT.
+//
+// # Verification
+//
+// Nothing is stored, served onward or reported done before it is verified:
+// Share.PutChunk hashes every chunk before it writes it, and only chunks that
+// passed are marked held, served, journaled or counted. A mismatch is a
+// *ChunkError that names the chunk and the source.
+//
+// # Limits
+//
+// Untrusted input is bounded before anything is allocated for it: a manifest
+// is at most MaxManifestSize bytes and MaxFiles entries, a path MaxPathLen
+// bytes, a name MaxNameLen bytes, a share MaxShareSize bytes, a chunk between
+// MinChunkSize and MaxChunkSize bytes. A download holds at most MaxInFlight
+// chunk buffers, so its memory is a few chunks whatever the share's size.
+package transfer

@@ -1,0 +1,602 @@
+package transfer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Download defaults.
+const (
+	DefaultMaxInFlight  = 16               // chunks in flight in all: the download's memory is this many chunk buffers
+	DefaultPerSource    = 8                // chunks in flight per source: enough to keep a loopback or LAN link busy
+	DefaultStallTimeout = 60 * time.Second // no chunk for this long ends a download
+	DefaultHaveInterval = 500 * time.Millisecond
+	minBackoff          = 100 * time.Millisecond
+	maxBackoff          = 5 * time.Second
+	schedTick           = 25 * time.Millisecond // how often the scheduler looks at timers
+)
+
+// DownloadOptions configures a Download. The zero value works.
+type DownloadOptions struct {
+	MaxInFlight int      // chunks in flight in all; 0: DefaultMaxInFlight
+	PerSource   int      // chunks in flight per source; 0: DefaultPerSource
+	Limiter     *Limiter // download cap on chunk bytes; nil: none
+	// Progress, if set, is called after each chunk is stored, from the
+	// download's goroutine; it must return quickly.
+	Progress     func(Progress)
+	StallTimeout time.Duration // 0: DefaultStallTimeout
+	// HaveInterval is how often a source that lacks chunks we need is asked
+	// again what it has; 0: DefaultHaveInterval.
+	HaveInterval time.Duration
+	// WaitForSources keeps the download running while it has no usable
+	// source, until the stall timeout, for callers that AddSource as they
+	// discover sources. Without it, a download whose sources have all failed
+	// for good ends with ErrNoSources.
+	WaitForSources bool
+	Logger         *slog.Logger // nil: slog.Default()
+}
+
+// Progress is a download's state after a chunk arrived.
+type Progress struct {
+	Chunks      int   // chunks held
+	TotalChunks int   // chunks in the share
+	Bytes       int64 // bytes held
+	TotalBytes  int64 // bytes in the share
+	Fetched     int64 // bytes this download fetched and kept
+	Index       int   // the chunk that arrived
+	From        Source
+}
+
+// SourceStats is what one source did for a download.
+type SourceStats struct {
+	Chunks  int   // chunks received and kept
+	Bytes   int64 // their bytes
+	Bad     int   // chunks that failed verification
+	Errors  int   // failed requests
+	Dropped bool  // no longer used: bad data or a permanent error
+	LastErr error
+}
+
+// Stats summarizes a download.
+type Stats struct {
+	Chunks     int   // chunks fetched and kept
+	Bytes      int64 // their bytes
+	Duplicates int   // endgame requests that lost the race (wasted)
+	BadChunks  int   // chunks that failed verification, from any source
+	Elapsed    time.Duration
+	Sources    map[string]SourceStats
+}
+
+// Download fetches the missing chunks of a share from its sources. Create it
+// with NewDownload, add sources (also while it runs) and Run it once.
+type Download struct {
+	sh   *Share
+	m    *Manifest
+	opts DownloadOptions
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	pending []Source      // added, not yet seen by Run
+	wake    chan struct{} // cap 1: a source was added
+
+	// Owned by Run's goroutine.
+	sources []*srcState
+	byName  map[string]*srcState
+}
+
+// NewDownload prepares a download into sh.
+func NewDownload(sh *Share, opts DownloadOptions) *Download {
+	opts.MaxInFlight = cmp0(opts.MaxInFlight, DefaultMaxInFlight)
+	opts.PerSource = cmp0(opts.PerSource, DefaultPerSource)
+	opts.StallTimeout = cmp0(opts.StallTimeout, DefaultStallTimeout)
+	opts.HaveInterval = cmp0(opts.HaveInterval, DefaultHaveInterval)
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Download{sh: sh, m: sh.m, opts: opts, log: log, wake: make(chan struct{}, 1), byName: map[string]*srcState{}}
+}
+
+// AddSource adds a source; one with the same String() as a known source is
+// ignored, so a source dropped for bad data cannot come back. Safe to call
+// from any goroutine, before or during Run.
+func (d *Download) AddSource(src Source) {
+	d.mu.Lock()
+	d.pending = append(d.pending, src)
+	d.mu.Unlock()
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+type srcState struct {
+	src     Source
+	name    string
+	have    Bitfield
+	known   bool      // have is valid
+	asking  bool      // a Have request is in flight
+	askAt   time.Time // next Have request allowed
+	starved bool      // has nothing we need right now; cleared when that may change
+	active  int       // chunk requests in flight
+	fails   int       // consecutive failures, counting requests in flight together as one
+	failAt  time.Time // when the last failure was counted
+	backoff time.Time // no new requests before this
+	stats   SourceStats
+}
+
+func (s *srcState) usable(now time.Time) bool {
+	return !s.stats.Dropped && !now.Before(s.backoff)
+}
+
+type request struct {
+	i       int
+	s       *srcState
+	started time.Time
+	cancel  context.CancelFunc
+	lost    bool // another request for the chunk won
+}
+
+type chunkResult struct {
+	req   *request
+	buf   []byte
+	err   error
+	local bool // err is ours (disk), not the source's
+}
+
+type haveResult struct {
+	s   *srcState
+	bf  Bitfield
+	err error
+}
+
+// run is the state of one Run call.
+type run struct {
+	d        *Download
+	ctx      context.Context
+	need     Bitfield // chunks not held
+	avail    []int32  // per chunk, how many known sources have it
+	inflight map[int][]*request
+	active   int // requests in flight
+	bufs     [][]byte
+	nbufs    int
+	cursor   int // scans start here: chunks before it (cyclically from a random start) are held
+	results  chan chunkResult
+	haves    chan haveResult
+	wg       sync.WaitGroup
+	stats    Stats
+	fetched  int64
+	last     time.Time // last chunk stored
+}
+
+// Run fetches every missing chunk, verifying each before it is stored, and
+// returns when the share is complete, the context is done, the download
+// stalls or runs out of sources. Chunks fetched before an error stay stored,
+// so running a new Download later resumes.
+func (d *Download) Run(ctx context.Context) (Stats, error) {
+	begin := time.Now()
+	ctx, cancel := context.WithCancel(ctx)
+	n := d.m.NumChunks()
+	r := &run{
+		d:        d,
+		ctx:      ctx,
+		avail:    make([]int32, n),
+		inflight: map[int][]*request{},
+		results:  make(chan chunkResult),
+		haves:    make(chan haveResult),
+		last:     begin,
+		stats:    Stats{Sources: map[string]SourceStats{}},
+	}
+	have := d.sh.Have()
+	r.need = FullBitfield(n)
+	for i := range n {
+		if have.Has(i) {
+			r.need.Clear(i)
+		}
+	}
+	if n > 0 {
+		r.cursor = rand.IntN(n)
+	}
+	err := r.loop()
+	cancel()
+	r.wg.Wait()
+	if cerr := d.sh.Checkpoint(); err == nil && cerr != nil {
+		err = cerr
+	}
+	for _, s := range d.sources {
+		r.stats.Sources[s.name] = s.stats
+	}
+	r.stats.Elapsed = time.Since(begin)
+	return r.stats, err
+}
+
+func (r *run) loop() error {
+	d := r.d
+	tick := time.NewTicker(schedTick)
+	defer tick.Stop()
+	for {
+		r.addPending()
+		if r.need.Count() == 0 { // requests still out lost a race; Run cancels them
+			if !d.sh.Complete() && d.sh.HaveCount() == d.m.NumChunks() {
+				return d.sh.finish()
+			}
+			return nil
+		}
+		now := time.Now()
+		r.schedule(now)
+		if err := r.checkHope(now); err != nil {
+			return err
+		}
+		select {
+		case res := <-r.results:
+			if err := r.onChunk(res); err != nil {
+				return err
+			}
+		case h := <-r.haves:
+			r.onHave(h)
+		case <-d.wake:
+		case <-tick.C:
+		case <-r.ctx.Done():
+			return r.ctx.Err()
+		}
+	}
+}
+
+// checkHope ends a download that cannot finish.
+func (r *run) checkHope(now time.Time) error {
+	d := r.d
+	if now.Sub(r.last) > d.opts.StallTimeout {
+		return fmt.Errorf("%w: no chunk for %v; %d of %d chunks held%s", ErrStalled,
+			d.opts.StallTimeout, d.m.NumChunks()-r.need.Count(), d.m.NumChunks(), r.sourceErrors())
+	}
+	if d.opts.WaitForSources || r.active > 0 {
+		return nil
+	}
+	for _, s := range d.sources {
+		if !s.stats.Dropped {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w for %s: %d of %d chunks held%s", ErrNoSources, d.m.id,
+		d.m.NumChunks()-r.need.Count(), d.m.NumChunks(), r.sourceErrors())
+}
+
+func (r *run) sourceErrors() string {
+	var b strings.Builder
+	for _, s := range r.d.sources {
+		if s.stats.LastErr != nil {
+			fmt.Fprintf(&b, "\n  %s: %v", s.name, s.stats.LastErr)
+		}
+	}
+	return b.String()
+}
+
+func (r *run) addPending() {
+	d := r.d
+	d.mu.Lock()
+	pending := d.pending
+	d.pending = nil
+	d.mu.Unlock()
+	for _, src := range pending {
+		name := src.String()
+		if _, ok := d.byName[name]; ok {
+			continue
+		}
+		s := &srcState{src: src, name: name}
+		d.byName[name] = s
+		d.sources = append(d.sources, s)
+	}
+}
+
+// schedule starts Have requests for sources that need one and chunk requests
+// for every free slot.
+func (r *run) schedule(now time.Time) {
+	d := r.d
+	if len(d.sources) == 0 {
+		return
+	}
+	free := r.need.Count()
+	for i := range r.inflight {
+		if r.need.Has(i) {
+			free--
+		}
+	}
+	// Rotate which source goes first, so no source always gets the best picks.
+	off := rand.IntN(len(d.sources))
+	for k := range d.sources {
+		s := d.sources[(off+k)%len(d.sources)]
+		if !s.usable(now) {
+			continue
+		}
+		if !s.asking && !now.Before(s.askAt) && (!s.known || (s.starved && s.active == 0 && !s.have.Full())) {
+			r.askHave(s)
+		}
+		if !s.known {
+			continue
+		}
+		for s.active < d.opts.PerSource && r.active < d.opts.MaxInFlight {
+			if free > 0 {
+				if s.starved {
+					break
+				}
+				i := r.pickFree(s)
+				if i < 0 {
+					s.starved = true
+					break
+				}
+				r.startChunk(i, s, now)
+				free--
+				continue
+			}
+			i := r.pickEndgame(s)
+			if i < 0 {
+				s.starved = true // ask again what it has: it may have gained a chunk to race for
+				break
+			}
+			d.log.Debug("endgame: duplicating chunk request", "chunk", i, "source", s.name)
+			r.startChunk(i, s, now)
+		}
+	}
+}
+
+// pickFree chooses the next chunk to ask s for: the rarest missing chunk that
+// is not in flight, scanning from the cursor (a random start, then in order,
+// so concurrent downloaders spread over the share while each one reads mostly
+// sequentially). It returns -1 if s has none of them.
+func (r *run) pickFree(s *srcState) int {
+	n := len(r.avail)
+	// Advance the cursor past held chunks; they never come back, so every
+	// chunk still needed lies at or after it.
+	for k := 0; k < n && !r.need.Has(r.cursor); k++ {
+		r.cursor = (r.cursor + 1) % n
+	}
+	best, bestAvail := -1, int32(1<<30)
+	for k := range n {
+		i := (r.cursor + k) % n
+		if !r.need.Has(i) || len(r.inflight[i]) > 0 || !s.have.Has(i) {
+			continue
+		}
+		if r.avail[i] < bestAvail {
+			best, bestAvail = i, r.avail[i]
+			if bestAvail <= 1 {
+				break
+			}
+		}
+	}
+	return best
+}
+
+// pickEndgame is for when every missing chunk is in flight: it returns the
+// oldest chunk with a single request, from another source, that s could
+// duplicate, or -1. The first copy to arrive wins; the other is cancelled.
+func (r *run) pickEndgame(s *srcState) int {
+	var oldest *request
+	for i, reqs := range r.inflight {
+		if len(reqs) != 1 || reqs[0].s == s || !r.need.Has(i) || !s.have.Has(i) {
+			continue
+		}
+		if oldest == nil || reqs[0].started.Before(oldest.started) {
+			oldest = reqs[0]
+		}
+	}
+	if oldest == nil {
+		return -1
+	}
+	return oldest.i
+}
+
+func (r *run) askHave(s *srcState) {
+	s.asking = true
+	r.wg.Go(func() {
+		bf, err := s.src.Have(r.ctx, r.d.m.id, r.d.m.NumChunks())
+		select {
+		case r.haves <- haveResult{s: s, bf: bf, err: err}:
+		case <-r.ctx.Done():
+		}
+	})
+}
+
+func (r *run) onHave(h haveResult) {
+	s := h.s
+	s.asking = false
+	s.askAt = time.Now().Add(r.d.opts.HaveInterval)
+	if h.err != nil {
+		r.sourceFailed(s, h.err, time.Time{})
+		return
+	}
+	for i := range len(r.avail) {
+		was, is := s.known && s.have.Has(i), h.bf.Has(i)
+		switch {
+		case is && !was:
+			r.avail[i]++
+		case was && !is:
+			r.avail[i]--
+		}
+	}
+	s.have, s.known, s.starved, s.fails = h.bf, true, false, 0
+}
+
+func (r *run) startChunk(i int, s *srcState, now time.Time) {
+	var buf []byte
+	if k := len(r.bufs); k > 0 {
+		buf, r.bufs = r.bufs[k-1], r.bufs[:k-1]
+	} else {
+		buf = make([]byte, r.d.m.chunkSize)
+		r.nbufs++
+	}
+	ctx, cancel := context.WithCancel(r.ctx)
+	req := &request{i: i, s: s, started: now, cancel: cancel}
+	r.inflight[i] = append(r.inflight[i], req)
+	r.active++
+	s.active++
+	r.wg.Go(func() {
+		res := r.d.fetch(ctx, req, buf)
+		cancel()
+		select {
+		case r.results <- res:
+		case <-r.ctx.Done():
+		}
+	})
+}
+
+// fetch reads chunk req.i from its source into buf, verifies and stores it.
+func (d *Download) fetch(ctx context.Context, req *request, buf []byte) chunkResult {
+	res := chunkResult{req: req, buf: buf}
+	i, n := req.i, d.m.ChunkLen(req.i)
+	rc, err := req.s.src.OpenChunk(ctx, d.m.id, i)
+	if err != nil {
+		res.err = err
+		return res
+	}
+	defer rc.Close()
+	got, err := io.ReadFull(d.opts.Limiter.Reader(ctx, rc), buf[:n])
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		res.err = fmt.Errorf("chunk %d: short read, %d of %d bytes: %w", i, got, n, io.ErrUnexpectedEOF)
+		return res
+	}
+	if err != nil {
+		res.err = fmt.Errorf("chunk %d: %w", i, err)
+		return res
+	}
+	var one [1]byte
+	if k, _ := rc.Read(one[:]); k > 0 {
+		res.err = fmt.Errorf("%w: chunk %d of %s from %s: more than its %d bytes", ErrBadChunk, i, d.m.id, req.s.name, n)
+		return res
+	}
+	if err := d.sh.PutChunk(i, buf[:n]); err != nil {
+		var ce *ChunkError
+		if errors.As(err, &ce) {
+			ce.Source = req.s.name
+		} else {
+			res.local = true
+		}
+		res.err = err
+	}
+	return res
+}
+
+func (r *run) onChunk(res chunkResult) error {
+	req, s, i := res.req, res.req.s, res.req.i
+	r.bufs = append(r.bufs, res.buf)
+	r.active--
+	s.active--
+	reqs := r.inflight[i]
+	for k, q := range reqs {
+		if q == req {
+			reqs = append(reqs[:k], reqs[k+1:]...)
+			break
+		}
+	}
+	if len(reqs) == 0 {
+		delete(r.inflight, i)
+	} else {
+		r.inflight[i] = reqs
+	}
+
+	switch {
+	case res.err == nil:
+		s.fails = 0
+		if !r.need.Has(i) {
+			r.stats.Duplicates++
+			return nil
+		}
+		r.need.Clear(i)
+		n := int64(r.d.m.ChunkLen(i))
+		r.stats.Chunks++
+		r.stats.Bytes += n
+		r.fetched += n
+		s.stats.Chunks++
+		s.stats.Bytes += n
+		r.last = time.Now()
+		for _, q := range r.inflight[i] {
+			q.lost = true
+			q.cancel()
+		}
+		if p := r.d.opts.Progress; p != nil {
+			held := r.d.m.NumChunks() - r.need.Count()
+			p(Progress{Chunks: held, TotalChunks: r.d.m.NumChunks(), Bytes: r.d.sh.heldBytes(), TotalBytes: r.d.m.size, Fetched: r.fetched, Index: i, From: s.src})
+		}
+		return nil
+	case req.lost || !r.need.Has(i):
+		r.stats.Duplicates++
+		return nil
+	case res.local:
+		return fmt.Errorf("store chunk %d: %w", i, res.err)
+	case r.ctx.Err() != nil:
+		return nil
+	}
+	r.requeue(i)
+	if errors.Is(res.err, ErrBadChunk) {
+		r.stats.BadChunks++
+		s.stats.Bad++
+		s.stats.LastErr = res.err
+		if !s.stats.Dropped {
+			s.stats.Dropped = true
+			r.d.log.Warn("dropping source: bad chunk", "source", s.name, "chunk", i, "err", res.err)
+		}
+		return nil
+	}
+	if errors.Is(res.err, ErrChunkNotHeld) && s.known {
+		if s.have.Has(i) {
+			s.have.Clear(i)
+			r.avail[i]--
+		}
+		s.stats.LastErr = res.err
+		return nil
+	}
+	r.sourceFailed(s, res.err, req.started)
+	return nil
+}
+
+// requeue makes chunk i available to pick again. (The cursor never passes
+// a chunk still needed, so scans see it.)
+func (r *run) requeue(i int) {
+	for _, s := range r.d.sources {
+		if s.known && s.have.Has(i) {
+			s.starved = false
+		}
+	}
+}
+
+// sourceFailed handles an error from s for a request started at started: a
+// permanent one drops it, anything else backs it off, longer each time. The
+// requests that were already in flight when a failure was counted fail
+// together (a restarted server resets them all) and count once.
+func (r *run) sourceFailed(s *srcState, err error, started time.Time) {
+	s.stats.Errors++
+	s.stats.LastErr = err
+	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrSourceRefused) || errors.Is(err, ErrChunkRange) {
+		if !s.stats.Dropped {
+			s.stats.Dropped = true
+			r.d.log.Warn("dropping source", "source", s.name, "err", err)
+		}
+		return
+	}
+	if !started.IsZero() && started.Before(s.failAt) {
+		return
+	}
+	s.fails++
+	s.failAt = time.Now()
+	back := min(minBackoff<<min(s.fails-1, 10), maxBackoff)
+	back = back/2 + rand.N(back/2+1) // jitter, so clients do not retry in step
+	s.backoff = time.Now().Add(back)
+	r.d.log.Debug("source failed; backing off", "source", s.name, "err", err, "backoff", back)
+}
+
+// heldBytes returns the bytes of the chunks held.
+func (s *Share) heldBytes() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := int64(s.have.Count()) * s.m.chunkSize
+	if last := s.m.NumChunks() - 1; last >= 0 && s.have.Has(last) {
+		n -= s.m.chunkSize - int64(s.m.ChunkLen(last))
+	}
+	return n
+}

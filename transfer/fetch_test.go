@@ -1,0 +1,345 @@
+package transfer
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// wrapSource lets a test change what a real Source (a Store) does.
+type wrapSource struct {
+	Source
+	name    string
+	corrupt func(i int) bool // flip a byte of these chunks
+	fail    func(ctx context.Context, i int) error
+	delay   time.Duration
+	only    func(i int) bool // pretend to hold only these chunks
+	served  atomic.Int64
+}
+
+func (w *wrapSource) String() string { return w.name }
+
+func (w *wrapSource) Have(ctx context.Context, id ID, n int) (Bitfield, error) {
+	bf, err := w.Source.Have(ctx, id, n)
+	if err != nil || w.only == nil {
+		return bf, err
+	}
+	for i := range n {
+		if !w.only(i) {
+			bf.Clear(i)
+		}
+	}
+	return bf, nil
+}
+
+func (w *wrapSource) OpenChunk(ctx context.Context, id ID, i int) (io.ReadCloser, error) {
+	if w.fail != nil {
+		if err := w.fail(ctx, i); err != nil {
+			return nil, err
+		}
+	}
+	if w.only != nil && !w.only(i) {
+		return nil, ErrChunkNotHeld
+	}
+	if w.delay > 0 {
+		select {
+		case <-time.After(w.delay):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	rc, err := w.Source.OpenChunk(ctx, id, i)
+	if err != nil {
+		return nil, err
+	}
+	w.served.Add(1)
+	if w.corrupt == nil || !w.corrupt(i) {
+		return rc, nil
+	}
+	b, _ := io.ReadAll(rc)
+	rc.Close()
+	b[len(b)/2] ^= 0x01
+	return io.NopCloser(bytes.NewReader(b)), nil
+}
+
+// swarmFixture is a share held by seed stores and a fresh share to fill.
+type swarmFixture struct {
+	content []byte
+	m       *Manifest
+	seeds   []*Store
+	dst     *Share
+}
+
+func newFixture(t *testing.T, seeds, chunks int) *swarmFixture {
+	t.Helper()
+	f := &swarmFixture{content: randomBytes(uint64(chunks), chunks*MinChunkSize-77)}
+	for range seeds {
+		st := openStore(t)
+		sh := seedStore(t, st, "data.bin", f.content, MinChunkSize)
+		f.m = sh.Manifest()
+		f.seeds = append(f.seeds, st)
+	}
+	dst, err := CreateShare(filepath.Join(t.TempDir(), "dst"), f.m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dst.Close() })
+	f.dst = dst
+	return f
+}
+
+func (f *swarmFixture) check(t *testing.T) {
+	t.Helper()
+	if !f.dst.Complete() {
+		t.Fatalf("not complete: %d of %d chunks", f.dst.HaveCount(), f.m.NumChunks())
+	}
+	got, err := os.ReadFile(f.dst.DataPath())
+	if err != nil || !bytes.Equal(got, f.content) {
+		t.Fatalf("downloaded bytes differ (%v)", err)
+	}
+}
+
+func TestDownloadFromManySources(t *testing.T) {
+	f := newFixture(t, 3, 40)
+	d := NewDownload(f.dst, DownloadOptions{PerSource: 2})
+	var srcs []*wrapSource
+	for k, st := range f.seeds {
+		w := &wrapSource{Source: st, name: fmt.Sprintf("seed%d", k), delay: time.Millisecond}
+		srcs = append(srcs, w)
+		d.AddSource(w)
+	}
+	var calls atomic.Int32
+	d.opts.Progress = func(p Progress) { calls.Add(1) }
+	stats, err := d.Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.check(t)
+	if stats.Chunks != 40 || int(calls.Load()) != 40 {
+		t.Fatalf("stats %+v, progress calls %d", stats, calls.Load())
+	}
+	for _, w := range srcs {
+		if w.served.Load() == 0 {
+			t.Errorf("%s served nothing: load not spread", w.name)
+		}
+	}
+}
+
+func TestDownloadDropsCorruptingSource(t *testing.T) {
+	f := newFixture(t, 2, 30)
+	bad := &wrapSource{Source: f.seeds[0], name: "liar", corrupt: func(int) bool { return true }}
+	good := &wrapSource{Source: f.seeds[1], name: "honest", delay: 2 * time.Millisecond}
+	d := NewDownload(f.dst, DownloadOptions{})
+	d.AddSource(bad)
+	d.AddSource(good)
+	stats, err := d.Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.check(t)
+	if stats.BadChunks < 1 || !stats.Sources["liar"].Dropped || stats.Sources["liar"].Chunks != 0 {
+		t.Fatalf("liar not caught: %+v", stats.Sources["liar"])
+	}
+	// Once dropped, it is asked no more than the requests already in flight.
+	if n := bad.served.Load(); n > int64(DefaultPerSource) {
+		t.Fatalf("liar served %d chunks after being dropped", n)
+	}
+}
+
+func TestDownloadOnlyLiarFailsNamingChunkAndSource(t *testing.T) {
+	f := newFixture(t, 1, 4)
+	d := NewDownload(f.dst, DownloadOptions{})
+	d.AddSource(&wrapSource{Source: f.seeds[0], name: "liar", corrupt: func(i int) bool { return i == 2 }})
+	_, err := d.Run(context.Background())
+	if !errors.Is(err, ErrNoSources) || !strings.Contains(err.Error(), "chunk 2") || !strings.Contains(err.Error(), "liar") {
+		t.Fatalf("err = %v", err)
+	}
+	if f.dst.HasChunk(2) {
+		t.Fatal("bad chunk stored")
+	}
+}
+
+func TestDownloadRetriesTransientErrors(t *testing.T) {
+	f := newFixture(t, 1, 10)
+	var mu sync.Mutex
+	failed := map[int]int{}
+	flaky := &wrapSource{Source: f.seeds[0], name: "flaky", fail: func(_ context.Context, i int) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if failed[i] < 2 {
+			failed[i]++
+			return errors.New("connection reset")
+		}
+		return nil
+	}}
+	d := NewDownload(f.dst, DownloadOptions{})
+	d.AddSource(flaky)
+	stats, err := d.Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.check(t)
+	if stats.Sources["flaky"].Errors < 10 {
+		t.Fatalf("expected retries, stats %+v", stats.Sources["flaky"])
+	}
+}
+
+func TestDownloadStallsOut(t *testing.T) {
+	f := newFixture(t, 1, 3)
+	d := NewDownload(f.dst, DownloadOptions{StallTimeout: 300 * time.Millisecond})
+	d.AddSource(&wrapSource{Source: f.seeds[0], name: "down", fail: func(context.Context, int) error { return errors.New("connection refused") }})
+	_, err := d.Run(context.Background())
+	if !errors.Is(err, ErrStalled) || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestDownloadPermanentErrorEndsAtOnce(t *testing.T) {
+	f := newFixture(t, 1, 3)
+	d := NewDownload(f.dst, DownloadOptions{})
+	d.AddSource(&wrapSource{Source: f.seeds[0], name: "nope", fail: func(context.Context, int) error { return fmt.Errorf("401: %w", ErrSourceRefused) }})
+	_, err := d.Run(context.Background())
+	if !errors.Is(err, ErrNoSources) || !strings.Contains(err.Error(), "401") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestDownloadSplitAvailability(t *testing.T) {
+	// Each source holds half; together they hold all. The downloader learns
+	// availability through Have and asks each for what it has.
+	f := newFixture(t, 2, 20)
+	even := &wrapSource{Source: f.seeds[0], name: "even", only: func(i int) bool { return i%2 == 0 }}
+	odd := &wrapSource{Source: f.seeds[1], name: "odd", only: func(i int) bool { return i%2 == 1 }}
+	d := NewDownload(f.dst, DownloadOptions{})
+	d.AddSource(even)
+	d.AddSource(odd)
+	stats, err := d.Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.check(t)
+	if stats.Sources["even"].Chunks != 10 || stats.Sources["odd"].Chunks != 10 {
+		t.Fatalf("stats %+v", stats.Sources)
+	}
+}
+
+func TestDownloadResumesWithoutRefetching(t *testing.T) {
+	f := newFixture(t, 1, 20)
+	src := &wrapSource{Source: f.seeds[0], name: "seed"}
+	ctx, cancel := context.WithCancel(context.Background())
+	d := NewDownload(f.dst, DownloadOptions{MaxInFlight: 1, PerSource: 1, Progress: func(p Progress) {
+		if p.Chunks == 7 {
+			cancel()
+		}
+	}})
+	d.AddSource(src)
+	if _, err := d.Run(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("first run: %v", err)
+	}
+	held := f.dst.HaveCount()
+	if held < 7 {
+		t.Fatalf("held %d after cancel", held)
+	}
+	// Reopen from disk, as a new process would.
+	f.dst.Close()
+	sh, err := OpenShare(f.dst.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.dst = sh
+	d2 := NewDownload(sh, DownloadOptions{})
+	d2.AddSource(src)
+	stats, err := d2.Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stats.Chunks != 20-held {
+		t.Fatalf("second run fetched %d chunks, want %d", stats.Chunks, 20-held)
+	}
+	f.check(t)
+}
+
+func TestDownloadEndgameBeatsSlowSource(t *testing.T) {
+	// A source that hangs on a chunk must not hold up the end: a second
+	// source gets the same request and the first answer wins.
+	f := newFixture(t, 2, 6)
+	slow := &wrapSource{Source: f.seeds[0], name: "slow", fail: func(ctx context.Context, i int) error {
+		if i == 5 {
+			<-ctx.Done() // hangs until cancelled
+			return ctx.Err()
+		}
+		return nil
+	}}
+	var gained atomic.Bool
+	fast := &wrapSource{Source: f.seeds[1], name: "fast", only: func(i int) bool { return i != 5 || gained.Load() }}
+	d := NewDownload(f.dst, DownloadOptions{StallTimeout: 10 * time.Second})
+	d.AddSource(slow)
+	d.AddSource(fast)
+	// Let "fast" learn it lacks chunk 5 then gain it: the endgame must pick
+	// it up from "fast" after a Have refresh.
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		gained.Store(true)
+	}()
+	done := make(chan error, 1)
+	go func() { _, err := d.Run(context.Background()); done <- err }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(8 * time.Second):
+		t.Fatal("download hung on the slow source")
+	}
+	f.check(t)
+}
+
+func TestDownloadWritesNothingUnverifiedOnDiskFull(t *testing.T) {
+	// A local write error ends the download with that error; the chunk is
+	// not recorded as held.
+	f := newFixture(t, 1, 3)
+	os.Chmod(filepath.Join(f.dst.DataPath()), 0o400)
+	f.dst.tree.closeFiles()
+	defer os.Chmod(f.dst.DataPath(), 0o600)
+	if os.Getuid() == 0 {
+		t.Skip("root ignores file permissions")
+	}
+	d := NewDownload(f.dst, DownloadOptions{})
+	d.AddSource(f.seeds[0])
+	if _, err := d.Run(context.Background()); err == nil {
+		t.Fatal("download into a read-only file succeeded")
+	}
+	if f.dst.HaveCount() != 0 {
+		t.Fatal("chunks recorded although writing failed")
+	}
+}
+
+func TestFetchManifest(t *testing.T) {
+	f := newFixture(t, 1, 2)
+	liar := &lyingManifest{Source: f.seeds[0]}
+	m, err := FetchManifest(context.Background(), f.m.ID(), liar, f.seeds[0])
+	if err != nil || m.ID() != f.m.ID() {
+		t.Fatalf("FetchManifest: %v", err)
+	}
+	if _, err := FetchManifest(context.Background(), f.m.ID(), liar); !errors.Is(err, ErrBadManifest) {
+		t.Fatalf("lying manifest: %v", err)
+	}
+}
+
+type lyingManifest struct{ Source }
+
+func (l *lyingManifest) Manifest(ctx context.Context, id ID) ([]byte, error) {
+	b, err := l.Source.Manifest(ctx, id)
+	return append(bytes.Clone(b), ' '), err
+}
+
+func (l *lyingManifest) String() string { return "liar" }

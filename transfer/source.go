@@ -1,0 +1,93 @@
+package transfer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Source is where a download gets a share: a server, a peer, a local store.
+// Its three calls are the whole chunk protocol; the server's HTTP routes and
+// the peer's libp2p protocol each carry exactly these. A Source reports:
+//
+//   - ErrNotFound when it has no such share,
+//   - ErrChunkNotHeld when it has the share but not that chunk (yet),
+//   - ErrSourceRefused when it will not serve us (auth, limits): permanent,
+//
+// wrapped with %w; any other error is treated as transient and retried after
+// a backoff. Implementations are safe for concurrent use.
+type Source interface {
+	// Manifest returns the raw manifest of share id; the caller verifies it.
+	Manifest(ctx context.Context, id ID) ([]byte, error)
+	// Have returns the chunks of id (a share of n chunks) the source holds.
+	Have(ctx context.Context, id ID, n int) (Bitfield, error)
+	// OpenChunk returns a reader of chunk i of share id. The caller reads the
+	// chunk's length (from the manifest), verifies it and closes the reader.
+	OpenChunk(ctx context.Context, id ID, i int) (io.ReadCloser, error)
+	// String names the source in messages and statistics.
+	String() string
+}
+
+// ErrSourceRefused: the source will not serve this client (wrong token, not
+// allowed); retrying does not help.
+var ErrSourceRefused = errors.New("source refused the request")
+
+var _ Source = (*Store)(nil)
+
+// Manifest implements Source.
+func (st *Store) Manifest(_ context.Context, id ID) ([]byte, error) {
+	s, err := st.Get(id)
+	if err != nil {
+		return nil, err
+	}
+	return s.m.raw, nil
+}
+
+// Have implements Source.
+func (st *Store) Have(_ context.Context, id ID, n int) (Bitfield, error) {
+	s, err := st.Get(id)
+	if err != nil {
+		return Bitfield{}, err
+	}
+	if n != s.m.NumChunks() {
+		return Bitfield{}, fmt.Errorf("have %s: asked for %d chunks, share has %d", id, n, s.m.NumChunks())
+	}
+	return s.Have(), nil
+}
+
+// OpenChunk implements Source.
+func (st *Store) OpenChunk(_ context.Context, id ID, i int) (io.ReadCloser, error) {
+	s, err := st.Get(id)
+	if err != nil {
+		return nil, err
+	}
+	return s.OpenChunk(i)
+}
+
+// String implements Source.
+func (st *Store) String() string { return "store " + st.dir }
+
+// FetchManifest gets the manifest of id from the first source that has a
+// valid one, trying them in order. A source that sends a manifest that does
+// not match id is reported in the error.
+func FetchManifest(ctx context.Context, id ID, sources ...Source) (*Manifest, error) {
+	var errs []error
+	for _, src := range sources {
+		raw, err := src.Manifest(ctx, id)
+		if err == nil {
+			var m *Manifest
+			if m, err = VerifyManifest(id, raw); err == nil {
+				return m, nil
+			}
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", src, err))
+	}
+	if len(errs) == 0 {
+		return nil, fmt.Errorf("manifest of %s: %w", id, ErrNoSources)
+	}
+	return nil, fmt.Errorf("manifest of %s: %w", id, errors.Join(errs...))
+}
