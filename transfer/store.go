@@ -297,7 +297,7 @@ func (s *Share) OpenFile() (*os.File, error) {
 	if !s.Complete() {
 		return nil, fmt.Errorf("%w: %s", ErrIncomplete, s.m.id)
 	}
-	return s.tree.root.Open(s.m.name)
+	return s.tree.root.Open(s.tree.top)
 }
 
 // WriteTar writes a complete share as a tar stream: its directories and

@@ -26,7 +26,8 @@ const modeMask fs.FileMode = 0o755
 // A tree is safe for concurrent use.
 type tree struct {
 	m    *Manifest
-	root *os.Root // the directory that holds the share's top entry, m.Name()
+	root *os.Root // the directory that holds the share's top entry
+	top  string   // the top entry's name in root: m.Name(), unless opened through a symlink
 
 	mu    sync.Mutex
 	open  map[int]*os.File // write handles, by file index; at most maxOpenFiles
@@ -38,24 +39,32 @@ func openTree(dir string, m *Manifest) (*tree, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &tree{m: m, root: root, open: map[int]*os.File{}, dirty: map[int]bool{}}, nil
+	return &tree{m: m, root: root, top: m.Name(), open: map[int]*os.File{}, dirty: map[int]bool{}}, nil
+}
+
+// path returns file k's path in root.
+func (t *tree) path(k int) string {
+	if !t.m.IsDir() {
+		return t.top
+	}
+	return t.top + "/" + t.m.files[k].Path
 }
 
 // create makes the share's directories and files, each file sized to its
 // final length (sparse until written). Existing files are reused.
 func (t *tree) create() error {
 	if t.m.IsDir() {
-		if err := t.root.MkdirAll(t.m.Name(), 0o700); err != nil {
+		if err := t.root.MkdirAll(t.top, 0o700); err != nil {
 			return err
 		}
 		for _, d := range t.m.Dirs() {
-			if err := t.root.MkdirAll(t.m.Name()+"/"+d.Path, 0o700); err != nil {
+			if err := t.root.MkdirAll(t.top+"/"+d.Path, 0o700); err != nil {
 				return err
 			}
 		}
 	}
 	for k, f := range t.m.Files() {
-		p := t.m.filePath(k)
+		p := t.path(k)
 		if t.m.IsDir() {
 			if err := t.root.MkdirAll(parentOf(p), 0o700); err != nil {
 				return err
@@ -90,13 +99,13 @@ func parentOf(p string) string {
 // share stays removable.
 func (t *tree) applyModes() error {
 	for k, f := range t.m.Files() {
-		if err := t.root.Chmod(t.m.filePath(k), f.Mode&modeMask); err != nil {
+		if err := t.root.Chmod(t.path(k), f.Mode&modeMask); err != nil {
 			return err
 		}
 	}
 	dirs := t.m.Dirs()
 	for k := len(dirs) - 1; k >= 0; k-- {
-		if err := t.root.Chmod(t.m.Name()+"/"+dirs[k].Path, dirs[k].Mode&modeMask|0o700); err != nil {
+		if err := t.root.Chmod(t.top+"/"+dirs[k].Path, dirs[k].Mode&modeMask|0o700); err != nil {
 			return err
 		}
 	}
@@ -118,7 +127,7 @@ func (t *tree) handle(k int) (*os.File, error) {
 			break
 		}
 	}
-	h, err := t.root.OpenFile(t.m.filePath(k), os.O_RDWR, 0)
+	h, err := t.root.OpenFile(t.path(k), os.O_RDWR, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -155,14 +164,14 @@ func (t *tree) writeAt(p []byte, off int64) error {
 // readAt fills p from offset off of the byte stream.
 func (t *tree) readAt(p []byte, off int64) error {
 	for _, s := range t.m.segments(off, int64(len(p))) {
-		h, err := t.root.Open(t.m.filePath(s.file))
+		h, err := t.root.Open(t.path(s.file))
 		if err != nil {
 			return err
 		}
 		_, err = h.ReadAt(p[:s.n], s.off)
 		h.Close()
 		if err == io.EOF {
-			return fmt.Errorf("%s: %w (file is shorter than the manifest says)", t.m.filePath(s.file), io.ErrUnexpectedEOF)
+			return fmt.Errorf("%s: %w (file is shorter than the manifest says)", t.path(s.file), io.ErrUnexpectedEOF)
 		}
 		if err != nil {
 			return err
@@ -189,7 +198,7 @@ type rangeReader struct {
 
 func (r *rangeReader) openSeg() error {
 	s := r.segs[0]
-	h, err := r.t.root.Open(r.t.m.filePath(s.file))
+	h, err := r.t.root.Open(r.t.path(s.file))
 	if err != nil {
 		return err
 	}
@@ -277,7 +286,7 @@ func (t *tree) takeDirty() []int {
 // file, whichever descriptor wrote it, and the cache may close one any time.
 func (t *tree) syncFiles(ks []int) error {
 	for _, k := range ks {
-		h, err := t.root.Open(t.m.filePath(k))
+		h, err := t.root.Open(t.path(k))
 		if err != nil {
 			return err
 		}

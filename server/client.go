@@ -1,0 +1,384 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/sharefiles/share/transfer"
+)
+
+// ClientOptions configures a Client. The zero value works against a server
+// without auth... which does not exist: set Token.
+type ClientOptions struct {
+	Token string
+	// TLSConfig, if set, is used for https URLs (e.g. a private CA).
+	TLSConfig *tls.Config
+	// HTTPClient, if set, replaces the tuned default (and TLSConfig).
+	HTTPClient *http.Client
+	UserAgent  string
+}
+
+// Client talks to a share server (or a peer's local API). It is a
+// transfer.Source, and uploads and downloads whole shares. It is safe for
+// concurrent use.
+type Client struct {
+	base  *url.URL
+	token string
+	hc    *http.Client
+	ua    string
+}
+
+var _ transfer.Source = (*Client)(nil)
+
+// NewClient returns a client of the server at base, e.g. http://127.0.0.1:7070.
+func NewClient(base string, opts ClientOptions) (*Client, error) {
+	u, err := url.Parse(strings.TrimRight(base, "/"))
+	if err != nil {
+		return nil, fmt.Errorf("server URL %q: %w", base, err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("server URL %q: want http://HOST:PORT or https://HOST:PORT", base)
+	}
+	hc := opts.HTTPClient
+	if hc == nil {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.MaxIdleConnsPerHost = 64 // one per chunk in flight
+		t.DisableCompression = true
+		t.ResponseHeaderTimeout = 60 * time.Second
+		t.TLSClientConfig = opts.TLSConfig
+		hc = &http.Client{Transport: t}
+	}
+	ua := opts.UserAgent
+	if ua == "" {
+		ua = "share"
+	}
+	return &Client{base: u, token: opts.Token, hc: hc, ua: ua}, nil
+}
+
+// String names the server, for messages.
+func (c *Client) String() string { return c.base.String() }
+
+// URL returns the absolute URL of an API path.
+func (c *Client) URL(path string) string { return c.base.String() + path }
+
+func sharePath(id transfer.ID, rest ...string) string {
+	p := "/v1/shares/" + id.String()
+	for _, r := range rest {
+		p += "/" + r
+	}
+	return p
+}
+
+// do sends a request and returns the response if its status is 2xx; else
+// the error the response carries. The caller closes the body.
+func (c *Client) do(ctx context.Context, method, path string, body io.Reader, size int64) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base.String()+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.ContentLength = size
+		if size == 0 {
+			req.Body = http.NoBody
+		}
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	req.Header.Set("User-Agent", c.ua)
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", method, c.base.Host, unwrapURLError(err))
+	}
+	if resp.StatusCode/100 != 2 {
+		return nil, responseError(resp, method+" "+path)
+	}
+	return resp, nil
+}
+
+// unwrapURLError drops url.Error's repetition of the whole URL.
+func unwrapURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+func (c *Client) getJSON(ctx context.Context, path string, v any) error {
+	resp, err := c.do(ctx, http.MethodGet, path, nil, 0)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(io.LimitReader(resp.Body, transfer.MaxManifestSize)).Decode(v); err != nil {
+		return fmt.Errorf("GET %s: bad response: %w", path, err)
+	}
+	return nil
+}
+
+// Health checks that the server answers /healthz.
+func (c *Client) Health(ctx context.Context) error {
+	var h map[string]string
+	if err := c.getJSON(ctx, "/healthz", &h); err != nil {
+		return err
+	}
+	if h["status"] != "ok" {
+		return fmt.Errorf("health: status %q", h["status"])
+	}
+	return nil
+}
+
+// List returns the server's shares.
+func (c *Client) List(ctx context.Context) ([]ShareInfo, error) {
+	var lr ListResponse
+	if err := c.getJSON(ctx, "/v1/shares", &lr); err != nil {
+		return nil, err
+	}
+	return lr.Shares, nil
+}
+
+// Remove deletes a share.
+func (c *Client) Remove(ctx context.Context, id transfer.ID) error {
+	resp, err := c.do(ctx, http.MethodDelete, sharePath(id), nil, 0)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	return nil
+}
+
+// Manifest implements transfer.Source.
+func (c *Client) Manifest(ctx context.Context, id transfer.ID) ([]byte, error) {
+	resp, err := c.do(ctx, http.MethodGet, sharePath(id, "manifest"), nil, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, transfer.MaxManifestSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("manifest: %w", err)
+	}
+	if len(b) > transfer.MaxManifestSize {
+		return nil, fmt.Errorf("manifest: %w", transfer.ErrTooLarge)
+	}
+	return b, nil
+}
+
+// Have implements transfer.Source.
+func (c *Client) Have(ctx context.Context, id transfer.ID, n int) (transfer.Bitfield, error) {
+	resp, err := c.do(ctx, http.MethodGet, sharePath(id, "have"), nil, 0)
+	if err != nil {
+		return transfer.Bitfield{}, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, int64(n+7)/8+1))
+	if err != nil {
+		return transfer.Bitfield{}, fmt.Errorf("have: %w", err)
+	}
+	return transfer.ParseBitfield(n, b)
+}
+
+// OpenChunk implements transfer.Source.
+func (c *Client) OpenChunk(ctx context.Context, id transfer.ID, i int) (io.ReadCloser, error) {
+	resp, err := c.do(ctx, http.MethodGet, sharePath(id, "chunks", strconv.Itoa(i)), nil, 0)
+	if err != nil {
+		return nil, err
+	}
+	return resp.Body, nil
+}
+
+// CreateShare sends a manifest; the server makes the share, partial until
+// its chunks are uploaded, or reports the one it has.
+func (c *Client) CreateShare(ctx context.Context, m *transfer.Manifest) (ShareInfo, error) {
+	resp, err := c.do(ctx, http.MethodPost, "/v1/shares", bytes.NewReader(m.Bytes()), int64(len(m.Bytes())))
+	if err != nil {
+		return ShareInfo{}, err
+	}
+	defer resp.Body.Close()
+	var info ShareInfo
+	if err := json.NewDecoder(resp.Body).Decode(&info); err != nil {
+		return ShareInfo{}, fmt.Errorf("create share: bad response: %w", err)
+	}
+	if info.ID != m.ID() {
+		return ShareInfo{}, fmt.Errorf("create share: server answered for %s, not %s", info.ID, m.ID())
+	}
+	return info, nil
+}
+
+// PutChunk uploads chunk i of share id, read from r (exactly n bytes).
+func (c *Client) PutChunk(ctx context.Context, id transfer.ID, i int, r io.Reader, n int64) error {
+	resp, err := c.do(ctx, http.MethodPut, sharePath(id, "chunks", strconv.Itoa(i)), r, n)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	return nil
+}
+
+// Upload sends a file as a raw body (as curl -T does) and returns the share.
+func (c *Client) Upload(ctx context.Context, name string, r io.Reader, size int64) (ShareInfo, error) {
+	resp, err := c.do(ctx, http.MethodPut, "/v1/shares/"+url.PathEscape(name), r, size)
+	if err != nil {
+		return ShareInfo{}, err
+	}
+	defer resp.Body.Close()
+	var info ShareInfo
+	if err := json.NewDecoder(resp.Body).Decode(&info); err != nil {
+		return ShareInfo{}, fmt.Errorf("upload: bad response: %w", err)
+	}
+	return info, nil
+}
+
+// PutOptions configures Put. The zero value works.
+type PutOptions struct {
+	Build    transfer.BuildOptions
+	Parallel int               // chunk uploads in flight; 0: DefaultParallel
+	Limiter  *transfer.Limiter // upload cap; nil: none
+	// Started, if set, is called once the server said which chunks it
+	// lacks, with the bytes to send.
+	Started func(m *transfer.Manifest, toSend int64)
+	// Progress, if set, is called after each chunk with its size; from
+	// several goroutines at once.
+	Progress     func(n int64)
+	StallTimeout time.Duration // a chunk that fails this long ends the upload; 0: transfer.DefaultStallTimeout
+}
+
+// DefaultParallel is how many chunk requests a client keeps in flight.
+const DefaultParallel = 8
+
+// Put uploads the file or directory at path: it hashes it into a manifest,
+// sends the manifest, then the chunks the server lacks, in parallel. An
+// interrupted Put resumes where it stopped when run again, and a share the
+// server already has costs one request.
+func (c *Client) Put(ctx context.Context, path string, opts PutOptions) (ShareInfo, error) {
+	m, err := transfer.BuildManifest(ctx, path, opts.Build)
+	if err != nil {
+		return ShareInfo{}, err
+	}
+	info, err := c.CreateShare(ctx, m)
+	if err != nil {
+		return ShareInfo{}, err
+	}
+	if info.Complete {
+		if opts.Started != nil {
+			opts.Started(m, 0)
+		}
+		return info, nil
+	}
+	have, err := c.Have(ctx, m.ID(), m.NumChunks())
+	if err != nil {
+		return ShareInfo{}, err
+	}
+	var toSend int64
+	for i := range m.NumChunks() {
+		if !have.Has(i) {
+			toSend += int64(m.ChunkLen(i))
+		}
+	}
+	if opts.Started != nil {
+		opts.Started(m, toSend)
+	}
+	local, err := transfer.OpenLocal(path, m)
+	if err != nil {
+		return ShareInfo{}, err
+	}
+	defer local.Close()
+
+	parallel := cmp0(opts.Parallel, DefaultParallel)
+	bufs := make(chan []byte, parallel)
+	for range parallel {
+		bufs <- make([]byte, m.ChunkSize())
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(parallel)
+	for i := range m.NumChunks() {
+		if have.Has(i) {
+			continue
+		}
+		g.Go(func() error {
+			buf := <-bufs
+			defer func() { bufs <- buf }()
+			p := buf[:m.ChunkLen(i)]
+			if err := local.ReadChunk(i, p); err != nil {
+				return err
+			}
+			if err := c.putChunkRetry(gctx, m, i, p, opts); err != nil {
+				return err
+			}
+			if opts.Progress != nil {
+				opts.Progress(int64(len(p)))
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return ShareInfo{}, err
+	}
+	if info, err = c.CreateShare(ctx, m); err != nil {
+		return ShareInfo{}, err
+	}
+	if !info.Complete {
+		return info, fmt.Errorf("upload %s: server holds %d of %d chunks after upload", m.ID(), info.Have, info.Chunks)
+	}
+	return info, nil
+}
+
+// putChunkRetry uploads one chunk, retrying transient failures (a busy or
+// restarting server) with backoff for up to the stall timeout.
+func (c *Client) putChunkRetry(ctx context.Context, m *transfer.Manifest, i int, p []byte, opts PutOptions) error {
+	stall := cmp0(opts.StallTimeout, transfer.DefaultStallTimeout)
+	deadline := time.Now().Add(stall)
+	back := 100 * time.Millisecond
+	for {
+		err := c.PutChunk(ctx, m.ID(), i, opts.Limiter.Reader(ctx, bytes.NewReader(p)), int64(len(p)))
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, transfer.ErrBadChunk):
+			return fmt.Errorf("chunk %d: the server refused it: %w (did a file change after it was hashed?)", i, err)
+		case permanent(err) || ctx.Err() != nil:
+			return err
+		case time.Now().After(deadline):
+			return fmt.Errorf("chunk %d: giving up after %v: %w", i, stall, err)
+		}
+		select {
+		case <-time.After(back/2 + rand.N(back/2)):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		back = min(2*back, 5*time.Second)
+	}
+}
+
+// permanent reports errors that retrying cannot fix.
+func permanent(err error) bool {
+	for _, e := range []error{transfer.ErrSourceRefused, transfer.ErrNotFound, transfer.ErrBadManifest,
+		transfer.ErrBadName, transfer.ErrTooLarge, transfer.ErrChunkRange, ErrBadRequest, ErrNoSpace} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	var ne *net.OpError
+	return errors.As(err, &ne) && ne.Op == "dial" && strings.Contains(ne.Err.Error(), "no such host")
+}
+
+// Get downloads share id into opts.Out (see transfer.Get), resuming an
+// interrupted download of the same output.
+func (c *Client) Get(ctx context.Context, id transfer.ID, opts transfer.GetOptions) (string, transfer.Stats, error) {
+	return transfer.Get(ctx, id, opts, c)
+}

@@ -1,0 +1,124 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"syscall"
+
+	"github.com/sharefiles/share/transfer"
+)
+
+// Errors of the HTTP layer itself.
+var (
+	// ErrUnauthorized: missing or wrong token. It is a transfer.ErrSourceRefused,
+	// so a download does not retry it.
+	ErrUnauthorized = fmt.Errorf("unauthorized (missing or wrong token): %w", transfer.ErrSourceRefused)
+	// ErrBusy: the server is at its bound of concurrent uploads; retry later.
+	ErrBusy = errors.New("server busy")
+	// ErrBadRequest: a malformed request.
+	ErrBadRequest = errors.New("bad request")
+	// ErrNoSpace: the server's disk is full.
+	ErrNoSpace = errors.New("server out of disk space")
+	// ErrForbidden: a request the server refuses whoever asks (a foreign Host or Origin).
+	ErrForbidden = fmt.Errorf("forbidden: %w", transfer.ErrSourceRefused)
+)
+
+// apiError is the JSON body of every error response.
+type apiError struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+// The wire codes, each tied to one sentinel and one status. This table is the
+// single translation between errors and HTTP, in both directions.
+var codes = []struct {
+	code   string
+	status int
+	err    error
+}{
+	{"unauthorized", http.StatusUnauthorized, ErrUnauthorized},
+	{"forbidden", http.StatusForbidden, ErrForbidden},
+	{"not_found", http.StatusNotFound, transfer.ErrNotFound},
+	{"chunk_not_held", http.StatusNotFound, transfer.ErrChunkNotHeld},
+	{"chunk_range", http.StatusRequestedRangeNotSatisfiable, transfer.ErrChunkRange},
+	{"incomplete", http.StatusConflict, transfer.ErrIncomplete},
+	{"bad_manifest", http.StatusBadRequest, transfer.ErrBadManifest},
+	{"bad_id", http.StatusBadRequest, transfer.ErrBadID},
+	{"bad_name", http.StatusBadRequest, transfer.ErrBadName},
+	{"bad_request", http.StatusBadRequest, ErrBadRequest},
+	{"too_large", http.StatusRequestEntityTooLarge, transfer.ErrTooLarge},
+	{"bad_chunk", http.StatusUnprocessableEntity, transfer.ErrBadChunk},
+	{"removed", http.StatusGone, transfer.ErrRemoved},
+	{"busy", http.StatusServiceUnavailable, ErrBusy},
+	{"no_space", http.StatusInsufficientStorage, ErrNoSpace},
+}
+
+// classify maps an error to its wire code and status. Unknown errors are
+// internal: their text stays in the log, never on the wire.
+func classify(err error) (code string, status int, public bool) {
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		return "too_large", http.StatusRequestEntityTooLarge, true
+	case errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT):
+		return "no_space", http.StatusInsufficientStorage, false
+	}
+	for _, c := range codes {
+		if errors.Is(err, c.err) {
+			return c.code, c.status, true
+		}
+	}
+	return "internal", http.StatusInternalServerError, false
+}
+
+// writeError answers with the JSON error for err.
+func writeError(w http.ResponseWriter, err error) {
+	code, status, public := classify(err)
+	msg := err.Error()
+	if !public {
+		msg = http.StatusText(status)
+	}
+	h := w.Header()
+	h.Del("Content-Disposition")
+	h.Del("ETag")
+	h.Set("Content-Type", "application/json")
+	h.Set("X-Content-Type-Options", "nosniff")
+	switch status {
+	case http.StatusUnauthorized:
+		h.Set("WWW-Authenticate", `Bearer realm="share", Basic realm="share"`)
+	case http.StatusServiceUnavailable:
+		h.Set("Retry-After", "1")
+	}
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(apiError{Error: msg, Code: code})
+}
+
+// maxErrorBody bounds how much of an error response the client reads.
+const maxErrorBody = 64 << 10
+
+// responseError turns a non-2xx response into an error that wraps the
+// sentinel its code names (or, for an unknown code, a plain error, which a
+// download treats as transient). It consumes and closes the body.
+func responseError(resp *http.Response, op string) error {
+	defer resp.Body.Close()
+	var ae apiError
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	if json.Unmarshal(b, &ae) != nil || ae.Error == "" {
+		ae.Error = http.StatusText(resp.StatusCode)
+	}
+	for _, c := range codes {
+		if c.code == ae.Code {
+			if c.err == ErrUnauthorized || c.err == ErrForbidden {
+				return fmt.Errorf("%s: %w", op, c.err)
+			}
+			return fmt.Errorf("%s: %s: %w", op, ae.Error, c.err)
+		}
+	}
+	if resp.StatusCode == http.StatusUnauthorized {
+		return fmt.Errorf("%s: %w", op, ErrUnauthorized)
+	}
+	return fmt.Errorf("%s: %s (HTTP %d)", op, ae.Error, resp.StatusCode)
+}

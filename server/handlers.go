@@ -1,0 +1,453 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"html/template"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/sharefiles/share/transfer"
+)
+
+// ShareInfo describes a share in API responses.
+type ShareInfo struct {
+	ID        transfer.ID `json:"id"`
+	Name      string      `json:"name"`
+	Type      string      `json:"type"` // "file" or "dir"
+	Size      int64       `json:"size"` // bytes
+	Files     int         `json:"files"`
+	ChunkSize int64       `json:"chunk_size"`
+	Chunks    int         `json:"chunks"`
+	Have      int         `json:"have"` // chunks held
+	Complete  bool        `json:"complete"`
+	Created   time.Time   `json:"created"`
+}
+
+// Info describes sh.
+func Info(sh *transfer.Share) ShareInfo {
+	m := sh.Manifest()
+	typ := "file"
+	if m.IsDir() {
+		typ = "dir"
+	}
+	return ShareInfo{
+		ID: m.ID(), Name: m.Name(), Type: typ, Size: m.Size(), Files: len(m.Files()),
+		ChunkSize: m.ChunkSize(), Chunks: m.NumChunks(), Have: sh.HaveCount(),
+		Complete: sh.Complete(), Created: sh.Created(),
+	}
+}
+
+// ListResponse is the body of GET /v1/shares.
+type ListResponse struct {
+	Shares []ShareInfo `json:"shares"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func (s *Server) health(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "version": s.opts.Version})
+}
+
+func (s *Server) list(w http.ResponseWriter, r *http.Request) {
+	resp := ListResponse{Shares: []ShareInfo{}}
+	for _, sh := range s.opts.Backend.List() {
+		resp.Shares = append(resp.Shares, Info(sh))
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+var indexTmpl = template.Must(template.New("index").Parse(`<!doctype html>
+<html><head><meta charset="utf-8"><title>share</title>
+<style>body{font:14px system-ui,sans-serif;margin:2em}td{padding:.2em 1em .2em 0}code{font-size:12px;color:#555}</style></head>
+<body><h1>share</h1>
+{{if .}}<table><tr><th align=left>name</th><th align=right>size</th><th align=left>state</th><th align=left>id</th></tr>
+{{range .}}<tr><td>{{if .Complete}}<a href="/v1/shares/{{.ID}}">{{.Name}}{{if eq .Type "dir"}}.tar{{end}}</a>{{else}}{{.Name}}{{end}}</td>
+<td align=right>{{.Size}}</td><td>{{if .Complete}}complete{{else}}{{.Have}} of {{.Chunks}} chunks{{end}}</td><td><code>{{.ID}}</code></td></tr>
+{{end}}</table>{{else}}<p>No shares yet. Upload one: <code>curl -T FILE -H "Authorization: Bearer TOKEN" URL/v1/shares/NAME</code></p>{{end}}
+</body></html>
+`))
+
+func (s *Server) index(w http.ResponseWriter, r *http.Request) {
+	var infos []ShareInfo
+	for _, sh := range s.opts.Backend.List() {
+		infos = append(infos, Info(sh))
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	indexTmpl.Execute(w, infos)
+}
+
+// acquireUpload takes an upload slot, or answers 503.
+func (s *Server) acquireUpload(w http.ResponseWriter) bool {
+	select {
+	case s.uploads <- struct{}{}:
+		return true
+	default:
+		writeError(w, fmt.Errorf("%w: %d uploads in progress", ErrBusy, cap(s.uploads)))
+		return false
+	}
+}
+
+func (s *Server) releaseUpload() { <-s.uploads }
+
+// shareFromPath resolves the {id} path element.
+func (s *Server) shareFromPath(r *http.Request) (*transfer.Share, error) {
+	id, err := transfer.ParseID(r.PathValue("id"))
+	if err != nil {
+		return nil, err
+	}
+	return s.opts.Backend.Get(id)
+}
+
+// upload stores the raw request body as a single-file share.
+func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if err := transfer.ValidName(name); err != nil {
+		writeError(w, err)
+		return
+	}
+	opts := transfer.ImportOptions{ChunkSize: s.opts.ChunkSize, MaxSize: s.opts.MaxUploadSize}
+	if cs := r.URL.Query().Get("chunk_size"); cs != "" {
+		n, err := transfer.ParseSize(cs)
+		if err != nil || n < transfer.MinChunkSize || n > transfer.MaxChunkSize {
+			writeError(w, fmt.Errorf("%w: chunk_size %q: want %d to %d bytes", ErrBadRequest, cs, transfer.MinChunkSize, transfer.MaxChunkSize))
+			return
+		}
+		opts.ChunkSize = n
+	}
+	if r.ContentLength > s.opts.MaxUploadSize {
+		writeError(w, fmt.Errorf("%w: %d bytes, limit %d", transfer.ErrTooLarge, r.ContentLength, s.opts.MaxUploadSize))
+		return
+	}
+	if !s.acquireUpload(w) {
+		return
+	}
+	defer s.releaseUpload()
+	s.m.active.WithLabelValues("receive").Inc()
+	defer s.m.active.WithLabelValues("receive").Dec()
+
+	body := &countingReader{r: s.opts.DownloadLimit.Reader(r.Context(), http.MaxBytesReader(w, r.Body, s.opts.MaxUploadSize))}
+	sh, err := s.opts.Backend.Import(r.Context(), name, body, opts)
+	s.m.received.Add(float64(body.n))
+	if err != nil {
+		s.log.Info("upload failed", "name", name, "received", body.n, "err", err)
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			err = fmt.Errorf("%w: upload cut short after %d bytes", ErrBadRequest, body.n)
+		}
+		writeError(w, err)
+		return
+	}
+	if r.ContentLength >= 0 && body.n != r.ContentLength {
+		// Cannot happen with net/http (it enforces Content-Length), but a
+		// share that is not what the client sent must not be kept.
+		writeError(w, fmt.Errorf("%w: got %d bytes, Content-Length %d", ErrBadRequest, body.n, r.ContentLength))
+		return
+	}
+	s.log.Info("share added", "id", sh.ID(), "name", name, "size", body.n)
+	w.Header().Set("Location", "/v1/shares/"+sh.ID().String())
+	writeJSON(w, http.StatusCreated, Info(sh))
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// create makes a (partial) share from the manifest in the body. The client
+// then uploads the chunks the share lacks.
+func (s *Server) create(w http.ResponseWriter, r *http.Request) {
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, transfer.MaxManifestSize))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	m, err := transfer.DecodeManifest(raw)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if m.Size() > s.opts.MaxUploadSize {
+		writeError(w, fmt.Errorf("%w: share of %d bytes, limit %d", transfer.ErrTooLarge, m.Size(), s.opts.MaxUploadSize))
+		return
+	}
+	sh, created, err := s.opts.Backend.Create(m)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	status := http.StatusOK
+	if created {
+		status = http.StatusCreated
+		s.log.Info("share created", "id", m.ID(), "name", m.Name(), "size", m.Size(), "chunks", m.NumChunks())
+	}
+	w.Header().Set("Location", "/v1/shares/"+m.ID().String())
+	writeJSON(w, status, Info(sh))
+}
+
+// content serves a complete share: a file with Range and ETag support, a
+// directory as a tar stream.
+func (s *Server) content(w http.ResponseWriter, r *http.Request) {
+	sh, err := s.shareFromPath(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if !sh.Complete() {
+		writeError(w, fmt.Errorf("%w: %d of %d chunks held", transfer.ErrIncomplete, sh.HaveCount(), sh.Manifest().NumChunks()))
+		return
+	}
+	m := sh.Manifest()
+	s.m.active.WithLabelValues("send").Inc()
+	defer s.m.active.WithLabelValues("send").Dec()
+	cw := &countingWriter{w: s.opts.UploadLimit.Writer(r.Context(), w)}
+	defer func() { s.m.sent.Add(float64(cw.n)) }()
+	h := w.Header()
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Cache-Control", "private, max-age=31536000, immutable") // content-addressed
+	if m.IsDir() {
+		h.Set("Content-Type", "application/x-tar")
+		h.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": m.Name() + ".tar"}))
+		h.Set("ETag", `W/"`+m.ID().String()+`"`)
+		if r.Method == http.MethodHead {
+			return
+		}
+		if err := sh.WriteTar(cw); err != nil {
+			// Headers are gone; all we can do is cut the stream short.
+			s.log.Warn("tar stream failed", "id", m.ID(), "err", err)
+			panic(http.ErrAbortHandler)
+		}
+		return
+	}
+	f, err := sh.OpenFile()
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	defer f.Close()
+	h.Set("ETag", `"`+m.ID().String()+`"`)
+	h.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": m.Name()}))
+	http.ServeContent(responseWriter{ResponseWriter: w, Writer: cw}, r, m.Name(), sh.Created(), f)
+}
+
+// countingWriter counts bytes written, keeping ReadFrom for sendfile.
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func (c *countingWriter) ReadFrom(src io.Reader) (int64, error) {
+	var n int64
+	var err error
+	if rf, ok := c.w.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(src)
+	} else {
+		n, err = io.Copy(writerOnly{c.w}, src)
+	}
+	c.n += n
+	return n, err
+}
+
+// responseWriter sends the body through Writer while headers go to the
+// ResponseWriter; it keeps ReadFrom so ServeContent can sendfile.
+type responseWriter struct {
+	http.ResponseWriter
+	io.Writer
+}
+
+func (w responseWriter) Write(p []byte) (int, error) { return w.Writer.Write(p) }
+
+func (w responseWriter) ReadFrom(src io.Reader) (int64, error) {
+	if rf, ok := w.Writer.(io.ReaderFrom); ok {
+		return rf.ReadFrom(src)
+	}
+	return io.Copy(writerOnly{w.Writer}, src)
+}
+
+func (s *Server) remove(w http.ResponseWriter, r *http.Request) {
+	id, err := transfer.ParseID(r.PathValue("id"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if err := s.opts.Backend.Remove(id); err != nil {
+		writeError(w, err)
+		return
+	}
+	s.log.Info("share removed", "id", id)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) manifest(w http.ResponseWriter, r *http.Request) {
+	sh, err := s.shareFromPath(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	raw := sh.Manifest().Bytes()
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(raw)))
+	w.Header().Set("ETag", `"`+sh.ID().String()+`"`)
+	w.Header().Set("Cache-Control", "private, max-age=31536000, immutable")
+	w.Write(raw)
+}
+
+func (s *Server) have(w http.ResponseWriter, r *http.Request) {
+	sh, err := s.shareFromPath(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	bf := sh.Have()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.Itoa(len(bf.Bytes())))
+	w.Header().Set("Cache-Control", "no-store")
+	w.Write(bf.Bytes())
+}
+
+// chunkIndex parses the {n} path element.
+func chunkIndex(r *http.Request, m *transfer.Manifest) (int, error) {
+	return ParseChunkIndex(r.PathValue("n"), m.NumChunks())
+}
+
+// ParseChunkIndex parses a chunk index from a request: a decimal number
+// without sign or leading zeros, below n.
+func ParseChunkIndex(s string, n int) (int, error) {
+	if s == "" || len(s) > 10 || (len(s) > 1 && s[0] == '0') {
+		return 0, fmt.Errorf("%w: chunk index %q", ErrBadRequest, truncate(s, 16))
+	}
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return 0, fmt.Errorf("%w: chunk index %q", ErrBadRequest, truncate(s, 16))
+		}
+	}
+	i, err := strconv.Atoi(s)
+	if err != nil {
+		return 0, fmt.Errorf("%w: chunk index %q", ErrBadRequest, s)
+	}
+	if i >= n {
+		return 0, fmt.Errorf("%w: %d of %d", transfer.ErrChunkRange, i, n)
+	}
+	return i, nil
+}
+
+func (s *Server) getChunk(w http.ResponseWriter, r *http.Request) {
+	sh, err := s.shareFromPath(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	m := sh.Manifest()
+	i, err := chunkIndex(r, m)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	rc, err := sh.OpenChunk(i)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	defer rc.Close()
+	n := int64(m.ChunkLen(i))
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Content-Length", strconv.FormatInt(n, 10))
+	h.Set("ETag", `"`+m.ChunkHash(i).String()+`"`)
+	h.Set("Cache-Control", "private, max-age=31536000, immutable")
+	if r.Method == http.MethodHead {
+		return
+	}
+	s.m.active.WithLabelValues("send").Inc()
+	defer s.m.active.WithLabelValues("send").Dec()
+	cw := &countingWriter{w: s.opts.UploadLimit.Writer(r.Context(), w)}
+	_, err = io.Copy(cw, rc)
+	s.m.sent.Add(float64(cw.n))
+	if err != nil {
+		s.log.Debug("chunk send failed", "id", m.ID(), "chunk", i, "err", err)
+		panic(http.ErrAbortHandler) // headers are out; cut the response short
+	}
+	s.m.chunksOut.Inc()
+}
+
+// chunkBufs recycles chunk upload buffers.
+var chunkBufs sync.Pool
+
+func (s *Server) putChunk(w http.ResponseWriter, r *http.Request) {
+	sh, err := s.shareFromPath(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	m := sh.Manifest()
+	i, err := chunkIndex(r, m)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	n := m.ChunkLen(i)
+	if r.ContentLength >= 0 && r.ContentLength != int64(n) {
+		writeError(w, fmt.Errorf("%w: chunk %d has %d bytes, Content-Length is %d", transfer.ErrBadChunk, i, n, r.ContentLength))
+		return
+	}
+	if sh.HasChunk(i) { // nothing to do; do not read the body
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	if !s.acquireUpload(w) {
+		return
+	}
+	defer s.releaseUpload()
+	s.m.active.WithLabelValues("receive").Inc()
+	defer s.m.active.WithLabelValues("receive").Dec()
+
+	bp, _ := chunkBufs.Get().(*[]byte)
+	if bp == nil || cap(*bp) < n+1 {
+		b := make([]byte, m.ChunkSize()+1)
+		bp = &b
+	}
+	defer chunkBufs.Put(bp)
+	buf := (*bp)[:n+1]
+	got, err := io.ReadFull(s.opts.DownloadLimit.Reader(r.Context(), r.Body), buf)
+	s.m.received.Add(float64(got))
+	switch {
+	case err == nil:
+		writeError(w, fmt.Errorf("%w: chunk %d: more than its %d bytes", transfer.ErrBadChunk, i, n))
+		return
+	case got < n:
+		writeError(w, fmt.Errorf("%w: chunk %d cut short at %d of %d bytes", ErrBadRequest, i, got, n))
+		return
+	}
+	if err := sh.PutChunk(i, buf[:n]); err != nil {
+		if errors.Is(err, transfer.ErrBadChunk) {
+			s.m.badChunks.Inc()
+			s.log.Warn("refused corrupt chunk", "id", m.ID(), "chunk", i, "remote", r.RemoteAddr)
+		}
+		writeError(w, err)
+		return
+	}
+	s.m.chunksIn.Inc()
+	w.WriteHeader(http.StatusNoContent)
+}

@@ -1,0 +1,256 @@
+package server
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/sharefiles/share/transfer"
+)
+
+// access is what a route needs.
+type access int
+
+const (
+	public access = iota // anyone
+	read                 // the token, or PublicRead
+	write                // the token
+)
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	handle := func(pattern string, need access, h http.HandlerFunc) {
+		mux.Handle(pattern, s.authorize(need, h))
+	}
+	handle("GET /healthz", public, s.health)
+	mux.Handle("GET /metrics", s.authorize(read, promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{})))
+	handle("GET /{$}", read, s.index)
+	handle("GET /v1/shares", read, s.list)
+	handle("POST /v1/shares", write, s.create)
+	handle("PUT /v1/shares/{name}", write, s.upload)
+	handle("GET /v1/shares/{id}", read, s.content)
+	handle("DELETE /v1/shares/{id}", write, s.remove)
+	handle("GET /v1/shares/{id}/manifest", read, s.manifest)
+	handle("GET /v1/shares/{id}/have", read, s.have)
+	handle("GET /v1/shares/{id}/chunks/{n}", read, s.getChunk)
+	handle("PUT /v1/shares/{id}/chunks/{n}", write, s.putChunk)
+	return s.observe(s.checkHost(sanitize(mux)))
+}
+
+// sanitize refuses, with 400, API paths whose elements are not valid names
+// once unescaped: "..", ".", empty elements ("//"), encoded slashes or
+// backslashes, NUL and control characters. It runs before the mux, which
+// would otherwise answer such paths with a redirect to a cleaned path.
+func sanitize(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := r.URL.EscapedPath()
+		if strings.HasPrefix(p, "/v1/") {
+			for elem := range strings.SplitSeq(strings.TrimPrefix(p, "/"), "/") {
+				name, err := url.PathUnescape(elem)
+				if err == nil {
+					err = transfer.ValidName(name)
+				}
+				if err != nil {
+					writeError(w, fmt.Errorf("%w: path element %q", transfer.ErrBadName, truncate(elem, 64)))
+					return
+				}
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+// checkHost enforces AllowedHosts (see Options): a web page that rebinds its
+// DNS name to 127.0.0.1 still sends its own Host and Origin, so it is refused.
+func (s *Server) checkHost(next http.Handler) http.Handler {
+	if len(s.opts.AllowedHosts) == 0 {
+		return next
+	}
+	ok := func(host string) bool {
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		return slices.Contains(s.opts.AllowedHosts, strings.Trim(strings.ToLower(host), "[]"))
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !ok(r.Host) {
+			writeError(w, fmt.Errorf("%w: host %q", ErrForbidden, r.Host))
+			return
+		}
+		if o := r.Header.Get("Origin"); o != "" {
+			u, err := url.Parse(o)
+			if err != nil || !ok(u.Host) {
+				writeError(w, fmt.Errorf("%w: origin %q", ErrForbidden, o))
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// authorize lets a request through if it has the access the route needs.
+func (s *Server) authorize(need access, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if need == public || (need == read && s.opts.PublicRead) || s.validToken(r) {
+			h.ServeHTTP(w, r)
+			return
+		}
+		writeError(w, ErrUnauthorized)
+	})
+}
+
+// validToken checks the bearer token, or the password of Basic auth, in
+// constant time.
+func (s *Server) validToken(r *http.Request) bool {
+	var given string
+	auth := r.Header.Get("Authorization")
+	if t, ok := strings.CutPrefix(auth, "Bearer "); ok {
+		given = strings.TrimSpace(t)
+	} else if _, pw, ok := r.BasicAuth(); ok {
+		given = pw
+	} else {
+		return false
+	}
+	h := sha256.Sum256([]byte(given))
+	return subtle.ConstantTimeCompare(h[:], s.tokenHash[:]) == 1
+}
+
+// observe logs one line per request and counts it, and gives every request
+// idle deadlines: a body that moves no byte for TransferIdle is cut, without
+// capping how long a large transfer may take.
+func (s *Server) observe(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.inflight.Add(1)
+		defer s.inflight.Done()
+		start := time.Now()
+		rc := http.NewResponseController(w)
+		rec := &recorder{ResponseWriter: w, rc: rc, idle: s.opts.TransferIdle}
+		rec.extend()
+		if r.Body != nil && r.Body != http.NoBody {
+			r.Body = &idleBody{ReadCloser: r.Body, rc: rc, idle: s.opts.TransferIdle}
+		}
+		next.ServeHTTP(rec, r)
+
+		route := r.Pattern
+		if route == "" {
+			route = "unmatched"
+		}
+		status := rec.status
+		if status == 0 {
+			status = http.StatusOK
+		}
+		d := time.Since(start)
+		s.m.requests.WithLabelValues(route, fmt.Sprint(status)).Inc()
+		s.m.duration.WithLabelValues(route).Observe(d.Seconds())
+		level := slog.LevelInfo
+		switch {
+		case status >= 500:
+			level = slog.LevelWarn
+		case status < 400 && (strings.HasSuffix(route, "/chunks/{n}") || strings.HasSuffix(route, "/have")):
+			level = slog.LevelDebug // one per chunk: thousands per GiB
+		}
+		s.log.Log(r.Context(), level, "request", "method", r.Method, "route", route, "path", r.URL.Path,
+			"status", status, "bytes", rec.bytes, "duration", d.Round(time.Microsecond), "remote", r.RemoteAddr)
+	})
+}
+
+// recorder captures the status and body size, and extends the write
+// deadline before every write. It keeps ReadFrom, so sendfile still works,
+// in pieces of sendPiece bytes between deadline extensions.
+type recorder struct {
+	http.ResponseWriter
+	rc     *http.ResponseController
+	idle   time.Duration
+	status int
+	bytes  int64
+}
+
+func (w *recorder) extend() { w.rc.SetWriteDeadline(time.Now().Add(w.idle)) }
+
+func (w *recorder) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *recorder) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	w.extend()
+	n, err := w.ResponseWriter.Write(p)
+	w.bytes += int64(n)
+	return n, err
+}
+
+func (w *recorder) ReadFrom(src io.Reader) (int64, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	rf, ok := w.ResponseWriter.(io.ReaderFrom)
+	if !ok {
+		return io.Copy(writerOnly{w}, src)
+	}
+	// Unwrap one LimitedReader, so the pieces below wrap the file itself:
+	// sendfile only sees through one level.
+	inner, left := src, int64(-1)
+	if lr, ok := src.(*io.LimitedReader); ok {
+		inner, left = lr.R, lr.N
+		defer func() { lr.N = left }()
+	}
+	var total int64
+	for left != 0 {
+		piece := sendPiece
+		if left > 0 {
+			piece = min(piece, left)
+		}
+		w.extend()
+		n, err := rf.ReadFrom(&io.LimitedReader{R: inner, N: piece})
+		total += n
+		w.bytes += n
+		if left > 0 {
+			left -= n
+		}
+		if err != nil || n < piece {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+func (w *recorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Flush implements http.Flusher.
+func (w *recorder) Flush() { w.rc.Flush() }
+
+type writerOnly struct{ io.Writer }
+
+// idleBody extends the read deadline before every read of a request body.
+type idleBody struct {
+	io.ReadCloser
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	b.rc.SetReadDeadline(time.Now().Add(b.idle))
+	return b.ReadCloser.Read(p)
+}

@@ -1,0 +1,237 @@
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/sharefiles/share/transfer"
+)
+
+// Backend is what the API serves. *transfer.Store is one; a peer provides
+// another that also fetches from its swarm.
+type Backend interface {
+	List() []*transfer.Share
+	Get(id transfer.ID) (*transfer.Share, error)
+	Create(m *transfer.Manifest) (*transfer.Share, bool, error)
+	Import(ctx context.Context, name string, r io.Reader, opts transfer.ImportOptions) (*transfer.Share, error)
+	Remove(id transfer.ID) error
+}
+
+var _ Backend = (*transfer.Store)(nil)
+
+// Limits and timeouts; Options fields of the same name override them.
+const (
+	DefaultMaxUploadSize   = 1 << 40 // 1 TiB per raw upload
+	DefaultMaxUploads      = 32      // concurrent upload requests (raw files and chunks)
+	DefaultShutdownGrace   = 30 * time.Second
+	DefaultIdleTimeout     = 120 * time.Second // keep-alive connections
+	DefaultTransferIdle    = 60 * time.Second  // a body that moves no byte for this long is cut
+	readHeaderTimeout      = 10 * time.Second
+	maxHeaderBytes         = 64 << 10
+	closeWait              = 5 * time.Second // after a forced close, for handlers to clean up
+	sendPiece        int64 = 4 << 20         // sendfile pieces, between write deadline extensions
+)
+
+// Options configures a Server. Backend and Token are required; the zero value
+// of every other field works.
+type Options struct {
+	Backend Backend
+	// Token is the bearer token clients must present. Basic auth with the
+	// token as password is accepted too, so browsers can prompt for it.
+	Token string
+	// PublicRead lets anyone list and download; writes still need the token.
+	PublicRead bool
+	// UploadLimit caps the share bytes the server sends, DownloadLimit those
+	// it receives, across all requests. Nil: no cap.
+	UploadLimit, DownloadLimit *transfer.Limiter
+	MaxUploadSize              int64 // bytes per raw upload; 0: DefaultMaxUploadSize
+	MaxUploads                 int   // concurrent uploads; 0: DefaultMaxUploads
+	ChunkSize                  int64 // chunk size of raw uploads; 0: transfer.DefaultChunkSize
+	ShutdownGrace              time.Duration
+	IdleTimeout                time.Duration
+	TransferIdle               time.Duration
+	// TLSCertFile and TLSKeyFile, if set, make Serve speak HTTPS.
+	TLSCertFile, TLSKeyFile string
+	// AllowedHosts, if set, is the list of Host header values (without port)
+	// accepted; others get 403. Guards a local API against DNS rebinding.
+	// Requests carrying an Origin header must also come from one of them.
+	AllowedHosts []string
+	Version      string
+	Logger       *slog.Logger         // nil: slog.Default()
+	Registry     *prometheus.Registry // nil: a new one, with Go and process collectors
+}
+
+// Server serves the API. Create it with New; it is safe for concurrent use.
+type Server struct {
+	opts      Options
+	log       *slog.Logger
+	tokenHash [32]byte
+	uploads   chan struct{} // semaphore of MaxUploads
+	handler   http.Handler
+	reg       *prometheus.Registry
+	m         *metrics
+	inflight  sync.WaitGroup // requests being handled
+}
+
+// New checks opts and returns a Server.
+func New(opts Options) (*Server, error) {
+	if opts.Backend == nil {
+		return nil, errors.New("server: no backend")
+	}
+	if opts.Token == "" {
+		return nil, errors.New("server: no token")
+	}
+	opts.MaxUploadSize = cmp0(opts.MaxUploadSize, DefaultMaxUploadSize)
+	opts.MaxUploads = cmp0(opts.MaxUploads, DefaultMaxUploads)
+	opts.ShutdownGrace = cmp0(opts.ShutdownGrace, DefaultShutdownGrace)
+	opts.IdleTimeout = cmp0(opts.IdleTimeout, DefaultIdleTimeout)
+	opts.TransferIdle = cmp0(opts.TransferIdle, DefaultTransferIdle)
+	if (opts.TLSCertFile == "") != (opts.TLSKeyFile == "") {
+		return nil, errors.New("server: TLS needs both a certificate and a key")
+	}
+	s := &Server{
+		opts:      opts,
+		log:       opts.Logger,
+		tokenHash: sha256.Sum256([]byte(opts.Token)),
+		uploads:   make(chan struct{}, opts.MaxUploads),
+		reg:       opts.Registry,
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.reg == nil {
+		s.reg = prometheus.NewRegistry()
+		s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	m, err := newMetrics(s.reg, opts.Backend)
+	if err != nil {
+		return nil, err
+	}
+	s.m = m
+	s.handler = s.routes()
+	return s, nil
+}
+
+func cmp0[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+// Handler returns the API's handler, for tests and for embedding.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Registry returns the registry the metrics are in.
+func (s *Server) Registry() *prometheus.Registry { return s.reg }
+
+// Serve answers requests on ln until ctx is done, then shuts down gracefully:
+// it stops accepting, lets requests in flight finish within ShutdownGrace,
+// then cuts the rest off (an upload cut off leaves nothing behind) and waits
+// briefly for their handlers to clean up. It closes ln.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	hs := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       s.opts.IdleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+	if s.opts.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(s.opts.TLSCertFile, s.opts.TLSKeyFile)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("server: TLS: %w", err)
+		}
+		hs.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		ln = tls.NewListener(ln, hs.TLSConfig)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	s.log.Info("shutting down", "grace", s.opts.ShutdownGrace)
+	sctx, cancel := context.WithTimeout(context.Background(), s.opts.ShutdownGrace)
+	defer cancel()
+	err := hs.Shutdown(sctx)
+	if err != nil {
+		s.log.Warn("grace period over; closing connections", "err", err)
+		hs.Close()
+		done := make(chan struct{})
+		go func() { s.inflight.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(closeWait):
+		}
+	}
+	<-errc // http.ErrServerClosed
+	return nil
+}
+
+// metrics are the Prometheus series of one Server.
+type metrics struct {
+	requests  *prometheus.CounterVec   // by route and code
+	duration  *prometheus.HistogramVec // by route
+	sent      prometheus.Counter       // share bytes served
+	received  prometheus.Counter       // share bytes received
+	chunksOut prometheus.Counter
+	chunksIn  prometheus.Counter
+	badChunks prometheus.Counter
+	active    *prometheus.GaugeVec // transfers in progress, by direction
+}
+
+func newMetrics(reg prometheus.Registerer, b Backend) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "share_http_requests_total", Help: "HTTP requests, by route and status code.",
+		}, []string{"route", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "share_http_request_duration_seconds", Help: "HTTP request duration, by route.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
+		}, []string{"route"}),
+		sent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "share_bytes_served_total", Help: "Share bytes sent to clients (chunks, files, tar streams).",
+		}),
+		received: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "share_bytes_received_total", Help: "Share bytes received from clients (uploads and chunks).",
+		}),
+		chunksOut: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "share_chunks_served_total", Help: "Chunks sent through the chunk route.",
+		}),
+		chunksIn: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "share_chunks_received_total", Help: "Chunks received, verified and stored.",
+		}),
+		badChunks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "share_bad_chunks_received_total", Help: "Uploaded chunks refused because they failed verification.",
+		}),
+		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "share_active_transfers", Help: "Requests moving share bytes right now, by direction (send, receive).",
+		}, []string{"direction"}),
+	}
+	shares := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "share_shares", Help: "Shares held, complete or partial.",
+	}, func() float64 { return float64(len(b.List())) })
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.sent, m.received, m.chunksOut, m.chunksIn, m.badChunks, m.active, shares} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}

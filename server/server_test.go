@@ -1,0 +1,657 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sharefiles/share/transfer"
+	"github.com/sharefiles/share/transfer/transfertest"
+)
+
+const testToken = "test-token-123"
+
+type testServer struct {
+	URL    string
+	Store  *transfer.Store
+	Server *Server
+	stop   func()
+}
+
+// startServer runs a real server on a free loopback port until the test ends.
+func startServer(t testing.TB, st *transfer.Store, mod func(*Options)) *testServer {
+	t.Helper()
+	if st == nil {
+		var err error
+		if st, err = transfer.OpenStore(t.TempDir(), transfer.StoreOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+	}
+	opts := Options{Backend: st, Token: testToken, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), ShutdownGrace: time.Second}
+	if mod != nil {
+		mod(&opts)
+	}
+	srv, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	scheme := "http"
+	if opts.TLSCertFile != "" {
+		scheme = "https"
+	}
+	ts := &testServer{URL: scheme + "://" + ln.Addr().String(), Store: st, Server: srv}
+	ts.stop = func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	}
+	t.Cleanup(func() {
+		if ctx.Err() == nil {
+			ts.stop()
+		}
+	})
+	return ts
+}
+
+func (ts *testServer) client(t testing.TB, token string) *Client {
+	t.Helper()
+	c, err := NewClient(ts.URL, ClientOptions{Token: token})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// request sends a raw HTTP request, as curl would.
+func request(t testing.TB, method, url, token string, body io.Reader, hdr ...string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(method, url, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp
+}
+
+func readBody(t testing.TB, resp *http.Response) []byte {
+	t.Helper()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestClientIsASource(t *testing.T) {
+	transfertest.Run(t, func(t *testing.T, st *transfer.Store) transfer.Source {
+		return startServer(t, st, nil).client(t, testToken)
+	})
+}
+
+func TestRawUploadListRangeAndETag(t *testing.T) {
+	ts := startServer(t, nil, nil)
+	content := transfertest.Bytes(1, 3<<20+17)
+	resp := request(t, "PUT", ts.URL+"/v1/shares/data.bin", testToken, bytes.NewReader(content))
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("PUT: %d %s", resp.StatusCode, readBody(t, resp))
+	}
+	var info ShareInfo
+	if err := json.Unmarshal(readBody(t, resp), &info); err != nil {
+		t.Fatal(err)
+	}
+	if info.Name != "data.bin" || info.Size != int64(len(content)) || !info.Complete || info.Chunks != 4 {
+		t.Fatalf("info %+v", info)
+	}
+	if resp.Header.Get("Location") != "/v1/shares/"+info.ID.String() {
+		t.Fatalf("Location %q", resp.Header.Get("Location"))
+	}
+
+	list, err := ts.client(t, testToken).List(context.Background())
+	if err != nil || len(list) != 1 || list[0].ID != info.ID {
+		t.Fatalf("list: %v %+v", err, list)
+	}
+
+	url := ts.URL + "/v1/shares/" + info.ID.String()
+	full := request(t, "GET", url, testToken, nil)
+	if got := readBody(t, full); !bytes.Equal(got, content) {
+		t.Fatal("GET returned other bytes")
+	}
+	etag := full.Header.Get("ETag")
+	if etag != `"`+info.ID.String()+`"` || full.Header.Get("Accept-Ranges") != "bytes" {
+		t.Fatalf("ETag %q, Accept-Ranges %q", etag, full.Header.Get("Accept-Ranges"))
+	}
+	if cd := full.Header.Get("Content-Disposition"); !strings.Contains(cd, "data.bin") {
+		t.Fatalf("Content-Disposition %q", cd)
+	}
+	// Resume as curl -C - does: a Range from where the file stopped.
+	part := request(t, "GET", url, testToken, nil, "Range", "bytes=1000000-", "If-Range", etag)
+	if part.StatusCode != http.StatusPartialContent {
+		t.Fatalf("Range: %d", part.StatusCode)
+	}
+	if got := readBody(t, part); !bytes.Equal(got, content[1000000:]) {
+		t.Fatal("Range returned other bytes")
+	}
+	if nm := request(t, "GET", url, testToken, nil, "If-None-Match", etag); nm.StatusCode != http.StatusNotModified {
+		t.Fatalf("If-None-Match: %d", nm.StatusCode)
+	}
+	if h := request(t, "HEAD", url, testToken, nil); h.StatusCode != 200 || h.ContentLength != int64(len(content)) {
+		t.Fatalf("HEAD: %d, length %d", h.StatusCode, h.ContentLength)
+	}
+
+	// The manifest, have and chunk routes serve the chunk protocol.
+	m := request(t, "GET", url+"/manifest", testToken, nil)
+	if _, err := transfer.VerifyManifest(info.ID, readBody(t, m)); err != nil {
+		t.Fatal(err)
+	}
+	if c := request(t, "GET", url+"/chunks/3", testToken, nil); !bytes.Equal(readBody(t, c), content[3<<20:]) {
+		t.Fatal("last chunk differs")
+	}
+	if c := request(t, "GET", url+"/chunks/4", testToken, nil); c.StatusCode != http.StatusRequestedRangeNotSatisfiable {
+		t.Fatalf("chunk past the end: %d", c.StatusCode)
+	}
+	for _, bad := range []string{"-1", "01", "x", "99999999999"} {
+		if c := request(t, "GET", url+"/chunks/"+bad, testToken, nil); c.StatusCode != http.StatusBadRequest {
+			t.Fatalf("chunk %q: %d", bad, c.StatusCode)
+		}
+	}
+
+	// Delete it.
+	if d := request(t, "DELETE", url, testToken, nil); d.StatusCode != http.StatusNoContent {
+		t.Fatalf("DELETE: %d", d.StatusCode)
+	}
+	if g := request(t, "GET", url, testToken, nil); g.StatusCode != http.StatusNotFound {
+		t.Fatalf("GET after DELETE: %d", g.StatusCode)
+	}
+}
+
+func TestAuth(t *testing.T) {
+	ts := startServer(t, nil, nil)
+	resp := request(t, "PUT", ts.URL+"/v1/shares/f", testToken, strings.NewReader("hello"))
+	var info ShareInfo
+	json.Unmarshal(readBody(t, resp), &info)
+	url := ts.URL + "/v1/shares/" + info.ID.String()
+
+	for _, tok := range []string{"", "wrong", testToken + "x"} {
+		for _, req := range []struct{ method, url string }{
+			{"GET", ts.URL + "/v1/shares"}, {"GET", url}, {"GET", url + "/manifest"}, {"GET", url + "/chunks/0"},
+			{"DELETE", url}, {"PUT", ts.URL + "/v1/shares/evil"}, {"POST", ts.URL + "/v1/shares"}, {"GET", ts.URL + "/metrics"},
+		} {
+			resp := request(t, req.method, req.url, tok, strings.NewReader("x"))
+			if resp.StatusCode != http.StatusUnauthorized {
+				t.Errorf("%s %s with token %q: %d, want 401", req.method, req.url, tok, resp.StatusCode)
+			}
+			if !strings.Contains(resp.Header.Get("WWW-Authenticate"), "Bearer") {
+				t.Errorf("401 without WWW-Authenticate")
+			}
+		}
+	}
+	// Nothing changed.
+	if n := len(ts.Store.List()); n != 1 {
+		t.Fatalf("%d shares after unauthorized requests", n)
+	}
+	if h := request(t, "GET", ts.URL+"/healthz", "", nil); h.StatusCode != 200 {
+		t.Fatalf("healthz without token: %d", h.StatusCode)
+	}
+	// Basic auth with the token as password (browsers) works too.
+	req, _ := http.NewRequest("GET", url, nil)
+	req.SetBasicAuth("anyone", testToken)
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("basic auth: %v %v", err, resp.StatusCode)
+	}
+	// The client reports a wrong token as such, and a download does not retry it.
+	_, err := ts.client(t, "wrong").List(context.Background())
+	if !errors.Is(err, ErrUnauthorized) || !errors.Is(err, transfer.ErrSourceRefused) {
+		t.Fatalf("client with wrong token: %v", err)
+	}
+}
+
+func TestPublicRead(t *testing.T) {
+	ts := startServer(t, nil, func(o *Options) { o.PublicRead = true })
+	resp := request(t, "PUT", ts.URL+"/v1/shares/f", testToken, strings.NewReader("hello"))
+	var info ShareInfo
+	json.Unmarshal(readBody(t, resp), &info)
+	if g := request(t, "GET", ts.URL+"/v1/shares/"+info.ID.String(), "", nil); g.StatusCode != 200 || string(readBody(t, g)) != "hello" {
+		t.Fatalf("public GET: %d", g.StatusCode)
+	}
+	if g := request(t, "GET", ts.URL+"/", "", nil); g.StatusCode != 200 || !strings.Contains(string(readBody(t, g)), info.ID.String()) {
+		t.Fatal("index page does not list the share")
+	}
+	if p := request(t, "PUT", ts.URL+"/v1/shares/g", "", strings.NewReader("x")); p.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("public PUT: %d", p.StatusCode)
+	}
+	if d := request(t, "DELETE", ts.URL+"/v1/shares/"+info.ID.String(), "", nil); d.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("public DELETE: %d", d.StatusCode)
+	}
+}
+
+func TestBadNamesAndPaths(t *testing.T) {
+	ts := startServer(t, nil, nil)
+	for _, p := range []string{
+		"/v1/shares/..", "/v1/shares/.", "/v1/shares/%2e%2e", "/v1/shares/%2E%2E", "/v1/shares/a%2Fb", "/v1/shares/%2Fetc%2Fpasswd",
+		"/v1/shares/a%5Cb", "/v1/shares/a%00b", "/v1/shares/a%0Ab", "/v1/shares/a%7Fb", "/v1/shares//x", "/v1/shares/x/../y",
+		"/v1/shares/..%2F..%2Fetc", "/v1/shares/%ZZ",
+	} {
+		// Raw paths, not cleaned by a client.
+		conn, err := net.Dial("tcp", strings.TrimPrefix(ts.URL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(conn, "PUT %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello", p, testToken)
+		b, _ := io.ReadAll(conn)
+		conn.Close()
+		if !strings.HasPrefix(string(b), "HTTP/1.1 400") {
+			t.Errorf("PUT %s: %q, want 400", p, strings.SplitN(string(b), "\r\n", 2)[0])
+		}
+	}
+	if n := len(ts.Store.List()); n != 0 {
+		t.Fatalf("%d shares stored from bad names", n)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(ts.Store.Dir(), "tmp")); len(ents) != 0 {
+		t.Fatal("bad uploads left files in tmp")
+	}
+	if r := request(t, "GET", ts.URL+"/v1/shares/notanid", testToken, nil); r.StatusCode != http.StatusBadRequest {
+		t.Fatalf("bad ID: %d", r.StatusCode)
+	}
+}
+
+func TestTruncatedUploadLeavesNothing(t *testing.T) {
+	ts := startServer(t, nil, nil)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(ts.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(conn, "PUT /v1/shares/cut HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: 1000000\r\n\r\n", testToken)
+	conn.Write(make([]byte, 300000))
+	conn.(*net.TCPConn).CloseWrite() // the client dies mid-body
+	io.ReadAll(conn)
+	conn.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ents, _ := os.ReadDir(filepath.Join(ts.Store.Dir(), "tmp"))
+		if len(ents) == 0 && len(ts.Store.List()) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("truncated upload left %d tmp entries, %d shares", len(ents), len(ts.Store.List()))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Chunked encoding cut off before its last chunk: 400, nothing kept.
+	conn, _ = net.Dial("tcp", strings.TrimPrefix(ts.URL, "http://"))
+	fmt.Fprintf(conn, "PUT /v1/shares/cut2 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", testToken)
+	conn.(*net.TCPConn).CloseWrite()
+	io.ReadAll(conn)
+	conn.Close()
+	if len(ts.Store.List()) != 0 {
+		t.Fatal("cut chunked upload stored")
+	}
+}
+
+func TestUploadLimits(t *testing.T) {
+	ts := startServer(t, nil, func(o *Options) { o.MaxUploadSize = 1000 })
+	if r := request(t, "PUT", ts.URL+"/v1/shares/big", testToken, bytes.NewReader(make([]byte, 1001))); r.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("oversize with Content-Length: %d", r.StatusCode)
+	}
+	// Without a Content-Length the limit is enforced while reading.
+	if r := request(t, "PUT", ts.URL+"/v1/shares/big", testToken, io.MultiReader(bytes.NewReader(make([]byte, 1001)))); r.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("oversize chunked: %d", r.StatusCode)
+	}
+	if len(ts.Store.List()) != 0 {
+		t.Fatal("oversize upload stored")
+	}
+	if r := request(t, "PUT", ts.URL+"/v1/shares/ok?chunk_size=1", testToken, strings.NewReader("x")); r.StatusCode != http.StatusBadRequest {
+		t.Fatalf("bad chunk_size: %d", r.StatusCode)
+	}
+}
+
+func TestConcurrentUploadBound(t *testing.T) {
+	ts := startServer(t, nil, func(o *Options) { o.MaxUploads = 1 })
+	pr, pw := io.Pipe()
+	first := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest("PUT", ts.URL+"/v1/shares/slow", pr)
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			first <- 0
+			return
+		}
+		resp.Body.Close()
+		first <- resp.StatusCode
+	}()
+	pw.Write([]byte("started"))
+	// Wait until the first upload holds the slot.
+	for ts.Server.m.active.WithLabelValues("receive") != nil && len(ts.Server.uploads) == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	r := request(t, "PUT", ts.URL+"/v1/shares/second", testToken, strings.NewReader("x"))
+	if r.StatusCode != http.StatusServiceUnavailable || r.Header.Get("Retry-After") == "" {
+		t.Fatalf("second upload: %d, Retry-After %q", r.StatusCode, r.Header.Get("Retry-After"))
+	}
+	pw.Close()
+	if code := <-first; code != http.StatusCreated {
+		t.Fatalf("first upload: %d", code)
+	}
+}
+
+func TestPutAndGetDirectory(t *testing.T) {
+	ts := startServer(t, nil, nil)
+	c := ts.client(t, testToken)
+	src := filepath.Join(t.TempDir(), "photos")
+	files := map[string][]byte{
+		"a.jpg":          transfertest.Bytes(1, 2<<20+5),
+		"trip/b.jpg":     transfertest.Bytes(2, 100),
+		"trip/deep/c.md": []byte("# notes\n"),
+		"empty":          nil,
+	}
+	for p, b := range files {
+		os.MkdirAll(filepath.Dir(filepath.Join(src, p)), 0o755)
+		os.WriteFile(filepath.Join(src, p), b, 0o640)
+	}
+	ctx := context.Background()
+	info, err := c.Put(ctx, src, PutOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !info.Complete || info.Type != "dir" || info.Files != 4 {
+		t.Fatalf("info %+v", info)
+	}
+	// Put again: the server has it; nothing is sent.
+	var sent int64 = -1
+	if _, err := c.Put(ctx, src, PutOptions{Started: func(_ *transfer.Manifest, n int64) { sent = n }}); err != nil || sent != 0 {
+		t.Fatalf("second put: %v, would send %d bytes", err, sent)
+	}
+	out := filepath.Join(t.TempDir(), "copy")
+	got, stats, err := c.Get(ctx, info.ID, transfer.GetOptions{Out: out})
+	if err != nil || got != out {
+		t.Fatalf("get: %q %v", got, err)
+	}
+	if stats.Chunks != info.Chunks {
+		t.Fatalf("fetched %d chunks, want %d", stats.Chunks, info.Chunks)
+	}
+	for p, want := range files {
+		b, err := os.ReadFile(filepath.Join(out, p))
+		if err != nil || !bytes.Equal(b, want) {
+			t.Fatalf("%s: %v", p, err)
+		}
+		if fi, _ := os.Stat(filepath.Join(out, p)); fi.Mode().Perm() != 0o640 {
+			t.Fatalf("%s: mode %v", p, fi.Mode())
+		}
+	}
+	// No partial directory is left behind.
+	if ents, _ := filepath.Glob(filepath.Join(filepath.Dir(out), ".*share-partial*")); len(ents) != 0 {
+		t.Fatalf("leftovers: %v", ents)
+	}
+	// Out naming an existing directory puts the share inside it, as cp does;
+	// an existing output is not overwritten.
+	if got, _, err := c.Get(ctx, info.ID, transfer.GetOptions{Out: out}); err != nil || got != filepath.Join(out, "photos") {
+		t.Fatalf("get into a directory: %q %v", got, err)
+	}
+	if _, _, err := c.Get(ctx, info.ID, transfer.GetOptions{Out: out}); !errors.Is(err, transfer.ErrExists) {
+		t.Fatalf("get over an existing output: %v", err)
+	}
+	// The tar route streams it.
+	resp := request(t, "GET", ts.URL+"/v1/shares/"+info.ID.String(), testToken, nil)
+	if resp.Header.Get("Content-Type") != "application/x-tar" || len(readBody(t, resp)) < 2<<20 {
+		t.Fatal("tar stream")
+	}
+}
+
+func TestCorruptChunkOnServerDiskIsRefused(t *testing.T) {
+	ts := startServer(t, nil, nil)
+	c := ts.client(t, testToken)
+	content := transfertest.Bytes(3, 3<<20)
+	info, err := c.Upload(context.Background(), "f.bin", bytes.NewReader(content), int64(len(content)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh, _ := ts.Store.Get(info.ID)
+	f, err := os.OpenFile(sh.DataPath(), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte("rot"), 1<<20+12345) // chunk 1
+	f.Close()
+	out := filepath.Join(t.TempDir(), "f.bin")
+	_, stats, err := c.Get(context.Background(), info.ID, transfer.GetOptions{Out: out})
+	if !errors.Is(err, transfer.ErrNoSources) || !strings.Contains(err.Error(), "chunk 1 ") || !strings.Contains(err.Error(), ts.URL) {
+		t.Fatalf("get of a corrupt share: %v", err)
+	}
+	if stats.BadChunks != 1 {
+		t.Fatalf("bad chunks %d", stats.BadChunks)
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Fatal("output written although a chunk was bad")
+	}
+}
+
+func TestChunkUploadVerification(t *testing.T) {
+	ts := startServer(t, nil, nil)
+	c := ts.client(t, testToken)
+	content := transfertest.Bytes(4, 2<<20)
+	path := filepath.Join(t.TempDir(), "f")
+	os.WriteFile(path, content, 0o644)
+	m, err := transfer.BuildManifest(context.Background(), path, transfer.BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateShare(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	bad := bytes.Clone(content[:1<<20])
+	bad[5] ^= 1
+	err = c.PutChunk(context.Background(), m.ID(), 0, bytes.NewReader(bad), int64(len(bad)))
+	if !errors.Is(err, transfer.ErrBadChunk) {
+		t.Fatalf("corrupt chunk upload: %v", err)
+	}
+	if err := c.PutChunk(context.Background(), m.ID(), 0, bytes.NewReader(content[:10]), 10); !errors.Is(err, transfer.ErrBadChunk) {
+		t.Fatalf("short chunk upload: %v", err)
+	}
+	// A partial share is listed as such and its content is not served.
+	list, _ := c.List(context.Background())
+	if len(list) != 1 || list[0].Complete || list[0].Have != 0 {
+		t.Fatalf("list %+v", list)
+	}
+	if r := request(t, "GET", ts.URL+"/v1/shares/"+m.ID().String(), testToken, nil); r.StatusCode != http.StatusConflict {
+		t.Fatalf("GET of a partial share: %d", r.StatusCode)
+	}
+	// Garbage manifests are refused.
+	if r := request(t, "POST", ts.URL+"/v1/shares", testToken, strings.NewReader(`{"version":1}`)); r.StatusCode != http.StatusBadRequest {
+		t.Fatalf("bad manifest: %d", r.StatusCode)
+	}
+}
+
+func TestResumeAfterInterruptedGet(t *testing.T) {
+	ts := startServer(t, nil, nil)
+	c := ts.client(t, testToken)
+	content := transfertest.Bytes(5, 20<<20)
+	info, err := c.Upload(context.Background(), "big", bytes.NewReader(content), int64(len(content)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "big")
+	ctx, cancel := context.WithCancel(context.Background())
+	_, _, err = c.Get(ctx, info.ID, transfer.GetOptions{Out: out, Download: transfer.DownloadOptions{
+		MaxInFlight: 2,
+		Progress: func(p transfer.Progress) {
+			if p.Chunks >= 8 {
+				cancel()
+			}
+		}}})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("interrupted get: %v", err)
+	}
+	var held int64 = -1
+	_, stats, err := c.Get(context.Background(), info.ID, transfer.GetOptions{Out: out, Started: func(_ *transfer.Manifest, h int64) { held = h }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if held < 8<<20 || stats.Bytes != int64(len(content))-held {
+		t.Fatalf("resume held %d bytes, fetched %d more", held, stats.Bytes)
+	}
+	if got, _ := os.ReadFile(out); !bytes.Equal(got, content) {
+		t.Fatal("resumed download differs")
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	ts := startServer(t, nil, nil)
+	c := ts.client(t, testToken)
+	content := transfertest.Bytes(6, 1<<20+1)
+	info, _ := c.Upload(context.Background(), "m", bytes.NewReader(content), int64(len(content)))
+	request(t, "GET", ts.URL+"/v1/shares/"+info.ID.String()+"/chunks/1", testToken, nil)
+	body := string(readBody(t, request(t, "GET", ts.URL+"/metrics", testToken, nil)))
+	for _, want := range []string{
+		"share_bytes_received_total 1.048577e+06",
+		"share_bytes_served_total 1",
+		"share_chunks_served_total 1",
+		`share_http_requests_total{code="201",route="PUT /v1/shares/{name}"} 1`,
+		`share_active_transfers{direction="receive"} 0`,
+		"share_shares 1",
+		"go_goroutines",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}
+
+func TestGracefulShutdownCutsUploadCleanly(t *testing.T) {
+	ts := startServer(t, nil, func(o *Options) { o.ShutdownGrace = 200 * time.Millisecond })
+	pr, pw := io.Pipe()
+	go func() {
+		req, _ := http.NewRequest("PUT", ts.URL+"/v1/shares/slow", pr)
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	pw.Write(make([]byte, 100000))
+	for len(ts.Server.uploads) == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	ts.stop() // the upload never finishes: cut off after the grace period
+	pw.Close()
+	if ents, _ := os.ReadDir(filepath.Join(ts.Store.Dir(), "tmp")); len(ents) != 0 {
+		t.Fatalf("cut-off upload left %d entries in tmp", len(ents))
+	}
+	if len(ts.Store.List()) != 0 {
+		t.Fatal("cut-off upload stored")
+	}
+}
+
+func TestTLS(t *testing.T) {
+	cert, key, pool := selfSigned(t)
+	ts := startServer(t, nil, func(o *Options) { o.TLSCertFile, o.TLSKeyFile = cert, key })
+	c, err := NewClient(ts.URL, ClientOptions{Token: testToken, TLSConfig: &tls.Config{RootCAs: pool}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Health(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Upload(context.Background(), "s", strings.NewReader("secret"), 6)
+	if err != nil || !info.Complete {
+		t.Fatal(err)
+	}
+	// Without the CA, the client refuses the server.
+	plain, _ := NewClient(ts.URL, ClientOptions{Token: testToken})
+	if err := plain.Health(context.Background()); err == nil {
+		t.Fatal("untrusted certificate accepted")
+	}
+}
+
+func selfSigned(t *testing.T) (certFile, keyFile string, pool *x509.CertPool) {
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, BasicConstraintsValid: true, IsCA: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &priv.PublicKey, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	kb, _ := x509.MarshalECPrivateKey(priv)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+	c, _ := x509.ParseCertificate(der)
+	pool = x509.NewCertPool()
+	pool.AddCert(c)
+	return certFile, keyFile, pool
+}
+
+func TestAllowedHosts(t *testing.T) {
+	ts := startServer(t, nil, func(o *Options) { o.AllowedHosts = []string{"127.0.0.1", "localhost"} })
+	if r := request(t, "GET", ts.URL+"/v1/shares", testToken, nil); r.StatusCode != 200 {
+		t.Fatalf("own host: %d", r.StatusCode)
+	}
+	req, _ := http.NewRequest("GET", ts.URL+"/v1/shares", nil)
+	req.Host = "evil.example"
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	if r, _ := http.DefaultClient.Do(req); r.StatusCode != http.StatusForbidden {
+		t.Fatalf("rebound host: %d", r.StatusCode)
+	}
+	if r := request(t, "GET", ts.URL+"/v1/shares", testToken, nil, "Origin", "http://evil.example"); r.StatusCode != http.StatusForbidden {
+		t.Fatalf("foreign origin: %d", r.StatusCode)
+	}
+}
+
+func FuzzParseChunkIndex(f *testing.F) {
+	for _, s := range []string{"0", "1", "10", "01", "-1", "x", "99999999999", "+1", " 1"} {
+		f.Add(s, 100)
+	}
+	f.Fuzz(func(t *testing.T, s string, n int) {
+		i, err := ParseChunkIndex(s, n)
+		if err != nil {
+			return
+		}
+		if i < 0 || i >= n || fmt.Sprint(i) != s {
+			t.Fatalf("ParseChunkIndex(%q, %d) = %d", s, n, i)
+		}
+	})
+}
