@@ -33,15 +33,15 @@ var _ Backend = (*transfer.Store)(nil)
 
 // Limits and timeouts; Options fields of the same name override them.
 const (
-	DefaultMaxUploadSize   = 1 << 40 // 1 TiB per raw upload
-	DefaultMaxUploads      = 32      // concurrent upload requests (raw files and chunks)
-	DefaultShutdownGrace   = 30 * time.Second
-	DefaultIdleTimeout     = 120 * time.Second // keep-alive connections
-	DefaultTransferIdle    = 60 * time.Second  // a body that moves no byte for this long is cut
-	readHeaderTimeout      = 10 * time.Second
-	maxHeaderBytes         = 64 << 10
-	closeWait              = 5 * time.Second // after a forced close, for handlers to clean up
-	sendPiece        int64 = 4 << 20         // sendfile pieces, between write deadline extensions
+	DefaultMaxUploadSize       = 1 << 40 // 1 TiB per raw upload
+	DefaultMaxUploads          = 32      // concurrent upload requests (raw files and chunks)
+	DefaultShutdownGrace       = 30 * time.Second
+	DefaultIdleTimeout         = 120 * time.Second // keep-alive connections
+	DefaultTransferIdle        = 60 * time.Second  // a body that moves no byte for this long is cut
+	readHeaderTimeout          = 10 * time.Second
+	maxHeaderBytes             = 64 << 10
+	closeWait                  = 5 * time.Second // after a forced close, for handlers to clean up
+	sendPiece            int64 = 4 << 20         // sendfile pieces, between write deadline extensions
 )
 
 // Options configures a Server. Backend and Token are required; the zero value
