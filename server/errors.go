@@ -15,16 +15,32 @@ import (
 var (
 	// ErrUnauthorized: missing or wrong token. It is a transfer.ErrSourceRefused,
 	// so a download does not retry it.
-	ErrUnauthorized = fmt.Errorf("unauthorized (missing or wrong token): %w", transfer.ErrSourceRefused)
+	ErrUnauthorized error = refusal("unauthorized (missing or wrong token)")
+	// ErrForbidden: a request refused whoever asks (a foreign Host or Origin).
+	ErrForbidden error = refusal("forbidden")
 	// ErrBusy: the server is at its bound of concurrent uploads; retry later.
 	ErrBusy = errors.New("server busy")
 	// ErrBadRequest: a malformed request.
 	ErrBadRequest = errors.New("bad request")
 	// ErrNoSpace: the server's disk is full.
 	ErrNoSpace = errors.New("server out of disk space")
-	// ErrForbidden: a request the server refuses whoever asks (a foreign Host or Origin).
-	ErrForbidden = fmt.Errorf("forbidden: %w", transfer.ErrSourceRefused)
 )
+
+// refusal is an error that is also a transfer.ErrSourceRefused.
+type refusal string
+
+func (r refusal) Error() string        { return string(r) }
+func (r refusal) Is(target error) bool { return target == transfer.ErrSourceRefused }
+
+// remoteError is an error the server reported: its message, matching the
+// sentinel its code names.
+type remoteError struct {
+	msg string
+	err error
+}
+
+func (e *remoteError) Error() string { return e.msg }
+func (e *remoteError) Unwrap() error { return e.err }
 
 // apiError is the JSON body of every error response.
 type apiError struct {
@@ -111,10 +127,7 @@ func responseError(resp *http.Response, op string) error {
 	}
 	for _, c := range codes {
 		if c.code == ae.Code {
-			if c.err == ErrUnauthorized || c.err == ErrForbidden {
-				return fmt.Errorf("%s: %w", op, c.err)
-			}
-			return fmt.Errorf("%s: %s: %w", op, ae.Error, c.err)
+			return fmt.Errorf("%s: %w", op, &remoteError{msg: ae.Error, err: c.err})
 		}
 	}
 	if resp.StatusCode == http.StatusUnauthorized {

@@ -1,0 +1,117 @@
+// Command share moves files and directories between machines, through a
+// central server (share serve) or, in the peer mode, a libp2p swarm. This
+// package is the CLI only: flags, output, signals, logging and exit codes.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitError = 1 // the command failed
+	exitUsage = 2 // bad flags or arguments
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// usageError marks errors in how the command was called.
+type usageError struct{ error }
+
+// run executes the CLI and returns its exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	root := newRoot(stdout, stderr)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, new(usageError)) || isCobraUsage(err):
+		fmt.Fprintf(stderr, "share: %v\nRun 'share --help' for usage.\n", err)
+		return exitUsage
+	case errors.Is(err, context.Canceled) && ctx.Err() != nil:
+		fmt.Fprintln(stderr, "share: interrupted")
+		return exitError
+	default:
+		fmt.Fprintf(stderr, "share: %v\n", err)
+		return exitError
+	}
+}
+
+// isCobraUsage recognizes cobra's own argument and flag errors.
+func isCobraUsage(err error) bool {
+	msg := err.Error()
+	for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand", "accepts ", "requires at least", "invalid argument", "flag needs an argument", "required flag"} {
+		if strings.Contains(msg, p) {
+			return true
+		}
+	}
+	return false
+}
+
+func newRoot(stdout, stderr io.Writer) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "share",
+		Short: "Move files and directories between machines, client-server or peer-to-peer",
+		Long: `share moves files and directories between machines in chunks that are verified
+against a content ID. Run 'share serve' on one machine, then 'share put FILE' and
+'share get ID' anywhere. Client commands talk to --server (SHARE_SERVER,
+default http://127.0.0.1:7070) with --token (SHARE_TOKEN; read from the local data
+directory when the server runs on this machine).`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.AddCommand(
+		newServeCmd(stdout, stderr),
+		newPutCmd(stdout, stderr),
+		newGetCmd(stdout, stderr),
+		newLsCmd(stdout, stderr),
+		newRmCmd(stdout, stderr),
+		newHealthCmd(stdout, stderr),
+		newVersionCmd(stdout),
+	)
+	return root
+}
+
+// newLogger returns the process logger: text or JSON on stderr, at level.
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, usageError{fmt.Errorf("--log-level %q: want debug, info, warn or error", level)}
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, usageError{fmt.Errorf("--log-format %q: want text or json", format)}
+}
+
+// envOr returns the environment variable key, or def if it is unset or empty.
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,476 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// shareBin is the binary under test, built once by TestMain.
+var shareBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "share-bin-")
+	if err != nil {
+		panic(err)
+	}
+	shareBin = filepath.Join(dir, "share")
+	out, err := exec.Command("go", "build", "-o", shareBin, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "building share: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// daemon is a share serve process.
+type daemon struct {
+	URL   string
+	Token string
+	Data  string
+	cmd   *exec.Cmd
+	done  chan struct{}
+	log   *bytes.Buffer
+}
+
+var urlLine = regexp.MustCompile(`listening on (https?://\S+)`)
+var tokenLine = regexp.MustCompile(`(?m)^token: (\S+)$`)
+
+// startServe runs `share serve` on a free loopback port with a fresh data
+// directory (or data, if given) and stops it when the test ends.
+func startServe(t testing.TB, data string, args ...string) *daemon {
+	t.Helper()
+	if data == "" {
+		data = t.TempDir()
+	}
+	cmd := exec.Command(shareBin, append([]string{"serve", "--listen", "127.0.0.1:0", "--data", data}, args...)...)
+	cmd.Env = cleanEnv(data)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{Data: data, cmd: cmd, done: make(chan struct{}), log: new(bytes.Buffer)}
+	cmd.Stderr = &lockedWriter{w: d.log}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { cmd.Wait(); close(d.done) }()
+	t.Cleanup(func() { d.stop(t) })
+	sc := bufio.NewScanner(stdout)
+	var head strings.Builder
+	deadline := time.AfterFunc(20*time.Second, func() { cmd.Process.Kill() })
+	defer deadline.Stop()
+	for sc.Scan() {
+		head.WriteString(sc.Text() + "\n")
+		if strings.HasPrefix(sc.Text(), "try:") {
+			break
+		}
+	}
+	go io.Copy(io.Discard, stdout)
+	m := urlLine.FindStringSubmatch(head.String())
+	if m == nil {
+		t.Fatalf("serve printed no URL:\n%s\nstderr:\n%s", head.String(), d.log)
+	}
+	d.URL = m[1]
+	if tm := tokenLine.FindStringSubmatch(head.String()); tm != nil {
+		d.Token = tm[1]
+	}
+	return d
+}
+
+// stop sends SIGTERM and waits for the process.
+func (d *daemon) stop(t testing.TB) {
+	select {
+	case <-d.done:
+		return
+	default:
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(15 * time.Second):
+		d.cmd.Process.Kill()
+		<-d.done
+		t.Errorf("share serve did not stop on SIGTERM")
+	}
+}
+
+// lockedWriter serializes writes from the process's stderr copier and reads
+// by the test.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// cleanEnv is the environment for a share process: no SHARE_* from the
+// developer's shell, HOME inside the test's data directory.
+func cleanEnv(home string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "SHARE_") && !strings.HasPrefix(kv, "HOME=") && !strings.HasPrefix(kv, "XDG_DATA_HOME=") {
+			env = append(env, kv)
+		}
+	}
+	return append(env, "HOME="+home)
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// share runs the binary with args and env additions, in dir.
+func share(t testing.TB, dir string, env []string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, shareBin, args...)
+	cmd.Dir = dir
+	cmd.Env = append(cleanEnv(dir), env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return result{stdout.String(), stderr.String(), code}
+}
+
+func (d *daemon) env() []string {
+	return []string{"SHARE_SERVER=" + d.URL, "SHARE_TOKEN=" + d.Token}
+}
+
+func writeFile(t testing.TB, path string, size int64, seed uint64) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var key [32]byte
+	key[0] = byte(seed)
+	if _, err := io.CopyN(f, rand.NewChaCha8(key), size); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func sameFiles(t testing.TB, a, b string) {
+	t.Helper()
+	out, err := exec.Command("cmp", a, b).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s and %s differ: %v %s", a, b, err, out)
+	}
+}
+
+// metric reads one counter from /metrics.
+func metric(t testing.TB, d *daemon, name string) float64 {
+	t.Helper()
+	req, _ := http.NewRequest("GET", d.URL+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+d.Token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("metric %s not found", name)
+	return 0
+}
+
+func TestServeWithNoFlags(t *testing.T) {
+	ln, err := net.Listen("tcp", ":7070")
+	if err != nil {
+		t.Skipf("port 7070 is busy (%v); the default cannot be tried here", err)
+	}
+	ln.Close()
+	home := t.TempDir()
+	cmd := exec.Command(shareBin, "serve")
+	cmd.Env = cleanEnv(home)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Start()
+	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
+	sc := bufio.NewScanner(out)
+	var head strings.Builder
+	for sc.Scan() && !strings.HasPrefix(sc.Text(), "try:") {
+		head.WriteString(sc.Text() + "\n")
+	}
+	data := filepath.Join(home, ".local", "share", "share")
+	if !strings.Contains(head.String(), "listening on http://127.0.0.1:7070") || !strings.Contains(head.String(), "data:  "+data) {
+		t.Fatalf("serve printed:\n%s", head.String())
+	}
+	tm := tokenLine.FindStringSubmatch(head.String())
+	kept, _ := os.ReadFile(filepath.Join(data, "token"))
+	if tm == nil || strings.TrimSpace(string(kept)) != tm[1] {
+		t.Fatalf("printed token %v, kept %q", tm, kept)
+	}
+	if fi, err := os.Stat(filepath.Join(data, "token")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("token file mode: %v %v", fi, err)
+	}
+	// A client on this machine with the same home finds the token itself.
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "f"), []byte("hello"), 0o644)
+	r := share(t, dir, []string{"HOME=" + home}, "put", "f")
+	if r.code != 0 {
+		t.Fatalf("put against the default server: %d %s", r.code, r.stderr)
+	}
+}
+
+func TestPutGetLsRm(t *testing.T) {
+	d := startServe(t, "")
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "a.bin"), 3<<20+1, 1)
+	os.MkdirAll(filepath.Join(dir, "tree", "sub"), 0o755)
+	os.WriteFile(filepath.Join(dir, "tree", "x.txt"), []byte("x"), 0o644)
+	os.WriteFile(filepath.Join(dir, "tree", "sub", "y.txt"), []byte("yy"), 0o600)
+	os.Symlink("x.txt", filepath.Join(dir, "tree", "link"))
+
+	r := share(t, dir, d.env(), "put", "a.bin", "tree")
+	if r.code != 0 {
+		t.Fatalf("put: %d %s", r.code, r.stderr)
+	}
+	ids := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(ids) != 2 || !strings.HasPrefix(ids[0], "bag") || !strings.HasPrefix(ids[1], "bag") {
+		t.Fatalf("put stdout must be the IDs only, got %q", r.stdout)
+	}
+	if !strings.Contains(r.stderr, "skipping") || !strings.Contains(r.stderr, "link") {
+		t.Fatalf("put did not warn about the symlink: %q", r.stderr)
+	}
+
+	r = share(t, dir, d.env(), "ls")
+	if r.code != 0 || !strings.Contains(r.stdout, "a.bin") || !strings.Contains(r.stdout, "tree/") || !strings.Contains(r.stdout, "complete") {
+		t.Fatalf("ls: %d %q %s", r.code, r.stdout, r.stderr)
+	}
+	r = share(t, dir, d.env(), "ls", "--json")
+	if r.code != 0 || !strings.Contains(r.stdout, `"id": "`+ids[0]+`"`) {
+		t.Fatalf("ls --json: %q", r.stdout)
+	}
+
+	out := t.TempDir()
+	r = share(t, out, d.env(), "get", ids[0])
+	if r.code != 0 || strings.TrimSpace(r.stdout) != "a.bin" {
+		t.Fatalf("get: %d %q %s", r.code, r.stdout, r.stderr)
+	}
+	sameFiles(t, filepath.Join(dir, "a.bin"), filepath.Join(out, "a.bin"))
+	r = share(t, out, d.env(), "get", ids[1], "-o", "copy")
+	if r.code != 0 {
+		t.Fatalf("get dir: %d %s", r.code, r.stderr)
+	}
+	sameFiles(t, filepath.Join(dir, "tree", "sub", "y.txt"), filepath.Join(out, "copy", "sub", "y.txt"))
+
+	// Getting again refuses to overwrite; --force replaces.
+	r = share(t, out, d.env(), "get", ids[0])
+	if r.code != 1 || !strings.Contains(r.stderr, "already exists") {
+		t.Fatalf("get over an existing file: %d %s", r.code, r.stderr)
+	}
+	if r = share(t, out, d.env(), "get", "--force", ids[0]); r.code != 0 {
+		t.Fatalf("get --force: %d %s", r.code, r.stderr)
+	}
+
+	if r = share(t, dir, d.env(), "rm", ids[0]); r.code != 0 {
+		t.Fatalf("rm: %d %s", r.code, r.stderr)
+	}
+	r = share(t, out, d.env(), "get", ids[0], "-o", "gone")
+	if r.code != 1 || !strings.Contains(r.stderr, "no share") {
+		t.Fatalf("get of a removed share: %d %s", r.code, r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(out, "gone")); !os.IsNotExist(err) {
+		t.Fatal("failed get left its output")
+	}
+}
+
+func TestClientErrors(t *testing.T) {
+	d := startServe(t, "")
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o644)
+	tests := []struct {
+		name string
+		env  []string
+		args []string
+		code int
+		msg  string
+	}{
+		{"wrong token", []string{"SHARE_SERVER=" + d.URL, "SHARE_TOKEN=nope"}, []string{"put", "f"}, 1, "unauthorized"},
+		{"no token", []string{"SHARE_SERVER=" + d.URL, "SHARE_DATA=" + t.TempDir()}, []string{"ls"}, 1, "SHARE_TOKEN"},
+		{"no server", []string{"SHARE_SERVER=http://127.0.0.1:1", "SHARE_TOKEN=x"}, []string{"ls"}, 1, "connection refused"},
+		{"bad id", d.env(), []string{"get", "bafynotanid"}, 2, "invalid share ID"},
+		{"missing file", d.env(), []string{"put", "nope"}, 1, "no such file"},
+		{"no args", d.env(), []string{"get"}, 2, "accepts 1 arg"},
+		{"bad flag", d.env(), []string{"put", "--bogus", "f"}, 2, "unknown flag"},
+		{"bad rate", d.env(), []string{"get", "--download-limit", "fast", "x"}, 2, "rate"},
+		{"bad server url", []string{"SHARE_SERVER=ftp://x", "SHARE_TOKEN=x"}, []string{"ls"}, 2, "want http"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := share(t, dir, tt.env, tt.args...)
+			if r.code != tt.code || !strings.Contains(r.stderr, tt.msg) {
+				t.Fatalf("exit %d (want %d), stderr %q (want %q)", r.code, tt.code, r.stderr, tt.msg)
+			}
+			if r.stdout != "" {
+				t.Fatalf("stdout on failure: %q", r.stdout)
+			}
+		})
+	}
+}
+
+func TestTokenFromLocalDataDir(t *testing.T) {
+	data := t.TempDir()
+	d := startServe(t, data)
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "f"), []byte("hello"), 0o644)
+	r := share(t, dir, []string{"SHARE_SERVER=" + d.URL, "SHARE_DATA=" + data}, "put", "f")
+	if r.code != 0 {
+		t.Fatalf("put without a token against a local server: %d %s", r.code, r.stderr)
+	}
+	// A restarted server keeps its token.
+	d.stop(t)
+	d2 := startServe(t, data)
+	if d2.Token != d.Token {
+		t.Fatalf("token changed across restarts: %q -> %q", d.Token, d2.Token)
+	}
+	if r := share(t, dir, d2.env(), "ls"); !strings.Contains(r.stdout, "complete") {
+		t.Fatalf("share lost across restart: %q %s", r.stdout, r.stderr)
+	}
+}
+
+func TestHealth(t *testing.T) {
+	d := startServe(t, "")
+	if r := share(t, t.TempDir(), []string{"SHARE_SERVER=" + d.URL}, "health"); r.code != 0 || r.stdout != "ok\n" {
+		t.Fatalf("health: %d %q %s", r.code, r.stdout, r.stderr)
+	}
+	d.stop(t)
+	if r := share(t, t.TempDir(), []string{"SHARE_SERVER=" + d.URL}, "health"); r.code != 1 {
+		t.Fatalf("health of a stopped server: %d", r.code)
+	}
+}
+
+// TestLargeFileKilledGetResumes is the acceptance test: a 1 GiB file put by
+// one process and got by another is byte-identical; killing share get with
+// SIGKILL halfway and running it again fetches only the chunks it did not
+// have; server and client stay under 100 MiB of RSS.
+func TestLargeFileKilledGetResumes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("1 GiB transfer; skipped with -short")
+	}
+	const size = 1 << 30
+	const chunks = size / (1 << 20)
+	d := startServe(t, "")
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "big.bin"), size, 42)
+	r := share(t, dir, d.env(), "put", "big.bin")
+	if r.code != 0 {
+		t.Fatalf("put: %d %s", r.code, r.stderr)
+	}
+	id := strings.TrimSpace(r.stdout)
+
+	out := t.TempDir()
+	journal := filepath.Join(out, ".big.bin.share-partial", "have")
+	// A slow get (capped), killed once it holds at least a third of the chunks.
+	cmd := exec.Command(shareBin, "get", id, "--download-limit", "150MiB/s")
+	cmd.Dir, cmd.Env = out, append(cleanEnv(out), d.env()...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		fi, err := os.Stat(journal)
+		if err == nil && (fi.Size()-16)/8 >= chunks/3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatal("get made no progress")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	cmd.Wait()
+	if _, err := os.Stat(filepath.Join(out, "big.bin")); !os.IsNotExist(err) {
+		t.Fatal("killed get left an output file")
+	}
+	// What the journal says it had: its "have" records (8 bytes each after
+	// the 8-byte magic, tag 1 in the first four; see transfer/journal.go).
+	jb, err := os.ReadFile(journal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	had := 0
+	for off := 8; off+8 <= len(jb); off += 8 {
+		if binary.BigEndian.Uint32(jb[off:]) == 1 {
+			had++
+		}
+	}
+	servedBefore := metric(t, d, "share_chunks_served_total")
+
+	get := exec.Command(shareBin, "get", id)
+	get.Dir, get.Env = out, append(cleanEnv(out), d.env()...)
+	var stderr bytes.Buffer
+	get.Stderr = &stderr
+	if err := get.Run(); err != nil {
+		t.Fatalf("resumed get: %v %s", err, stderr.String())
+	}
+	fetched := int(metric(t, d, "share_chunks_served_total") - servedBefore)
+	if fetched != chunks-had {
+		t.Fatalf("resumed get fetched %d chunks; had %d of %d, so want %d", fetched, had, chunks, chunks-had)
+	}
+	sameFiles(t, filepath.Join(dir, "big.bin"), filepath.Join(out, "big.bin"))
+	t.Logf("killed after %d of %d chunks; resume fetched %d", had, chunks, fetched)
+
+	clientRSS := get.ProcessState.SysUsage().(*syscall.Rusage).Maxrss << 10
+	d.stop(t)
+	serverRSS := d.cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss << 10
+	t.Logf("peak RSS: server %d MiB, client %d MiB", serverRSS>>20, clientRSS>>20)
+	if serverRSS > 100<<20 || clientRSS > 100<<20 {
+		t.Fatalf("peak RSS over 100 MiB: server %d MiB, client %d MiB", serverRSS>>20, clientRSS>>20)
+	}
+}
+
+func TestSIGTERMStopsServer(t *testing.T) {
+	d := startServe(t, "")
+	start := time.Now()
+	d.stop(t)
+	if !d.cmd.ProcessState.Success() {
+		t.Fatalf("serve exited with %v", d.cmd.ProcessState)
+	}
+	if time.Since(start) > 10*time.Second {
+		t.Fatal("idle server took long to stop")
+	}
+}

@@ -1,0 +1,164 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sharefiles/share/server"
+	"github.com/sharefiles/share/transfer"
+)
+
+type serveOptions struct {
+	listen        string
+	data          string
+	token         string
+	publicRead    bool
+	tlsCert       string
+	tlsKey        string
+	uploadLimit   transfer.Rate
+	downloadLimit transfer.Rate
+	maxUpload     string
+	maxUploads    int
+	chunkSize     string
+	grace         time.Duration
+	logLevel      string
+	logFormat     string
+}
+
+func newServeCmd(stdout, stderr io.Writer) *cobra.Command {
+	var o serveOptions
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run a share server",
+		Long: `Run a share server: an HTTP API that share's clients, curl and browsers use.
+With no flags it listens on :7070, keeps data in the XDG data directory, and
+generates an access token on first start, which it keeps there and prints.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runServe(cmd.Context(), o, stdout, stderr)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.listen, "listen", envOr("SHARE_LISTEN", ":7070"), "address to listen on (env SHARE_LISTEN)")
+	f.StringVar(&o.data, "data", defaultDataDir(), "data directory (env SHARE_DATA)")
+	f.StringVar(&o.token, "token", os.Getenv("SHARE_TOKEN"), "access token (env SHARE_TOKEN; default: generated on first start and kept in the data directory)")
+	f.BoolVar(&o.publicRead, "public-read", false, "let anyone list and download without the token")
+	f.StringVar(&o.tlsCert, "tls-cert", "", "TLS certificate file (PEM); serve HTTPS")
+	f.StringVar(&o.tlsKey, "tls-key", "", "TLS private key file (PEM)")
+	f.Var(&o.uploadLimit, "upload-limit", "cap on share bytes sent, e.g. 20MiB/s or 100Mbit/s (default unlimited)")
+	f.Var(&o.downloadLimit, "download-limit", "cap on share bytes received (default unlimited)")
+	f.StringVar(&o.maxUpload, "max-upload", "1TiB", "largest share a client may upload")
+	f.IntVar(&o.maxUploads, "max-uploads", server.DefaultMaxUploads, "uploads in progress at once; more get 503")
+	f.StringVar(&o.chunkSize, "chunk-size", "1MiB", "chunk size of files uploaded with PUT /v1/shares/NAME")
+	f.DurationVar(&o.grace, "grace", server.DefaultShutdownGrace, "on SIGINT/SIGTERM, how long requests in flight may take to finish")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error (debug logs every chunk request)")
+	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
+	return cmd
+}
+
+func runServe(ctx context.Context, o serveOptions, stdout, stderr io.Writer) error {
+	log, err := newLogger(stderr, o.logLevel, o.logFormat)
+	if err != nil {
+		return err
+	}
+	maxUpload, err := transfer.ParseSize(o.maxUpload)
+	if err != nil {
+		return usageError{fmt.Errorf("--max-upload: %w", err)}
+	}
+	chunkSize, err := transfer.ParseSize(o.chunkSize)
+	if err != nil || chunkSize < transfer.MinChunkSize || chunkSize > transfer.MaxChunkSize {
+		return usageError{fmt.Errorf("--chunk-size %q: want %d to %d bytes", o.chunkSize, transfer.MinChunkSize, transfer.MaxChunkSize)}
+	}
+	if err := os.MkdirAll(o.data, 0o700); err != nil {
+		return err
+	}
+	token, generated, err := loadToken(o.data, o.token)
+	if err != nil {
+		return err
+	}
+	st, err := transfer.OpenStore(o.data, transfer.StoreOptions{Logger: log})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	srv, err := server.New(server.Options{
+		Backend:       st,
+		Token:         token,
+		PublicRead:    o.publicRead,
+		UploadLimit:   transfer.NewLimiter(o.uploadLimit),
+		DownloadLimit: transfer.NewLimiter(o.downloadLimit),
+		MaxUploadSize: maxUpload,
+		MaxUploads:    o.maxUploads,
+		ChunkSize:     chunkSize,
+		ShutdownGrace: o.grace,
+		TLSCertFile:   o.tlsCert,
+		TLSKeyFile:    o.tlsKey,
+		Version:       versionString(),
+		Logger:        log,
+	})
+	if err != nil {
+		return usageError{err}
+	}
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return err
+	}
+	scheme := "http"
+	if o.tlsCert != "" {
+		scheme = "https"
+	}
+	url := scheme + "://" + displayAddr(ln.Addr().(*net.TCPAddr))
+	fmt.Fprintf(stdout, "share server listening on %s\n", url)
+	fmt.Fprintf(stdout, "data:  %s\n", o.data)
+	if generated || o.token == "" {
+		fmt.Fprintf(stdout, "token: %s\n", token)
+	} else {
+		fmt.Fprintf(stdout, "token: (from --token or SHARE_TOKEN)\n")
+	}
+	fmt.Fprintf(stdout, "try:   share put FILE   or   curl -T FILE -H 'Authorization: Bearer TOKEN' %s/v1/shares/NAME\n", url)
+	log.Info("serving", "addr", ln.Addr().String(), "data", o.data, "shares", len(st.List()),
+		"public_read", o.publicRead, "upload_limit", o.uploadLimit, "download_limit", o.downloadLimit)
+	return srv.Serve(ctx, ln)
+}
+
+// displayAddr is a URL host for a listener: loopback when it listens on all
+// interfaces, since that is what works from this machine.
+func displayAddr(a *net.TCPAddr) string {
+	if a.IP == nil || a.IP.IsUnspecified() {
+		return fmt.Sprintf("127.0.0.1:%d", a.Port)
+	}
+	return a.String()
+}
+
+// loadToken returns the token to require: the given one, else the one kept
+// in the data directory, else a new one, which it keeps there (0600).
+func loadToken(dataDir, given string) (token string, generated bool, err error) {
+	if given != "" {
+		return given, false, nil
+	}
+	path := filepath.Join(dataDir, tokenFile)
+	if b, err := os.ReadFile(path); err == nil {
+		if t := strings.TrimSpace(string(b)); t != "" {
+			return t, false, nil
+		}
+	}
+	var raw [24]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return "", false, err
+	}
+	token = base64.RawURLEncoding.EncodeToString(raw[:])
+	if err := transfer.WriteFileAtomic(path, []byte(token+"\n"), 0o600); err != nil {
+		return "", false, fmt.Errorf("keep token: %w", err)
+	}
+	return token, true, nil
+}
