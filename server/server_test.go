@@ -18,9 +18,11 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -654,4 +656,62 @@ func FuzzParseChunkIndex(f *testing.F) {
 			t.Fatalf("ParseChunkIndex(%q, %d) = %d", s, n, i)
 		}
 	})
+}
+
+func TestShutdownLetsDownloadsFinish(t *testing.T) {
+	ts := startServer(t, nil, func(o *Options) {
+		o.ShutdownGrace = 10 * time.Second
+		o.UploadLimit = transfer.NewLimiter(2 << 20) // a 2 MiB download takes ~1 s
+	})
+	c := ts.client(t, testToken)
+	content := transfertest.Bytes(7, 2<<20)
+	info, err := c.Upload(context.Background(), "f", bytes.NewReader(content), int64(len(content)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		resp := request(t, "GET", ts.URL+"/v1/shares/"+info.ID.String(), testToken, nil)
+		b, _ := io.ReadAll(resp.Body)
+		got <- b
+	}()
+	time.Sleep(200 * time.Millisecond) // the download is under way
+	ts.stop()
+	if b := <-got; !bytes.Equal(b, content) {
+		t.Fatalf("download in flight at shutdown got %d of %d bytes", len(b), len(content))
+	}
+}
+
+func TestErrorStatusMapping(t *testing.T) {
+	tests := []struct {
+		err    error
+		status int
+		code   string
+		public bool
+	}{
+		{fmt.Errorf("write: %w", syscall.ENOSPC), 507, "no_space", false},
+		{fmt.Errorf("x: %w", transfer.ErrNotFound), 404, "not_found", true},
+		{fmt.Errorf("x: %w", transfer.ErrChunkNotHeld), 404, "chunk_not_held", true},
+		{&transfer.ChunkError{}, 422, "bad_chunk", true},
+		{ErrUnauthorized, 401, "unauthorized", true},
+		{&http.MaxBytesError{Limit: 1}, 413, "too_large", true},
+		{errors.New("open /secret/path: permission denied"), 500, "internal", false},
+	}
+	for _, tt := range tests {
+		code, status, public := classify(tt.err)
+		if code != tt.code || status != tt.status || public != tt.public {
+			t.Errorf("classify(%v) = %s %d %v, want %s %d %v", tt.err, code, status, public, tt.code, tt.status, tt.public)
+		}
+	}
+	// Internal error text never reaches the client.
+	rec := httptest.NewRecorder()
+	writeError(rec, errors.New("open /secret/path: permission denied"))
+	if strings.Contains(rec.Body.String(), "secret") || rec.Code != 500 {
+		t.Fatalf("internal error leaked: %d %s", rec.Code, rec.Body)
+	}
+	// The client maps codes back to the sentinels.
+	resp := &http.Response{StatusCode: 404, Body: io.NopCloser(strings.NewReader(`{"error":"chunk 3 not held","code":"chunk_not_held"}`))}
+	if err := responseError(resp, "GET x"); !errors.Is(err, transfer.ErrChunkNotHeld) || !strings.Contains(err.Error(), "chunk 3 not held") {
+		t.Fatalf("responseError: %v", err)
+	}
 }

@@ -474,3 +474,39 @@ func TestSIGTERMStopsServer(t *testing.T) {
 		t.Fatal("idle server took long to stop")
 	}
 }
+
+// A server stopped in the middle of a download and started again on the same
+// address: the client backs off, retries, and finishes.
+func TestGetSurvivesServerRestart(t *testing.T) {
+	data := t.TempDir()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	d := startServe(t, data, "--listen", addr, "--upload-limit", "20MiB/s")
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "f.bin"), 40<<20, 3)
+	r := share(t, dir, d.env(), "put", "f.bin")
+	if r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	id := strings.TrimSpace(r.stdout)
+	out := t.TempDir()
+	get := exec.Command(shareBin, "get", id)
+	get.Dir, get.Env = out, append(cleanEnv(out), d.env()...)
+	var stderr bytes.Buffer
+	get.Stderr = &stderr
+	if err := get.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(700 * time.Millisecond) // about a third of the file
+	d.stop(t)
+	time.Sleep(500 * time.Millisecond)
+	startServe(t, data, "--listen", addr)
+	if err := get.Wait(); err != nil {
+		t.Fatalf("get across a server restart: %v\n%s", err, stderr.String())
+	}
+	sameFiles(t, filepath.Join(dir, "f.bin"), filepath.Join(out, "f.bin"))
+}
