@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -299,7 +300,7 @@ func (c *Client) Put(ctx context.Context, path string, opts PutOptions) (ShareIn
 	}
 	defer local.Close()
 
-	parallel := cmp0(opts.Parallel, DefaultParallel)
+	parallel := cmp.Or(opts.Parallel, DefaultParallel)
 	bufs := make(chan []byte, parallel)
 	for range parallel {
 		bufs <- make([]byte, m.ChunkSize())
@@ -341,7 +342,7 @@ func (c *Client) Put(ctx context.Context, path string, opts PutOptions) (ShareIn
 // putChunkRetry uploads one chunk, retrying transient failures (a busy or
 // restarting server) with backoff for up to the stall timeout.
 func (c *Client) putChunkRetry(ctx context.Context, m *transfer.Manifest, i int, p []byte, opts PutOptions) error {
-	stall := cmp0(opts.StallTimeout, transfer.DefaultStallTimeout)
+	stall := cmp.Or(opts.StallTimeout, transfer.DefaultStallTimeout)
 	deadline := time.Now().Add(stall)
 	back := 100 * time.Millisecond
 	for {

@@ -327,9 +327,14 @@ func (s *Server) have(w http.ResponseWriter, r *http.Request) {
 	w.Write(bf.Bytes())
 }
 
-// chunkIndex parses the {n} path element.
-func chunkIndex(r *http.Request, m *transfer.Manifest) (int, error) {
-	return ParseChunkIndex(r.PathValue("n"), m.NumChunks())
+// chunkFromPath resolves the {id} and {n} path elements.
+func (s *Server) chunkFromPath(r *http.Request) (*transfer.Share, int, error) {
+	sh, err := s.shareFromPath(r)
+	if err != nil {
+		return nil, 0, err
+	}
+	i, err := ParseChunkIndex(r.PathValue("n"), sh.Manifest().NumChunks())
+	return sh, i, err
 }
 
 // ParseChunkIndex parses a chunk index from a request: a decimal number
@@ -354,17 +359,12 @@ func ParseChunkIndex(s string, n int) (int, error) {
 }
 
 func (s *Server) getChunk(w http.ResponseWriter, r *http.Request) {
-	sh, err := s.shareFromPath(r)
+	sh, i, err := s.chunkFromPath(r)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
 	m := sh.Manifest()
-	i, err := chunkIndex(r, m)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
 	rc, err := sh.OpenChunk(i)
 	if err != nil {
 		writeError(w, err)
@@ -396,17 +396,12 @@ func (s *Server) getChunk(w http.ResponseWriter, r *http.Request) {
 var chunkBufs sync.Pool
 
 func (s *Server) putChunk(w http.ResponseWriter, r *http.Request) {
-	sh, err := s.shareFromPath(r)
+	sh, i, err := s.chunkFromPath(r)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
 	m := sh.Manifest()
-	i, err := chunkIndex(r, m)
-	if err != nil {
-		writeError(w, err)
-		return
-	}
 	n := m.ChunkLen(i)
 	if r.ContentLength >= 0 && r.ContentLength != int64(n) {
 		writeError(w, fmt.Errorf("%w: chunk %d has %d bytes, Content-Length is %d", transfer.ErrBadChunk, i, n, r.ContentLength))

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -93,11 +94,11 @@ func New(opts Options) (*Server, error) {
 	if opts.Token == "" {
 		return nil, errors.New("server: no token")
 	}
-	opts.MaxUploadSize = cmp0(opts.MaxUploadSize, DefaultMaxUploadSize)
-	opts.MaxUploads = cmp0(opts.MaxUploads, DefaultMaxUploads)
-	opts.ShutdownGrace = cmp0(opts.ShutdownGrace, DefaultShutdownGrace)
-	opts.IdleTimeout = cmp0(opts.IdleTimeout, DefaultIdleTimeout)
-	opts.TransferIdle = cmp0(opts.TransferIdle, DefaultTransferIdle)
+	opts.MaxUploadSize = cmp.Or(opts.MaxUploadSize, DefaultMaxUploadSize)
+	opts.MaxUploads = cmp.Or(opts.MaxUploads, DefaultMaxUploads)
+	opts.ShutdownGrace = cmp.Or(opts.ShutdownGrace, DefaultShutdownGrace)
+	opts.IdleTimeout = cmp.Or(opts.IdleTimeout, DefaultIdleTimeout)
+	opts.TransferIdle = cmp.Or(opts.TransferIdle, DefaultTransferIdle)
 	if (opts.TLSCertFile == "") != (opts.TLSKeyFile == "") {
 		return nil, errors.New("server: TLS needs both a certificate and a key")
 	}
@@ -122,14 +123,6 @@ func New(opts Options) (*Server, error) {
 	s.m = m
 	s.handler = s.routes()
 	return s, nil
-}
-
-func cmp0[T comparable](v, def T) T {
-	var zero T
-	if v == zero {
-		return def
-	}
-	return v
 }
 
 // Handler returns the API's handler, for tests and for embedding.

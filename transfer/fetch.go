@@ -1,6 +1,7 @@
 package transfer
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -93,10 +94,10 @@ type Download struct {
 
 // NewDownload prepares a download into sh.
 func NewDownload(sh *Share, opts DownloadOptions) *Download {
-	opts.MaxInFlight = cmp0(opts.MaxInFlight, DefaultMaxInFlight)
-	opts.PerSource = cmp0(opts.PerSource, DefaultPerSource)
-	opts.StallTimeout = cmp0(opts.StallTimeout, DefaultStallTimeout)
-	opts.HaveInterval = cmp0(opts.HaveInterval, DefaultHaveInterval)
+	opts.MaxInFlight = cmp.Or(opts.MaxInFlight, DefaultMaxInFlight)
+	opts.PerSource = cmp.Or(opts.PerSource, DefaultPerSource)
+	opts.StallTimeout = cmp.Or(opts.StallTimeout, DefaultStallTimeout)
+	opts.HaveInterval = cmp.Or(opts.HaveInterval, DefaultHaveInterval)
 	log := opts.Logger
 	if log == nil {
 		log = slog.Default()

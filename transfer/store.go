@@ -2,6 +2,7 @@ package transfer
 
 import (
 	"archive/tar"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -713,9 +714,9 @@ func (st *Store) Import(ctx context.Context, name string, r io.Reader, opts Impo
 	if err := ValidName(name); err != nil {
 		return nil, err
 	}
-	cs := cmp0(opts.ChunkSize, DefaultChunkSize)
-	maxSize := cmp0(opts.MaxSize, MaxShareSize)
-	mode := cmp0(opts.Mode, 0o644)
+	cs := cmp.Or(opts.ChunkSize, DefaultChunkSize)
+	maxSize := cmp.Or(opts.MaxSize, MaxShareSize)
+	mode := cmp.Or(opts.Mode, 0o644)
 	if cs < MinChunkSize || cs > MaxChunkSize {
 		return nil, fmt.Errorf("chunk size %d outside [%d, %d]", cs, MinChunkSize, MaxChunkSize)
 	}
@@ -777,14 +778,6 @@ func (st *Store) Import(ctx context.Context, name string, r io.Reader, opts Impo
 		defer os.RemoveAll(trash)
 	}
 	return st.installLocked(tmp, m.id)
-}
-
-func cmp0[T comparable](v, def T) T {
-	var zero T
-	if v == zero {
-		return def
-	}
-	return v
 }
 
 // ctxReader fails reads once ctx is done.
