@@ -43,7 +43,10 @@ type Client struct {
 	ua    string
 }
 
-var _ transfer.Source = (*Client)(nil)
+var (
+	_ transfer.Source     = (*Client)(nil)
+	_ transfer.HaveWaiter = (*Client)(nil)
+)
 
 // NewClient returns a client of the server at base, e.g. http://127.0.0.1:7070.
 func NewClient(base string, opts ClientOptions) (*Client, error) {
@@ -182,7 +185,16 @@ func (c *Client) Manifest(ctx context.Context, id transfer.ID) ([]byte, error) {
 
 // Have implements transfer.Source.
 func (c *Client) Have(ctx context.Context, id transfer.ID, n int) (transfer.Bitfield, error) {
-	resp, err := c.do(ctx, http.MethodGet, sharePath(id, "have"), nil, 0)
+	return c.have(ctx, id, n, sharePath(id, "have"))
+}
+
+// WaitHave implements transfer.HaveWaiter with the have route's long poll.
+func (c *Client) WaitHave(ctx context.Context, id transfer.ID, n, known int) (transfer.Bitfield, error) {
+	return c.have(ctx, id, n, fmt.Sprintf("%s?known=%d&wait=%s", sharePath(id, "have"), known, transfer.HaveWaitTime))
+}
+
+func (c *Client) have(ctx context.Context, id transfer.ID, n int, path string) (transfer.Bitfield, error) {
+	resp, err := c.do(ctx, http.MethodGet, path, nil, 0)
 	if err != nil {
 		return transfer.Bitfield{}, err
 	}

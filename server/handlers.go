@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -314,6 +315,9 @@ func (s *Server) manifest(w http.ResponseWriter, r *http.Request) {
 	w.Write(raw)
 }
 
+// have answers which chunks are held. With ?known=N&wait=D it is a long
+// poll: it answers once more than N chunks are held, or after D (at most
+// transfer.MaxHaveWait), if the backend can wait.
 func (s *Server) have(w http.ResponseWriter, r *http.Request) {
 	sh, err := s.shareFromPath(r)
 	if err != nil {
@@ -321,6 +325,22 @@ func (s *Server) have(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	bf := sh.Have()
+	q := r.URL.Query()
+	if hw, ok := s.opts.Backend.(transfer.HaveWaiter); ok && q.Has("known") {
+		known, err1 := strconv.Atoi(q.Get("known"))
+		wait, err2 := time.ParseDuration(q.Get("wait"))
+		if err1 != nil || err2 != nil || known < 0 || wait < 0 {
+			writeError(w, fmt.Errorf("%w: have: known=%q wait=%q", ErrBadRequest, q.Get("known"), q.Get("wait")))
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), min(wait, transfer.MaxHaveWait))
+		bf, err = hw.WaitHave(ctx, sh.ID(), sh.Manifest().NumChunks(), known)
+		cancel()
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+	}
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Content-Length", strconv.Itoa(len(bf.Bytes())))
 	w.Header().Set("Cache-Control", "no-store")

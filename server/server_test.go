@@ -715,3 +715,38 @@ func TestErrorStatusMapping(t *testing.T) {
 		t.Fatalf("responseError: %v", err)
 	}
 }
+
+func TestHaveLongPoll(t *testing.T) {
+	ts := startServer(t, nil, nil)
+	c := ts.client(t, testToken)
+	content := transfertest.Bytes(8, 2*transfer.MinChunkSize)
+	path := filepath.Join(t.TempDir(), "f")
+	os.WriteFile(path, content, 0o644)
+	m, _ := transfer.BuildManifest(context.Background(), path, transfer.BuildOptions{ChunkSize: transfer.MinChunkSize})
+	if _, err := c.CreateShare(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan int, 1)
+	go func() {
+		bf, err := c.WaitHave(context.Background(), m.ID(), 2, 0)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- bf.Count()
+	}()
+	time.Sleep(100 * time.Millisecond)
+	if err := c.PutChunk(context.Background(), m.ID(), 1, bytes.NewReader(content[transfer.MinChunkSize:]), transfer.MinChunkSize); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case n := <-got:
+		if n != 1 {
+			t.Fatalf("long poll saw %d chunks", n)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("long poll did not answer")
+	}
+	if r := request(t, "GET", ts.URL+"/v1/shares/"+m.ID().String()+"/have?known=x&wait=1s", testToken, nil); r.StatusCode != 400 {
+		t.Fatalf("bad long poll: %d", r.StatusCode)
+	}
+}

@@ -121,6 +121,7 @@ func (d *Download) AddSource(src Source) {
 type srcState struct {
 	src     Source
 	name    string
+	waiter  bool // src is a HaveWaiter
 	have    Bitfield
 	known   bool      // have is valid
 	asking  bool      // a Have request is in flight
@@ -290,7 +291,8 @@ func (r *run) addPending() {
 		if _, ok := d.byName[name]; ok {
 			continue
 		}
-		s := &srcState{src: src, name: name}
+		_, waiter := src.(HaveWaiter)
+		s := &srcState{src: src, name: name, waiter: waiter}
 		d.byName[name] = s
 		d.sources = append(d.sources, s)
 	}
@@ -316,7 +318,7 @@ func (r *run) schedule(now time.Time) {
 		if !s.usable(now) {
 			continue
 		}
-		if !s.asking && !now.Before(s.askAt) && (!s.known || (s.starved && s.active == 0 && !s.have.Full())) {
+		if !s.asking && r.shouldAsk(s, now) {
 			r.askHave(s)
 		}
 		if !s.known {
@@ -393,10 +395,36 @@ func (r *run) pickEndgame(s *srcState) int {
 	return oldest.i
 }
 
+// shouldAsk decides whether to ask s what it holds: always at first; then,
+// for a source that lacks chunks, either keep a long poll outstanding (a
+// HaveWaiter tells us the moment it gains chunks) or, for other sources,
+// ask again every HaveInterval while it has nothing for us.
+func (r *run) shouldAsk(s *srcState, now time.Time) bool {
+	switch {
+	case !s.known:
+		return true
+	case s.have.Full() || now.Before(s.askAt):
+		return false
+	case s.waiter:
+		return true
+	}
+	return s.starved && s.active == 0
+}
+
 func (r *run) askHave(s *srcState) {
 	s.asking = true
+	known := -1
+	if s.waiter && s.known {
+		known = s.have.Count()
+	}
 	r.wg.Go(func() {
-		bf, err := s.src.Have(r.ctx, r.d.m.id, r.d.m.NumChunks())
+		var bf Bitfield
+		var err error
+		if known >= 0 {
+			bf, err = s.src.(HaveWaiter).WaitHave(r.ctx, r.d.m.id, r.d.m.NumChunks(), known)
+		} else {
+			bf, err = s.src.Have(r.ctx, r.d.m.id, r.d.m.NumChunks())
+		}
 		select {
 		case r.haves <- haveResult{s: s, bf: bf, err: err}:
 		case <-r.ctx.Done():
@@ -409,8 +437,14 @@ func (r *run) onHave(h haveResult) {
 	s.asking = false
 	s.askAt = time.Now().Add(r.d.opts.HaveInterval)
 	if h.err != nil {
-		r.sourceFailed(s, h.err, time.Time{})
+		if r.ctx.Err() == nil {
+			r.sourceFailed(s, h.err, time.Time{})
+			s.askAt = s.backoff
+		}
 		return
+	}
+	if s.waiter {
+		s.askAt = time.Time{} // poll again at once: the source answers when it has news
 	}
 	for i := range len(r.avail) {
 		was, is := s.known && s.have.Has(i), h.bf.Has(i)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 )
 
 // Source is where a download gets a share: a server, a peer, a local store.
@@ -32,6 +33,50 @@ type Source interface {
 // ErrSourceRefused: the source will not serve this client (wrong token, not
 // allowed); retrying does not help.
 var ErrSourceRefused = errors.New("source refused the request")
+
+// HaveWaiter is an optional ability of a Source: a long poll for news, so a
+// download learns at once when a source gains chunks (a peer that is itself
+// downloading) instead of asking again and again.
+type HaveWaiter interface {
+	// WaitHave returns the chunks of id (n chunks) the source holds, as soon
+	// as it holds more than known of them, or when ctx is done.
+	WaitHave(ctx context.Context, id ID, n, known int) (Bitfield, error)
+}
+
+// HaveWaitTime is how long a download's long poll asks a source to wait.
+const HaveWaitTime = 10 * time.Second
+
+var _ HaveWaiter = (*Store)(nil)
+
+// WaitHave implements HaveWaiter. Once there is news it waits a moment more
+// (haveCoalesce), so a source gaining chunks fast answers once for several.
+func (st *Store) WaitHave(ctx context.Context, id ID, n, known int) (Bitfield, error) {
+	s, err := st.Get(id)
+	if err != nil {
+		return Bitfield{}, err
+	}
+	if n != s.m.NumChunks() {
+		return Bitfield{}, fmt.Errorf("have %s: asked for %d chunks, share has %d", id, n, s.m.NumChunks())
+	}
+	for {
+		changed := s.Changed()
+		if s.gone() {
+			return Bitfield{}, fmt.Errorf("%w: %s", ErrNotFound, id)
+		}
+		if s.HaveCount() > known {
+			select {
+			case <-time.After(haveCoalesce):
+			case <-ctx.Done():
+			}
+			return s.Have(), nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return s.Have(), nil
+		}
+	}
+}
 
 var _ Source = (*Store)(nil)
 

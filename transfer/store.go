@@ -125,6 +125,13 @@ func (s *Share) Changed() <-chan struct{} {
 	return ch
 }
 
+// gone reports whether the share was removed or closed.
+func (s *Share) gone() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.removed || s.closed
+}
+
 func (s *Share) notifyLocked() {
 	for _, ch := range s.notifyList {
 		close(ch)

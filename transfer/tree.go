@@ -185,12 +185,16 @@ func (t *tree) readAt(p []byte, off int64) error {
 // copies file by file with io.CopyN, so a writer that can sendfile (a TCP
 // connection, an http.ResponseWriter) does.
 func (t *tree) openRange(off, n int64) *rangeReader {
-	return &rangeReader{t: t, segs: t.m.segments(off, n)}
+	return &rangeReader{t: t, size: n, segs: t.m.segments(off, n)}
 }
+
+// Size returns the length of the range.
+func (r *rangeReader) Size() int64 { return r.size }
 
 // rangeReader reads a byte range of a tree. It is not safe for concurrent use.
 type rangeReader struct {
 	t    *tree
+	size int64
 	segs []segment
 	cur  *os.File // open on segs[0], positioned; nil until needed
 	left int64    // bytes of segs[0] not yet read through cur

@@ -1,0 +1,411 @@
+package transfer
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+)
+
+// The chunk stream protocol carries the three Source calls over any reliable
+// byte stream (a libp2p stream in peer mode), one request per stream:
+//
+//	request  (RequestSize bytes): op u8, 3 zero bytes, share digest [32]byte,
+//	         a u32, b u32, c u32 (big-endian)
+//	           op 'M' manifest
+//	           op 'H' have: a = chunks in the share; b = chunks the asker knows
+//	                  the server holds; c = milliseconds it may wait for more
+//	                  than b (long poll; 0 answers at once)
+//	           op 'C' chunk: a = chunk index
+//	response: status u8, length u32, then length bytes of payload (status OK)
+//
+// The asker closes its write side after the request; the server answers and
+// closes. Everything is bounded before it is read: requests have a fixed
+// size, payloads a per-op limit. Status codes map to the Source sentinels
+// (wireStatus, statusError); no error text crosses the wire.
+const (
+	RequestSize   = 48
+	opManifest    = 'M'
+	opHave        = 'H'
+	opChunk       = 'C'
+	MaxHaveWait   = 30 * time.Second // longest long poll a server grants
+	haveCoalesce  = 25 * time.Millisecond
+	responseHdr   = 5
+	streamIdle    = 60 * time.Second // a stream that moves no byte for this long is cut
+)
+
+// Response status codes.
+const (
+	statusOK         = 0
+	statusNotFound   = 1
+	statusNotHeld    = 2
+	statusRange      = 3
+	statusRefused    = 4 // over a limit or not allowed; do not retry
+	statusBadRequest = 5
+	statusBusy       = 6 // try again later
+	statusInternal   = 7
+)
+
+// ErrBusy: the source is at a limit right now; retry after a backoff.
+var ErrBusy = errors.New("source busy")
+
+// Request is one decoded chunk-protocol request.
+type Request struct {
+	Op      byte
+	ID      ID
+	A, B, C uint32
+}
+
+// EncodeRequest returns the wire form of r.
+func EncodeRequest(r Request) []byte {
+	b := make([]byte, RequestSize)
+	b[0] = r.Op
+	copy(b[4:36], r.ID.sum[:])
+	binary.BigEndian.PutUint32(b[36:], r.A)
+	binary.BigEndian.PutUint32(b[40:], r.B)
+	binary.BigEndian.PutUint32(b[44:], r.C)
+	return b
+}
+
+// DecodeRequest parses a request from untrusted bytes.
+func DecodeRequest(b []byte) (Request, error) {
+	if len(b) != RequestSize {
+		return Request{}, fmt.Errorf("request: %d bytes, want %d", len(b), RequestSize)
+	}
+	r := Request{Op: b[0]}
+	switch r.Op {
+	case opManifest, opHave, opChunk:
+	default:
+		return Request{}, fmt.Errorf("request: unknown op %#x", b[0])
+	}
+	if b[1]|b[2]|b[3] != 0 {
+		return Request{}, errors.New("request: reserved bytes set")
+	}
+	copy(r.ID.sum[:], b[4:36])
+	if r.ID.IsZero() {
+		return Request{}, errors.New("request: zero share ID")
+	}
+	r.A = binary.BigEndian.Uint32(b[36:])
+	r.B = binary.BigEndian.Uint32(b[40:])
+	r.C = binary.BigEndian.Uint32(b[44:])
+	return r, nil
+}
+
+// wireStatus is the one translation from errors to status codes.
+func wireStatus(err error) byte {
+	switch {
+	case err == nil:
+		return statusOK
+	case errors.Is(err, ErrNotFound), errors.Is(err, ErrRemoved):
+		return statusNotFound
+	case errors.Is(err, ErrChunkNotHeld):
+		return statusNotHeld
+	case errors.Is(err, ErrChunkRange):
+		return statusRange
+	case errors.Is(err, ErrSourceRefused):
+		return statusRefused
+	case errors.Is(err, ErrBusy):
+		return statusBusy
+	}
+	return statusInternal
+}
+
+// statusError is the one translation from status codes back to errors.
+func statusError(status byte, what string) error {
+	switch status {
+	case statusOK:
+		return nil
+	case statusNotFound:
+		return fmt.Errorf("%s: %w", what, ErrNotFound)
+	case statusNotHeld:
+		return fmt.Errorf("%s: %w", what, ErrChunkNotHeld)
+	case statusRange:
+		return fmt.Errorf("%s: %w", what, ErrChunkRange)
+	case statusRefused:
+		return fmt.Errorf("%s: %w", what, ErrSourceRefused)
+	case statusBusy:
+		return fmt.Errorf("%s: %w", what, ErrBusy)
+	case statusBadRequest:
+		return fmt.Errorf("%s: the source could not parse the request", what)
+	}
+	return fmt.Errorf("%s: the source failed (status %d)", what, status)
+}
+
+// Stream is what the chunk protocol needs of a byte stream; a libp2p
+// network.Stream is one.
+type Stream interface {
+	io.Reader
+	io.Writer
+	CloseWrite() error
+	Close() error
+	Reset() error
+	SetReadDeadline(time.Time) error
+	SetWriteDeadline(time.Time) error
+}
+
+// ServeOptions configures ServeStream. The zero value works.
+type ServeOptions struct {
+	Limiter *Limiter // upload cap on chunk bytes
+	// Served, if set, is called after a chunk was sent, with its size.
+	Served func(id ID, i int, n int64)
+}
+
+// ServeStream answers one request read from s with src, then closes s (or
+// resets it on error). It returns the request and what went wrong, for the
+// caller's logs and metrics.
+func ServeStream(ctx context.Context, s Stream, src Source, opts ServeOptions) (Request, error) {
+	stop := context.AfterFunc(ctx, func() { s.Reset() })
+	defer stop()
+	s.SetReadDeadline(time.Now().Add(streamIdle))
+	buf := make([]byte, RequestSize)
+	if _, err := io.ReadFull(s, buf); err != nil {
+		s.Reset()
+		return Request{}, fmt.Errorf("read request: %w", err)
+	}
+	req, err := DecodeRequest(buf)
+	if err != nil {
+		writeStatus(s, statusBadRequest)
+		s.Reset()
+		return req, err
+	}
+	err = serveRequest(ctx, s, src, req, opts)
+	if err != nil {
+		s.Reset()
+		return req, err
+	}
+	return req, s.Close()
+}
+
+func writeStatus(s Stream, status byte) error {
+	var h [responseHdr]byte
+	h[0] = status
+	s.SetWriteDeadline(time.Now().Add(streamIdle))
+	_, err := s.Write(h[:])
+	return err
+}
+
+func writePayload(s Stream, payload []byte) error {
+	h := make([]byte, responseHdr, responseHdr+len(payload))
+	binary.BigEndian.PutUint32(h[1:], uint32(len(payload)))
+	s.SetWriteDeadline(time.Now().Add(streamIdle))
+	_, err := s.Write(append(h, payload...))
+	return err
+}
+
+func serveRequest(ctx context.Context, s Stream, src Source, req Request, opts ServeOptions) error {
+	switch req.Op {
+	case opManifest:
+		raw, err := src.Manifest(ctx, req.ID)
+		if err != nil {
+			writeStatus(s, wireStatus(err))
+			return nil // answered
+		}
+		return writePayload(s, raw)
+	case opHave:
+		var bf Bitfield
+		var err error
+		if w, ok := src.(HaveWaiter); ok && req.C > 0 {
+			wait := min(time.Duration(req.C)*time.Millisecond, MaxHaveWait)
+			wctx, cancel := context.WithTimeout(ctx, wait)
+			bf, err = w.WaitHave(wctx, req.ID, int(req.A), int(req.B))
+			cancel()
+		} else {
+			bf, err = src.Have(ctx, req.ID, int(req.A))
+		}
+		if err != nil {
+			writeStatus(s, wireStatus(err))
+			return nil
+		}
+		return writePayload(s, bf.Bytes())
+	case opChunk:
+		rc, err := src.OpenChunk(ctx, req.ID, int(req.A))
+		if err != nil {
+			writeStatus(s, wireStatus(err))
+			return nil
+		}
+		defer rc.Close()
+		n, err := chunkLen(ctx, src, rc, req.ID, int(req.A))
+		if err != nil {
+			writeStatus(s, wireStatus(err))
+			return nil
+		}
+		var h [responseHdr]byte
+		binary.BigEndian.PutUint32(h[1:], uint32(n))
+		s.SetWriteDeadline(time.Now().Add(streamIdle))
+		if _, err := s.Write(h[:]); err != nil {
+			return err
+		}
+		w := opts.Limiter.Writer(ctx, &idleWriter{s: s})
+		if _, err := io.CopyN(w, rc, n); err != nil {
+			return fmt.Errorf("send chunk %d: %w", req.A, err)
+		}
+		if opts.Served != nil {
+			opts.Served(req.ID, int(req.A), n)
+		}
+		return nil
+	}
+	return fmt.Errorf("op %#x", req.Op)
+}
+
+// chunkLen finds a chunk's length: from its reader if it knows (a store's
+// does), else from the source's manifest.
+func chunkLen(ctx context.Context, src Source, rc io.Reader, id ID, i int) (int64, error) {
+	if sz, ok := rc.(interface{ Size() int64 }); ok {
+		return sz.Size(), nil
+	}
+	raw, err := src.Manifest(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	m, err := DecodeManifest(raw)
+	if err != nil {
+		return 0, err
+	}
+	return int64(m.ChunkLen(i)), nil
+}
+
+// idleWriter extends the write deadline before each write.
+type idleWriter struct{ s Stream }
+
+func (w *idleWriter) Write(p []byte) (int, error) {
+	w.s.SetWriteDeadline(time.Now().Add(streamIdle))
+	return w.s.Write(p)
+}
+
+// StreamSource is a Source that asks a remote server over streams that Open
+// returns, one per request. It is safe for concurrent use.
+type StreamSource struct {
+	Name string // String()
+	Open func(ctx context.Context) (Stream, error)
+}
+
+var (
+	_ Source     = (*StreamSource)(nil)
+	_ HaveWaiter = (*StreamSource)(nil)
+)
+
+// String implements Source.
+func (ss *StreamSource) String() string { return ss.Name }
+
+// roundTrip sends req and reads the response header; on success it returns
+// the stream positioned at the payload and its length.
+func (ss *StreamSource) roundTrip(ctx context.Context, req Request, what string, maxLen int64) (Stream, int64, error) {
+	s, err := ss.Open(ctx)
+	if err != nil {
+		return nil, 0, fmt.Errorf("%s: %w", what, err)
+	}
+	s.SetWriteDeadline(time.Now().Add(streamIdle))
+	if _, err := s.Write(EncodeRequest(req)); err != nil {
+		s.Reset()
+		return nil, 0, fmt.Errorf("%s: %w", what, err)
+	}
+	if err := s.CloseWrite(); err != nil {
+		s.Reset()
+		return nil, 0, fmt.Errorf("%s: %w", what, err)
+	}
+	wait := streamIdle
+	if req.Op == opHave {
+		wait += time.Duration(req.C) * time.Millisecond
+	}
+	s.SetReadDeadline(time.Now().Add(wait))
+	var h [responseHdr]byte
+	if _, err := io.ReadFull(s, h[:]); err != nil {
+		s.Reset()
+		return nil, 0, fmt.Errorf("%s: read response: %w", what, err)
+	}
+	if err := statusError(h[0], what); err != nil {
+		s.Close()
+		return nil, 0, err
+	}
+	n := int64(binary.BigEndian.Uint32(h[1:]))
+	if n > maxLen {
+		s.Reset()
+		return nil, 0, fmt.Errorf("%s: %w: response of %d bytes, limit %d", what, ErrBadChunk, n, maxLen)
+	}
+	return s, n, nil
+}
+
+// readAll reads a whole small payload and closes the stream.
+func (ss *StreamSource) readAll(ctx context.Context, req Request, what string, maxLen int64) ([]byte, error) {
+	s, n, err := ss.roundTrip(ctx, req, what, maxLen)
+	if err != nil {
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { s.Reset() })
+	defer stop()
+	b := make([]byte, n)
+	if _, err := io.ReadFull(s, b); err != nil {
+		s.Reset()
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	s.Close()
+	return b, nil
+}
+
+// Manifest implements Source.
+func (ss *StreamSource) Manifest(ctx context.Context, id ID) ([]byte, error) {
+	return ss.readAll(ctx, Request{Op: opManifest, ID: id}, "manifest", MaxManifestSize)
+}
+
+// Have implements Source.
+func (ss *StreamSource) Have(ctx context.Context, id ID, n int) (Bitfield, error) {
+	return ss.WaitHave(ctx, id, n, -1)
+}
+
+// WaitHave implements HaveWaiter; known < 0 asks without waiting.
+func (ss *StreamSource) WaitHave(ctx context.Context, id ID, n, known int) (Bitfield, error) {
+	req := Request{Op: opHave, ID: id, A: uint32(n)}
+	if known >= 0 {
+		req.B = uint32(known)
+		req.C = uint32(HaveWaitTime / time.Millisecond)
+	}
+	b, err := ss.readAll(ctx, req, "have", int64(n+7)/8)
+	if err != nil {
+		return Bitfield{}, err
+	}
+	return ParseBitfield(n, b)
+}
+
+// OpenChunk implements Source. The reader resets the stream if it is closed
+// before the chunk was read to its end.
+func (ss *StreamSource) OpenChunk(ctx context.Context, id ID, i int) (io.ReadCloser, error) {
+	s, n, err := ss.roundTrip(ctx, Request{Op: opChunk, ID: id, A: uint32(i)}, fmt.Sprintf("chunk %d", i), MaxChunkSize)
+	if err != nil {
+		return nil, err
+	}
+	return &chunkStream{s: s, left: n, stop: context.AfterFunc(ctx, func() { s.Reset() })}, nil
+}
+
+// chunkStream reads one chunk payload off a stream, extending the read
+// deadline as bytes arrive.
+type chunkStream struct {
+	s    Stream
+	left int64
+	stop func() bool
+}
+
+func (c *chunkStream) Read(p []byte) (int, error) {
+	if c.left == 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > c.left {
+		p = p[:c.left]
+	}
+	c.s.SetReadDeadline(time.Now().Add(streamIdle))
+	n, err := c.s.Read(p)
+	c.left -= int64(n)
+	if err == io.EOF && c.left > 0 {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+func (c *chunkStream) Close() error {
+	c.stop()
+	if c.left > 0 {
+		return c.s.Reset()
+	}
+	return c.s.Close()
+}
