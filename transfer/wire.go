@@ -26,14 +26,14 @@ import (
 // size, payloads a per-op limit. Status codes map to the Source sentinels
 // (wireStatus, statusError); no error text crosses the wire.
 const (
-	RequestSize   = 48
-	opManifest    = 'M'
-	opHave        = 'H'
-	opChunk       = 'C'
-	MaxHaveWait   = 30 * time.Second // longest long poll a server grants
-	haveCoalesce  = 25 * time.Millisecond
-	responseHdr   = 5
-	streamIdle    = 60 * time.Second // a stream that moves no byte for this long is cut
+	RequestSize  = 48
+	opManifest   = 'M'
+	opHave       = 'H'
+	opChunk      = 'C'
+	MaxHaveWait  = 30 * time.Second // longest long poll a server grants
+	haveCoalesce = 25 * time.Millisecond
+	responseHdr  = 5
+	streamIdle   = 60 * time.Second // a stream that moves no byte for this long is cut
 )
 
 // Response status codes.
