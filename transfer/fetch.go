@@ -31,7 +31,10 @@ type DownloadOptions struct {
 	Limiter     *Limiter // download cap on chunk bytes; nil: none
 	// Progress, if set, is called after each chunk is stored, from the
 	// download's goroutine; it must return quickly.
-	Progress     func(Progress)
+	Progress func(Progress)
+	// BadChunk, if set, is called when a chunk from src fails verification
+	// (src is then dropped), from the download's goroutine.
+	BadChunk     func(src Source, err error)
 	StallTimeout time.Duration // 0: DefaultStallTimeout
 	// HaveInterval is how often a source that lacks chunks we need is asked
 	// again what it has; 0: DefaultHaveInterval.
@@ -571,6 +574,9 @@ func (r *run) onChunk(res chunkResult) error {
 	if errors.Is(res.err, ErrBadChunk) {
 		r.stats.BadChunks++
 		s.stats.Bad++
+		if r.d.opts.BadChunk != nil {
+			r.d.opts.BadChunk(s.src, res.err)
+		}
 		s.stats.LastErr = res.err
 		if !s.stats.Dropped {
 			s.stats.Dropped = true

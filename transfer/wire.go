@@ -58,6 +58,9 @@ type Request struct {
 	A, B, C uint32
 }
 
+// IsChunk reports whether r asks for a chunk.
+func (r Request) IsChunk() bool { return r.Op == opChunk }
+
 // EncodeRequest returns the wire form of r.
 func EncodeRequest(r Request) []byte {
 	b := make([]byte, RequestSize)
@@ -148,6 +151,9 @@ type Stream interface {
 // ServeOptions configures ServeStream. The zero value works.
 type ServeOptions struct {
 	Limiter *Limiter // upload cap on chunk bytes
+	// OnRequest, if set, is called with each valid request before it is
+	// served (a peer asking for a share is downloading it too).
+	OnRequest func(Request)
 	// Served, if set, is called after a chunk was sent, with its size.
 	Served func(id ID, i int, n int64)
 }
@@ -169,6 +175,9 @@ func ServeStream(ctx context.Context, s Stream, src Source, opts ServeOptions) (
 		writeStatus(s, statusBadRequest)
 		s.Reset()
 		return req, err
+	}
+	if opts.OnRequest != nil {
+		opts.OnRequest(req)
 	}
 	err = serveRequest(ctx, s, src, req, opts)
 	if err != nil {

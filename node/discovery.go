@@ -1,0 +1,210 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/libp2p/go-libp2p/p2p/discovery/mdns"
+
+	"github.com/sharefiles/share/transfer"
+)
+
+const (
+	provideQueueLen = 4096
+	provideWorkers  = 4 // Provides in flight: each waits on up to 20 peers
+	provideAttempts = 6
+	mdnsService     = "share-p2p"
+)
+
+// startDiscovery joins the network and starts announcing: it dials the
+// bootstrap peers (and keeps retrying those it cannot reach, as a peer may
+// start before its bootstrap peer does), runs the provide workers and the
+// reprovide loop, and mDNS if asked.
+func (n *Node) startDiscovery(boot []peer.AddrInfo) {
+	for _, ai := range boot {
+		n.wg.Go(func() { n.connectLoop(ai) })
+	}
+	for range provideWorkers {
+		n.wg.Go(n.provideWorker)
+	}
+	n.wg.Go(n.reprovideLoop)
+	if n.opts.MDNS {
+		svc := mdns.NewMdnsService(n.host, mdnsService, mdnsNotifee{n})
+		if err := svc.Start(); err != nil {
+			n.log.Warn("mDNS discovery not started", "err", err)
+		} else {
+			n.mdns = svc
+		}
+	}
+}
+
+// connectLoop dials a bootstrap peer until it is connected, backing off up
+// to 30 s; if the connection drops later, it dials again.
+func (n *Node) connectLoop(ai peer.AddrInfo) {
+	back := 250 * time.Millisecond
+	for {
+		if len(n.host.Network().ConnsToPeer(ai.ID)) == 0 {
+			ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
+			err := n.host.Connect(ctx, ai)
+			cancel()
+			if err == nil {
+				n.log.Info("connected to bootstrap peer", "peer", ai.ID)
+				back = 250 * time.Millisecond
+			} else if n.ctx.Err() == nil {
+				n.log.Debug("bootstrap peer unreachable; retrying", "peer", ai.ID, "in", back, "err", err)
+				back = min(2*back, 30*time.Second)
+			}
+		} else {
+			back = 5 * time.Second
+		}
+		select {
+		case <-time.After(back):
+		case <-n.ctx.Done():
+			return
+		}
+	}
+}
+
+// announce queues a provider record for id. Never blocks: if the queue is
+// full, the next reprovide round catches up.
+func (n *Node) announce(id transfer.ID) {
+	select {
+	case n.provideQ <- id:
+	default:
+		n.log.Warn("provide queue full; the share will be announced on the next round", "share", id)
+	}
+}
+
+func (n *Node) provideWorker() {
+	for {
+		select {
+		case id := <-n.provideQ:
+			n.provide(id)
+		case <-n.ctx.Done():
+			return
+		}
+	}
+}
+
+// provide announces id on the DHT, off the request path, with a timeout
+// (Provide blocks until every put is done), retrying with backoff.
+func (n *Node) provide(id transfer.ID) {
+	back := time.Second
+	for attempt := 1; ; attempt++ {
+		if _, err := n.store.Get(id); err != nil {
+			return // removed meanwhile
+		}
+		if err := n.waitRoutingTable(n.ctx); err != nil {
+			return
+		}
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(n.ctx, n.opts.ProvideTimeout)
+		err := n.dht.Provide(ctx, id.CID(), true)
+		cancel()
+		n.m.provideSeconds.Observe(time.Since(start).Seconds())
+		if err == nil {
+			n.m.provides.WithLabelValues("ok").Inc()
+			n.mu.Lock()
+			n.statsLocked(id).provided = time.Now()
+			n.mu.Unlock()
+			n.log.Debug("announced", "share", id, "took", time.Since(start).Round(time.Millisecond))
+			return
+		}
+		n.m.provides.WithLabelValues("error").Inc()
+		if n.ctx.Err() != nil || attempt == provideAttempts {
+			n.log.Warn("announce failed", "share", id, "err", err)
+			return
+		}
+		select {
+		case <-time.After(back):
+		case <-n.ctx.Done():
+			return
+		}
+		back *= 2
+	}
+}
+
+// reprovideLoop announces every share again each ReprovideInterval: the DHT
+// does not, and records expire.
+func (n *Node) reprovideLoop() {
+	t := time.NewTicker(n.opts.ReprovideInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			for _, sh := range n.store.List() {
+				n.announce(sh.ID())
+			}
+		case <-n.ctx.Done():
+			return
+		}
+	}
+}
+
+// waitRoutingTable waits until the DHT knows a peer. An empty routing table
+// makes Provide fail and lookups return nothing, without an error.
+func (n *Node) waitRoutingTable(ctx context.Context) error {
+	for n.dht.RoutingTable().Size() == 0 {
+		select {
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// findProviders looks id up on the DHT and calls found for each provider
+// other than this peer, as they arrive, until the lookup ends or ctx is
+// done. It returns how many it found.
+func (n *Node) findProviders(ctx context.Context, id transfer.ID, found func(peer.AddrInfo) bool) (int, error) {
+	if err := n.waitRoutingTable(ctx); err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	count := 0
+	for ai := range n.dht.FindProvidersAsync(ctx, id.CID(), 0) {
+		if ai.ID == n.host.ID() {
+			continue
+		}
+		if count == 0 {
+			n.m.lookupSeconds.Observe(time.Since(start).Seconds())
+		}
+		count++
+		if len(ai.Addrs) > 0 {
+			n.host.Peerstore().AddAddrs(ai.ID, ai.Addrs, peerstore.AddressTTL)
+		}
+		n.mu.Lock()
+		n.statsLocked(id).providers[ai.ID] = true
+		n.mu.Unlock()
+		if !found(ai) {
+			break
+		}
+	}
+	switch {
+	case count > 0:
+		n.m.lookups.WithLabelValues("found").Inc()
+	case ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return 0, ctx.Err()
+	default:
+		n.m.lookups.WithLabelValues("none").Inc()
+	}
+	return count, nil
+}
+
+type mdnsNotifee struct{ n *Node }
+
+// HandlePeerFound connects to a peer found on the LAN; the DHT then adds it.
+func (m mdnsNotifee) HandlePeerFound(ai peer.AddrInfo) {
+	if ai.ID == m.n.host.ID() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(m.n.ctx, 10*time.Second)
+	defer cancel()
+	if err := m.n.host.Connect(ctx, ai); err == nil {
+		m.n.log.Info("found peer on the LAN", "peer", ai.ID)
+	}
+}

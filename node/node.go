@@ -1,0 +1,315 @@
+package node
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	dht "github.com/libp2p/go-libp2p-kad-dht"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
+	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
+	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	ma "github.com/multiformats/go-multiaddr"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sharefiles/share/transfer"
+)
+
+// Node is a share peer: a libp2p host with a DHT, serving the shares of its
+// store to other peers and fetching shares from them. Create it with New and
+// stop it with Close; it is safe for concurrent use.
+type Node struct {
+	opts  Options
+	log   *slog.Logger
+	host  host.Host
+	dht   *dht.IpfsDHT
+	store *transfer.Store
+	m     *metrics
+
+	ctx    context.Context // the node's lifetime; Close cancels it
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // every goroutine the node starts
+	mdns   io.Closer      // nil unless Options.MDNS
+
+	provideQ chan transfer.ID // announcements to make; see discovery.go
+
+	mu        sync.Mutex
+	downloads map[transfer.ID]*swarmDownload // swarm downloads running
+	inbound   map[peer.ID]int                // chunk-protocol requests being served, per peer
+	stats     map[transfer.ID]*shareStats
+	closed    bool
+}
+
+// shareStats are what status shows of one share besides its store state.
+type shareStats struct {
+	up, down  int64 // chunk bytes sent and received
+	providers map[peer.ID]bool
+	provided  time.Time // last successful announcement
+	lastErr   string    // of the last swarm download
+}
+
+// quicDelay is how long a dial waits for TCP before it also tries QUIC.
+//
+// Why TCP first: both transports are enabled (QUIC gets through where TCP
+// does not, and the issue asks for both), but on this project's machines a
+// TCP+TLS+yamux stream moved ~750 MB/s on loopback against ~265 MB/s for
+// QUIC, at a third of the CPU per byte (../shared/notes/libp2p.md, section
+// 3; BenchmarkRawStream measures both here). libp2p's default ranker
+// prefers QUIC, so we rank TCP first and fall back to QUIC after this delay.
+// Security: TLS before Noise, since TLS measured ~1.5x faster than Noise.
+const quicDelay = 250 * time.Millisecond
+
+// tcpFirst is the dial ranker described at quicDelay.
+func tcpFirst(addrs []ma.Multiaddr) []network.AddrDelay {
+	out := make([]network.AddrDelay, 0, len(addrs))
+	for _, a := range addrs {
+		d := quicDelay
+		if _, err := a.ValueForProtocol(ma.P_TCP); err == nil {
+			d = 0
+		}
+		out = append(out, network.AddrDelay{Addr: a, Delay: d})
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Delay < out[j].Delay })
+	return out
+}
+
+// resourceLimits are the libp2p resource manager's limits: the autoscaled
+// defaults (1/8 of RAM, half the file descriptors), with the chunk protocol
+// given room for many concurrent requests per peer (the default allows 75
+// inbound streams per peer per protocol) and a memory bound per peer.
+func resourceLimits(maxStreamsPerPeer int) rcmgr.ConcreteLimitConfig {
+	limits := rcmgr.DefaultLimits
+	libp2p.SetDefaultServiceLimits(&limits)
+	perPeer := 2 * maxStreamsPerPeer // inbound requests we serve plus the long polls and requests we make
+	limits.AddProtocolPeerLimit(ProtocolID, rcmgr.BaseLimit{
+		StreamsInbound:  perPeer,
+		StreamsOutbound: perPeer,
+		Streams:         2 * perPeer,
+		Memory:          256 << 20,
+	}, rcmgr.BaseLimitIncrease{})
+	limits.AddProtocolLimit(ProtocolID, rcmgr.BaseLimit{
+		StreamsInbound:  4096,
+		StreamsOutbound: 4096,
+		Streams:         8192,
+		Memory:          1 << 30,
+	}, rcmgr.BaseLimitIncrease{})
+	return limits.AutoScale()
+}
+
+// New starts a peer: its host, DHT and background work. It returns once the
+// host listens; joining the network through Bootstrap goes on in the
+// background. Close it when done.
+func New(ctx context.Context, opts Options) (*Node, error) {
+	if opts.Store == nil {
+		return nil, errors.New("node: no store")
+	}
+	key := opts.Identity
+	if key == nil {
+		if opts.DataDir == "" {
+			return nil, errors.New("node: no data directory for the identity key")
+		}
+		var err error
+		if key, err = LoadIdentity(opts.DataDir); err != nil {
+			return nil, err
+		}
+	}
+	if len(opts.Listen) == 0 {
+		opts.Listen = DefaultListen
+	}
+	opts.ReprovideInterval = cmp.Or(opts.ReprovideInterval, DefaultReprovideInterval)
+	opts.ProvideTimeout = cmp.Or(opts.ProvideTimeout, DefaultProvideTimeout)
+	opts.LookupInterval = cmp.Or(opts.LookupInterval, DefaultLookupInterval)
+	opts.FetchTimeout = cmp.Or(opts.FetchTimeout, DefaultFetchTimeout)
+	opts.MaxStreamsPerPeer = cmp.Or(opts.MaxStreamsPerPeer, DefaultMaxStreamsPerPeer)
+	opts.ConnLow = cmp.Or(opts.ConnLow, DefaultConnLow)
+	opts.ConnHigh = cmp.Or(opts.ConnHigh, DefaultConnHigh)
+	opts.PerSource = cmp.Or(opts.PerSource, DefaultPerSource)
+	opts.MaxInFlight = cmp.Or(opts.MaxInFlight, DefaultMaxInFlight)
+	opts.UserAgent = cmp.Or(opts.UserAgent, "share")
+	boot, err := ParseBootstrap(opts.Bootstrap)
+	if err != nil {
+		return nil, err
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+
+	h, err := newHost(key, opts)
+	if err != nil {
+		return nil, err
+	}
+	d, err := dht.New(h, dht.Mode(dht.ModeServer), dht.ProtocolPrefix(DHTPrefix), dht.BootstrapPeers(boot...))
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("node: DHT: %w", err)
+	}
+	nctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	n := &Node{
+		opts: opts, log: log, host: h, dht: d, store: opts.Store,
+		ctx: nctx, cancel: cancel,
+		provideQ:  make(chan transfer.ID, provideQueueLen),
+		downloads: map[transfer.ID]*swarmDownload{},
+		inbound:   map[peer.ID]int{},
+		stats:     map[transfer.ID]*shareStats{},
+	}
+	reg := opts.Registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	if n.m, err = newMetrics(reg, n); err != nil {
+		n.Close()
+		return nil, err
+	}
+	h.SetStreamHandler(ProtocolID, n.handleStream)
+	if err := d.Bootstrap(nctx); err != nil {
+		n.Close()
+		return nil, fmt.Errorf("node: DHT bootstrap: %w", err)
+	}
+	n.startDiscovery(boot)
+	// Resume downloads a previous run left partial, and announce everything.
+	for _, sh := range n.store.List() {
+		n.announce(sh.ID())
+		if !sh.Complete() {
+			n.ensureDownload(sh, nil)
+		}
+	}
+	log.Info("peer started", "id", h.ID(), "addrs", h.Addrs(), "bootstrap", len(boot), "shares", len(n.store.List()))
+	return n, nil
+}
+
+func newHost(key crypto.PrivKey, opts Options) (host.Host, error) {
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(resourceLimits(opts.MaxStreamsPerPeer)))
+	if err != nil {
+		return nil, fmt.Errorf("node: resource manager: %w", err)
+	}
+	cm, err := connmgr.NewConnManager(opts.ConnLow, opts.ConnHigh, connmgr.WithGracePeriod(time.Minute))
+	if err != nil {
+		return nil, fmt.Errorf("node: connection manager: %w", err)
+	}
+	h, err := libp2p.New(
+		libp2p.Identity(key),
+		libp2p.ListenAddrStrings(opts.Listen...),
+		libp2p.NoTransports,
+		libp2p.Transport(tcp.NewTCPTransport),
+		libp2p.Transport(libp2pquic.NewTransport),
+		libp2p.Security(libp2ptls.ID, libp2ptls.New),
+		libp2p.Security(noise.ID, noise.New),
+		libp2p.ResourceManager(rm),
+		libp2p.ConnectionManager(cm),
+		libp2p.SwarmOpts(swarm.WithDialRanker(tcpFirst)),
+		libp2p.UserAgent(opts.UserAgent),
+		libp2p.DisableRelay(),
+		libp2p.DisableMetrics(), // ours are in metrics.go; libp2p's would register globally
+	)
+	if err != nil {
+		return nil, fmt.Errorf("node: libp2p host: %w", err)
+	}
+	return h, nil
+}
+
+// ID returns the peer's ID.
+func (n *Node) ID() peer.ID { return n.host.ID() }
+
+// Addrs returns the peer's full multiaddrs (with /p2p/ID), which others can
+// pass to --bootstrap.
+func (n *Node) Addrs() []ma.Multiaddr {
+	addrs, err := peer.AddrInfoToP2pAddrs(&peer.AddrInfo{ID: n.host.ID(), Addrs: n.host.Addrs()})
+	if err != nil {
+		return nil
+	}
+	return addrs
+}
+
+// Host returns the libp2p host, for tests and benchmarks.
+func (n *Node) Host() host.Host { return n.host }
+
+// Close stops the peer: downloads stop (their chunks stay stored), streams
+// are reset, the host shuts down. It is idempotent.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return nil
+	}
+	n.closed = true
+	n.mu.Unlock()
+	n.cancel()
+	if n.mdns != nil {
+		n.mdns.Close()
+	}
+	n.wg.Wait()
+	err := errors.Join(n.dht.Close(), n.host.Close())
+	n.log.Info("peer stopped", "id", n.host.ID())
+	return err
+}
+
+func (n *Node) statsLocked(id transfer.ID) *shareStats {
+	st, ok := n.stats[id]
+	if !ok {
+		st = &shareStats{providers: map[peer.ID]bool{}}
+		n.stats[id] = st
+	}
+	return st
+}
+
+// The methods below make a Node the backend of the peer's local HTTP API.
+
+// List returns the shares held, complete or partial.
+func (n *Node) List() []*transfer.Share { return n.store.List() }
+
+// Get returns a share held, or transfer.ErrNotFound.
+func (n *Node) Get(id transfer.ID) (*transfer.Share, error) { return n.store.Get(id) }
+
+// Create makes a partial share for a client's chunked upload, and announces it.
+func (n *Node) Create(m *transfer.Manifest) (*transfer.Share, bool, error) {
+	sh, created, err := n.store.Create(m)
+	if err == nil {
+		n.announce(sh.ID())
+	}
+	return sh, created, err
+}
+
+// Import stores an uploaded file, and announces it.
+func (n *Node) Import(ctx context.Context, name string, r io.Reader, opts transfer.ImportOptions) (*transfer.Share, error) {
+	sh, err := n.store.Import(ctx, name, r, opts)
+	if err == nil {
+		n.announce(sh.ID())
+	}
+	return sh, err
+}
+
+// Remove stops a download of the share if one runs, deletes the share and
+// stops announcing it (its provider records expire; until then requests for
+// it get "not found").
+func (n *Node) Remove(id transfer.ID) error {
+	n.mu.Lock()
+	if sw, ok := n.downloads[id]; ok {
+		sw.cancel()
+	}
+	delete(n.stats, id)
+	n.mu.Unlock()
+	return n.store.Remove(id)
+}
+
+// WaitHave lets the API's long poll wait for the swarm download's chunks.
+func (n *Node) WaitHave(ctx context.Context, id transfer.ID, chunks, known int) (transfer.Bitfield, error) {
+	return n.store.WaitHave(ctx, id, chunks, known)
+}
+
+var _ transfer.HaveWaiter = (*Node)(nil)

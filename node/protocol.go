@@ -1,0 +1,71 @@
+package node
+
+import (
+	"context"
+	"io"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/sharefiles/share/transfer"
+)
+
+// handleStream serves one chunk-protocol request from a peer with the
+// store, through transfer.ServeStream: the same requests, the same store and
+// the same upload limit as the HTTP server's chunk routes. A peer with
+// MaxStreamsPerPeer requests in progress is told to back off.
+func (n *Node) handleStream(s network.Stream) {
+	pid := s.Conn().RemotePeer()
+	if !n.acquireInbound(pid) {
+		n.m.refused.Inc()
+		transfer.ServeStream(n.ctx, s, busySource{}, transfer.ServeOptions{})
+		return
+	}
+	defer n.releaseInbound(pid)
+	req, err := transfer.ServeStream(n.ctx, s, n.store, transfer.ServeOptions{
+		Limiter:   n.opts.UploadLimit,
+		OnRequest: func(req transfer.Request) { n.noticeDownloader(req.ID, pid) },
+		Served: func(id transfer.ID, _ int, size int64) {
+			n.m.peerSent.WithLabelValues(pid.String()).Add(float64(size))
+			n.m.chunksSent.Inc()
+			n.mu.Lock()
+			n.statsLocked(id).up += size
+			n.mu.Unlock()
+		},
+	})
+	if err != nil {
+		n.log.Debug("chunk request failed", "peer", pid, "op", string(req.Op), "share", req.ID, "err", err)
+	}
+}
+
+func (n *Node) acquireInbound(pid peer.ID) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.inbound[pid] >= n.opts.MaxStreamsPerPeer {
+		return false
+	}
+	n.inbound[pid]++
+	return true
+}
+
+func (n *Node) releaseInbound(pid peer.ID) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.inbound[pid]--; n.inbound[pid] <= 0 {
+		delete(n.inbound, pid)
+	}
+}
+
+// busySource answers every request with transfer.ErrBusy.
+type busySource struct{}
+
+func (busySource) Manifest(context.Context, transfer.ID) ([]byte, error) {
+	return nil, transfer.ErrBusy
+}
+func (busySource) Have(context.Context, transfer.ID, int) (transfer.Bitfield, error) {
+	return transfer.Bitfield{}, transfer.ErrBusy
+}
+func (busySource) OpenChunk(context.Context, transfer.ID, int) (io.ReadCloser, error) {
+	return nil, transfer.ErrBusy
+}
+func (busySource) String() string { return "busy" }

@@ -1,0 +1,71 @@
+package node
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/sharefiles/share/transfer"
+)
+
+// Status is what `share status` shows of a peer.
+type Status struct {
+	Mode         string        `json:"mode"` // "peer"
+	PeerID       string        `json:"peer_id"`
+	Addrs        []string      `json:"addrs"` // full multiaddrs, for --bootstrap
+	Peers        []PeerStatus  `json:"peers"` // connected
+	RoutingTable int           `json:"routing_table"`
+	Shares       []ShareStatus `json:"shares"`
+}
+
+// PeerStatus is one connected peer.
+type PeerStatus struct {
+	ID   string `json:"id"`
+	Addr string `json:"addr"`
+}
+
+// ShareStatus is one share's state on this peer.
+type ShareStatus struct {
+	ID          transfer.ID `json:"id"`
+	Name        string      `json:"name"`
+	Size        int64       `json:"size"`
+	Chunks      int         `json:"chunks"`
+	Have        int         `json:"have"`
+	Complete    bool        `json:"complete"`
+	Downloading bool        `json:"downloading"`
+	Providers   int         `json:"providers"` // other peers seen providing it
+	BytesUp     int64       `json:"bytes_up"`
+	BytesDown   int64       `json:"bytes_down"`
+	Announced   time.Time   `json:"announced,omitzero"`
+	LastError   string      `json:"last_error,omitempty"`
+}
+
+// Status reports the peer's state.
+func (n *Node) Status(context.Context) any {
+	st := Status{Mode: "peer", PeerID: n.host.ID().String(), RoutingTable: n.dht.RoutingTable().Size()}
+	for _, a := range n.Addrs() {
+		st.Addrs = append(st.Addrs, a.String())
+	}
+	for _, c := range n.host.Network().Conns() {
+		st.Peers = append(st.Peers, PeerStatus{ID: c.RemotePeer().String(), Addr: c.RemoteMultiaddr().String()})
+	}
+	slices.SortFunc(st.Peers, func(a, b PeerStatus) int { return strings.Compare(a.ID, b.ID) })
+	st.Peers = slices.CompactFunc(st.Peers, func(a, b PeerStatus) bool { return a.ID == b.ID })
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, sh := range n.store.List() {
+		m := sh.Manifest()
+		ss := ShareStatus{
+			ID: m.ID(), Name: m.Name(), Size: m.Size(), Chunks: m.NumChunks(),
+			Have: sh.HaveCount(), Complete: sh.Complete(),
+		}
+		_, ss.Downloading = n.downloads[m.ID()]
+		if s, ok := n.stats[m.ID()]; ok {
+			ss.Providers, ss.BytesUp, ss.BytesDown = len(s.providers), s.up, s.down
+			ss.Announced, ss.LastError = s.provided, s.lastErr
+		}
+		st.Shares = append(st.Shares, ss)
+	}
+	return st
+}

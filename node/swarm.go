@@ -1,0 +1,225 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/sharefiles/share/transfer"
+)
+
+// lookupDelays are the waits before the first provider lookups of a
+// download; after them it looks up every LookupInterval. Early lookups are
+// frequent because a swarm forms quickly: peers that start downloading at
+// once announce themselves within milliseconds of each other.
+var lookupDelays = []time.Duration{0, 250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second}
+
+// swarmDownload is one share being fetched from the swarm.
+type swarmDownload struct {
+	id     transfer.ID
+	sh     *transfer.Share
+	d      *transfer.Download
+	cancel context.CancelFunc
+	added  map[peer.ID]bool // sources given to d; owned by Node.mu
+}
+
+// Fetch returns the share id, starting a swarm download if it is not held
+// complete: it finds providers on the DHT, takes the manifest from the first
+// that has a valid one, and creates the partial share, which is served to
+// other peers chunk by chunk as it fills. It returns once the download is
+// under way (or ctx is done, or no provider was found within FetchTimeout).
+func (n *Node) Fetch(ctx context.Context, id transfer.ID) (*transfer.Share, error) {
+	if sh, err := n.store.Get(id); err == nil {
+		if !sh.Complete() {
+			n.ensureDownload(sh, nil)
+		}
+		return sh, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, n.opts.FetchTimeout)
+	defer cancel()
+	m, providers, err := n.fetchManifest(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	sh, _, err := n.store.Create(m)
+	if err != nil {
+		return nil, err
+	}
+	n.ensureDownload(sh, providers)
+	return sh, nil
+}
+
+// fetchManifest finds providers of id and returns the first valid manifest
+// one of them sends, with the providers seen so far.
+func (n *Node) fetchManifest(ctx context.Context, id transfer.ID) (*transfer.Manifest, []peer.ID, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends the lookup once we have what we need
+	var providers []peer.ID
+	var m *transfer.Manifest
+	var errs []error
+	for m == nil && ctx.Err() == nil {
+		_, err := n.findProviders(ctx, id, func(ai peer.AddrInfo) bool {
+			providers = append(providers, ai.ID)
+			got, err := transfer.FetchManifest(ctx, id, n.peerSource(ai.ID))
+			if err != nil {
+				errs = append(errs, err)
+				return true
+			}
+			m = got
+			return false
+		})
+		if err != nil {
+			break
+		}
+		if m == nil { // nobody yet: a provider may announce in a moment
+			select {
+			case <-time.After(500 * time.Millisecond):
+			case <-ctx.Done():
+			}
+		}
+	}
+	if m == nil {
+		if len(errs) > 0 {
+			return nil, nil, fmt.Errorf("%w: %s: providers found, but none sent a valid manifest: %w", transfer.ErrNotFound, id, errors.Join(errs...))
+		}
+		return nil, nil, fmt.Errorf("%w: no peer provides %s (looked for %v)", transfer.ErrNotFound, id, n.opts.FetchTimeout)
+	}
+	return m, providers, nil
+}
+
+// ensureDownload starts a swarm download of a partial share unless one
+// runs; either way it adds the given peers as sources.
+func (n *Node) ensureDownload(sh *transfer.Share, providers []peer.ID) {
+	id := sh.ID()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return
+	}
+	sw, ok := n.downloads[id]
+	if !ok {
+		ctx, cancel := context.WithCancel(n.ctx)
+		sw = &swarmDownload{id: id, sh: sh, cancel: cancel, added: map[peer.ID]bool{}}
+		sw.d = transfer.NewDownload(sh, transfer.DownloadOptions{
+			MaxInFlight:    n.opts.MaxInFlight,
+			PerSource:      n.opts.PerSource,
+			Limiter:        n.opts.DownloadLimit,
+			StallTimeout:   n.opts.StallTimeout,
+			WaitForSources: true,
+			Progress:       n.progress(sh.Manifest()),
+			BadChunk:       func(transfer.Source, error) { n.m.badChunks.Inc() },
+			Logger:         n.log,
+		})
+		n.downloads[id] = sw
+		n.wg.Go(func() { n.runDownload(ctx, sw) })
+		n.announce(id) // it serves chunks as soon as it has some
+	}
+	for _, pid := range providers {
+		n.addSourceLocked(sw, pid)
+	}
+}
+
+func (n *Node) addSourceLocked(sw *swarmDownload, pid peer.ID) {
+	if pid == n.host.ID() || sw.added[pid] {
+		return
+	}
+	sw.added[pid] = true
+	n.host.ConnManager().Protect(pid, protectTag(sw.id))
+	sw.d.AddSource(n.peerSource(pid))
+}
+
+func protectTag(id transfer.ID) string { return "share:" + id.String() }
+
+// noticeDownloader adds a peer that asks us for a share we are downloading
+// as a source of that download: it is downloading it too, and will have
+// chunks to trade. This forms the swarm faster than DHT lookups alone.
+func (n *Node) noticeDownloader(id transfer.ID, pid peer.ID) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if sw, ok := n.downloads[id]; ok {
+		n.addSourceLocked(sw, pid)
+	}
+}
+
+// runDownload runs a swarm download to its end, looking up providers all
+// along.
+func (n *Node) runDownload(ctx context.Context, sw *swarmDownload) {
+	lookupCtx, stopLookups := context.WithCancel(ctx)
+	var lookups = make(chan struct{})
+	go func() {
+		defer close(lookups)
+		n.lookupLoop(lookupCtx, sw)
+	}()
+	start := time.Now()
+	n.log.Info("swarm download started", "share", sw.id, "name", sw.sh.Manifest().Name(), "have", sw.sh.HaveCount(), "chunks", sw.sh.Manifest().NumChunks())
+	stats, err := sw.d.Run(ctx)
+	stopLookups()
+	<-lookups
+
+	n.mu.Lock()
+	delete(n.downloads, sw.id)
+	for pid := range sw.added {
+		n.host.ConnManager().Unprotect(pid, protectTag(sw.id))
+	}
+	if st, ok := n.stats[sw.id]; ok {
+		st.lastErr = ""
+		if err != nil {
+			st.lastErr = err.Error()
+		}
+	}
+	n.mu.Unlock()
+	switch {
+	case err == nil:
+		n.log.Info("swarm download complete", "share", sw.id, "chunks", stats.Chunks, "bad_chunks", stats.BadChunks,
+			"sources", len(stats.Sources), "took", time.Since(start).Round(time.Millisecond))
+	case errors.Is(err, context.Canceled):
+		n.log.Info("swarm download stopped", "share", sw.id)
+	default:
+		n.log.Warn("swarm download failed; chunks fetched are kept", "share", sw.id, "err", err)
+	}
+}
+
+// lookupLoop keeps learning providers while a download runs.
+func (n *Node) lookupLoop(ctx context.Context, sw *swarmDownload) {
+	for k := 0; ; k++ {
+		wait := n.opts.LookupInterval
+		if k < len(lookupDelays) {
+			wait = lookupDelays[k]
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return
+		}
+		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		n.findProviders(lctx, sw.id, func(ai peer.AddrInfo) bool {
+			n.mu.Lock()
+			n.addSourceLocked(sw, ai.ID)
+			n.mu.Unlock()
+			return true
+		})
+		cancel()
+	}
+}
+
+// progress returns the Progress callback of a download: it counts bytes per
+// peer, per share, and chunks from seeds against chunks from peers.
+func (n *Node) progress(m *transfer.Manifest) func(transfer.Progress) {
+	return func(p transfer.Progress) {
+		size := m.ChunkLen(p.Index)
+		if ps, ok := p.From.(*peerSource); ok {
+			n.m.peerRecv.WithLabelValues(ps.pid.String()).Add(float64(size))
+			from := "peer"
+			if ps.seed.Load() {
+				from = "seed"
+			}
+			n.m.chunksRecv.WithLabelValues(from).Inc()
+		}
+		n.mu.Lock()
+		n.statsLocked(m.ID()).down += int64(size)
+		n.mu.Unlock()
+	}
+}
