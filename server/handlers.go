@@ -118,7 +118,7 @@ func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	opts := transfer.ImportOptions{ChunkSize: s.opts.ChunkSize, MaxSize: s.opts.MaxUploadSize}
+	opts := transfer.ImportOptions{ChunkSize: s.opts.ChunkSize, MaxSize: s.opts.MaxUploadSize, SizeHint: r.ContentLength}
 	if cs := r.URL.Query().Get("chunk_size"); cs != "" {
 		n, err := transfer.ParseSize(cs)
 		if err != nil || n < transfer.MinChunkSize || n > transfer.MaxChunkSize {
@@ -440,7 +440,7 @@ func (s *Server) putChunk(w http.ResponseWriter, r *http.Request) {
 
 	bp, _ := chunkBufs.Get().(*[]byte)
 	if bp == nil || cap(*bp) < n+1 {
-		b := make([]byte, m.ChunkSize()+1)
+		b := transfer.AlignedBuffer(int(m.ChunkSize()) + 1)
 		bp = &b
 	}
 	defer chunkBufs.Put(bp)

@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math/bits"
+	"unsafe"
 
 	"github.com/zeebo/blake3"
 )
@@ -14,6 +15,14 @@ const (
 	MinChunkSize     = 16 << 10 // below this, per-request overhead dominates
 	MaxChunkSize     = 16 << 20 // bounds every chunk buffer a peer can make us allocate
 )
+
+// AlignedBuffer returns an n-byte buffer aligned for direct I/O, so that
+// Share.PutChunk can write it without a copy through the page cache.
+func AlignedBuffer(n int) []byte {
+	b := make([]byte, n+directAlign)
+	off := (directAlign - int(uintptr(unsafe.Pointer(unsafe.SliceData(b)))%directAlign)) % directAlign
+	return b[off : off+n : off+n]
+}
 
 // Hash is the BLAKE3-256 digest of a chunk.
 //

@@ -466,7 +466,7 @@ func (r *run) startChunk(i int, s *srcState, now time.Time) {
 	if k := len(r.bufs); k > 0 {
 		buf, r.bufs = r.bufs[k-1], r.bufs[:k-1]
 	} else {
-		buf = make([]byte, r.d.m.chunkSize)
+		buf = AlignedBuffer(int(r.d.m.chunkSize))
 		r.nbufs++
 	}
 	ctx, cancel := context.WithCancel(r.ctx)

@@ -711,6 +711,10 @@ type ImportOptions struct {
 	ChunkSize int64       // 0: DefaultChunkSize
 	MaxSize   int64       // bytes; 0: MaxShareSize
 	Mode      fs.FileMode // 0: 0644
+	// SizeHint, if positive, is the expected size (a Content-Length): the
+	// file is allocated up front, so a full disk fails before any byte is
+	// read.
+	SizeHint int64
 }
 
 // Import stores the bytes of r as a new single-file share called name,
@@ -740,6 +744,11 @@ func (st *Store) Import(ctx context.Context, name string, r io.Reader, opts Impo
 		return nil, err
 	}
 	defer f.Close()
+	if opts.SizeHint > 0 && opts.SizeHint <= maxSize {
+		if err := allocate(f, opts.SizeHint); err != nil {
+			return nil, fmt.Errorf("import %q: %w", name, err)
+		}
+	}
 	c := newChunker(cs)
 	n, err := io.CopyBuffer(io.MultiWriter(f, c), &ctxReader{ctx, io.LimitReader(r, maxSize+1)}, make([]byte, 256<<10))
 	if err != nil {
@@ -747,6 +756,11 @@ func (st *Store) Import(ctx context.Context, name string, r io.Reader, opts Impo
 	}
 	if n > maxSize {
 		return nil, fmt.Errorf("import %q: %w: more than %d bytes", name, ErrTooLarge, maxSize)
+	}
+	if n < opts.SizeHint {
+		if err := f.Truncate(n); err != nil { // fewer bytes than announced
+			return nil, err
+		}
 	}
 	if err := f.Sync(); err != nil {
 		return nil, fmt.Errorf("import %q: %w", name, err)

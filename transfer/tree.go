@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 	"syscall"
+	"unsafe"
 )
 
 // maxOpenFiles bounds the write handles a tree keeps open, so a directory
@@ -29,17 +30,33 @@ type tree struct {
 	root *os.Root // the directory that holds the share's top entry
 	top  string   // the top entry's name in root: m.Name(), unless opened through a symlink
 
-	mu    sync.Mutex
-	open  map[int]*os.File // write handles, by file index; at most maxOpenFiles
-	dirty map[int]bool     // files written since the last takeDirty
+	mu       sync.Mutex
+	open     map[int]*os.File // write handles, by file index; at most maxOpenFiles
+	direct   map[int]*os.File // O_DIRECT write handles, likewise
+	noDirect bool             // the file system refused direct I/O
+	dirty    map[int]bool     // files written since the last takeDirty
 }
+
+// Why direct I/O: a downloaded chunk is verified in memory and then written
+// once; nothing reads it back soon but other peers, at a fraction of the
+// write rate. Written through the page cache it costs a copy and, on the
+// virtual machines this project is measured on, a fresh page per 4 KiB
+// (0.3-1.8 CPU-s/GiB, varying with how recently memory was freed); with
+// O_DIRECT the same writes cost 0.2 CPU-s/GiB at 2+ GB/s, steadily, and a
+// large download does not evict everything else from the cache. Only whole
+// aligned blocks go direct (every chunk of a single-file share but the last,
+// when the chunk size is a multiple of 4 KiB and the buffer is aligned);
+// the rest, and file systems without O_DIRECT, use ordinary writes.
+//
+// directMin is the smallest write worth it.
+const directMin = 64 << 10
 
 func openTree(dir string, m *Manifest) (*tree, error) {
 	root, err := os.OpenRoot(dir)
 	if err != nil {
 		return nil, err
 	}
-	return &tree{m: m, root: root, top: m.Name(), open: map[int]*os.File{}, dirty: map[int]bool{}}, nil
+	return &tree{m: m, root: root, top: m.Name(), open: map[int]*os.File{}, direct: map[int]*os.File{}, dirty: map[int]bool{}}, nil
 }
 
 // path returns file k's path in root.
@@ -50,8 +67,8 @@ func (t *tree) path(k int) string {
 	return t.top + "/" + t.m.files[k].Path
 }
 
-// create makes the share's directories and files, each file sized to its
-// final length (sparse until written). Existing files are reused.
+// create makes the share's directories and files, each file allocated at
+// its final length (see allocate). Existing files are reused.
 func (t *tree) create() error {
 	if t.m.IsDir() {
 		if err := t.root.MkdirAll(t.top, 0o700); err != nil {
@@ -74,7 +91,7 @@ func (t *tree) create() error {
 		if err != nil {
 			return err
 		}
-		err = h.Truncate(f.Size)
+		err = allocate(h, f.Size)
 		if cerr := h.Close(); err == nil {
 			err = cerr
 		}
@@ -135,23 +152,75 @@ func (t *tree) handle(k int) (*os.File, error) {
 	return h, nil
 }
 
+// directHandle returns an O_DIRECT write handle for file k, or nil if the
+// file system refuses them.
+func (t *tree) directHandle(k int) *os.File {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.noDirect {
+		return nil
+	}
+	if h, ok := t.direct[k]; ok {
+		return h
+	}
+	if len(t.direct) >= maxOpenFiles {
+		for j, h := range t.direct {
+			h.Close()
+			delete(t.direct, j)
+			break
+		}
+	}
+	h, err := openDirect(t.root, t.path(k))
+	if err != nil {
+		t.noDirect = true
+		return nil
+	}
+	t.direct[k] = h
+	return h
+}
+
+// canDirect reports whether a write of p at file offset off meets O_DIRECT's
+// alignment rules.
+func canDirect(p []byte, off int64) bool {
+	return len(p) >= directMin && len(p)%directAlign == 0 && off%directAlign == 0 &&
+		uintptr(unsafe.Pointer(unsafe.SliceData(p)))%directAlign == 0
+}
+
+// writeSegment writes p at offset off of file k, directly if it can.
+func (t *tree) writeSegment(k int, p []byte, off int64) error {
+	if canDirect(p, off) {
+		if h := t.directHandle(k); h != nil {
+			if _, err := h.WriteAt(p, off); err == nil {
+				return nil
+			} else if !errors.Is(err, syscall.EINVAL) && !errors.Is(err, os.ErrClosed) {
+				return err
+			}
+			// EINVAL: the device wants other alignment; write it normally.
+		}
+	}
+	h, err := t.handle(k)
+	if err != nil {
+		return err
+	}
+	if _, err := h.WriteAt(p, off); err != nil {
+		if !errors.Is(err, os.ErrClosed) {
+			return err
+		}
+		if h, err = t.handle(k); err != nil { // evicted meanwhile: retry once
+			return err
+		}
+		_, err = h.WriteAt(p, off)
+		return err
+	}
+	return nil
+}
+
 // writeAt writes p at offset off of the byte stream. The range must lie in
 // the share.
 func (t *tree) writeAt(p []byte, off int64) error {
 	for _, s := range t.m.segments(off, int64(len(p))) {
-		h, err := t.handle(s.file)
-		if err != nil {
+		if err := t.writeSegment(s.file, p[:s.n], s.off); err != nil {
 			return err
-		}
-		if _, err := h.WriteAt(p[:s.n], s.off); err != nil {
-			if errors.Is(err, os.ErrClosed) { // evicted meanwhile: retry once
-				if h, err = t.handle(s.file); err == nil {
-					_, err = h.WriteAt(p[:s.n], s.off)
-				}
-			}
-			if err != nil {
-				return err
-			}
 		}
 		t.mu.Lock()
 		t.dirty[s.file] = true
@@ -307,9 +376,11 @@ func (t *tree) syncFiles(ks []int) error {
 func (t *tree) closeFiles() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for k, h := range t.open {
-		h.Close()
-		delete(t.open, k)
+	for _, m := range []map[int]*os.File{t.open, t.direct} {
+		for k, h := range m {
+			h.Close()
+			delete(m, k)
+		}
 	}
 }
 

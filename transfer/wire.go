@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 )
 
@@ -247,7 +248,10 @@ func serveRequest(ctx context.Context, s Stream, src Source, req Request, opts S
 			return err
 		}
 		w := opts.Limiter.Writer(ctx, &idleWriter{s: s})
-		if _, err := io.CopyN(w, rc, n); err != nil {
+		bp := sendBufs.Get().(*[]byte)
+		_, err = io.CopyBuffer(w, io.LimitReader(rc, n), *bp)
+		sendBufs.Put(bp)
+		if err != nil {
 			return fmt.Errorf("send chunk %d: %w", req.A, err)
 		}
 		if opts.Served != nil {
@@ -275,11 +279,25 @@ func chunkLen(ctx context.Context, src Source, rc io.Reader, id ID, i int) (int6
 	return int64(m.ChunkLen(i)), nil
 }
 
-// idleWriter extends the write deadline before each write.
-type idleWriter struct{ s Stream }
+// sendBufs are the buffers chunks are sent through: large writes cost a
+// stream multiplexer and TLS much less per byte than io.Copy's 32 KiB.
+var sendBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
+// deadlineRefresh is how stale an idle deadline may get before it is set
+// again: setting one on every read or write costs a timer reset each time.
+const deadlineRefresh = streamIdle / 4
+
+// idleWriter extends the write deadline as writes succeed.
+type idleWriter struct {
+	s   Stream
+	set time.Time
+}
 
 func (w *idleWriter) Write(p []byte) (int, error) {
-	w.s.SetWriteDeadline(time.Now().Add(streamIdle))
+	if now := time.Now(); now.Sub(w.set) > deadlineRefresh {
+		w.s.SetWriteDeadline(now.Add(streamIdle))
+		w.set = now
+	}
 	return w.s.Write(p)
 }
 
@@ -384,7 +402,7 @@ func (ss *StreamSource) OpenChunk(ctx context.Context, id ID, i int) (io.ReadClo
 	if err != nil {
 		return nil, err
 	}
-	return &chunkStream{s: s, left: n, stop: context.AfterFunc(ctx, func() { s.Reset() })}, nil
+	return &chunkStream{s: s, left: n, stop: context.AfterFunc(ctx, func() { s.Reset() }), set: time.Now()}, nil
 }
 
 // chunkStream reads one chunk payload off a stream, extending the read
@@ -393,6 +411,7 @@ type chunkStream struct {
 	s    Stream
 	left int64
 	stop func() bool
+	set  time.Time // when the read deadline was last set
 }
 
 func (c *chunkStream) Read(p []byte) (int, error) {
@@ -402,7 +421,10 @@ func (c *chunkStream) Read(p []byte) (int, error) {
 	if int64(len(p)) > c.left {
 		p = p[:c.left]
 	}
-	c.s.SetReadDeadline(time.Now().Add(streamIdle))
+	if now := time.Now(); now.Sub(c.set) > deadlineRefresh {
+		c.s.SetReadDeadline(now.Add(streamIdle))
+		c.set = now
+	}
 	n, err := c.s.Read(p)
 	c.left -= int64(n)
 	if err == io.EOF && c.left > 0 {
