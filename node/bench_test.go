@@ -23,7 +23,7 @@ const rawProtocol = "/share/bench-raw/1.0.0"
 // writes from memory, read into io.Discard) and reports both and their ratio.
 func BenchmarkOneToOne(b *testing.B) {
 	const size = 256 << 20
-	tcpOnly := func(o *Options) { o.Listen = []string{"/ip4/127.0.0.1/tcp/0"}; o.PerSource = 32; o.MaxInFlight = 64 }
+	tcpOnly := func(o *Options) { o.Listen = []string{"/ip4/127.0.0.1/tcp/0"} }
 	provider := testNode(b, "", tcpOnly)
 	downloader := testNode(b, "", tcpOnly, provider)
 	var key [32]byte

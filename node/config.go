@@ -30,7 +30,7 @@ const (
 	DefaultMaxStreamsPerPeer = 32               // chunk requests served at once to one peer
 	DefaultConnLow           = 100              // connection manager: trim down to this...
 	DefaultConnHigh          = 400              // ...when above this
-	DefaultPerSource         = 4                // chunk requests in flight per peer
+	DefaultPerSource         = 16               // chunk requests in flight per peer: fills a loopback or LAN link (BenchmarkOneToOne)
 	DefaultMaxInFlight       = 32               // chunk requests in flight per download
 
 	identityFile = "identity.key"

@@ -147,6 +147,12 @@ func (c *Client) Health(ctx context.Context) error {
 	return nil
 }
 
+// Status decodes GET /v1/status into v: a ServerStatus from a server, a
+// node.Status from a peer (see its "mode").
+func (c *Client) Status(ctx context.Context, v any) error {
+	return c.getJSON(ctx, "/v1/status", v)
+}
+
 // List returns the server's shares.
 func (c *Client) List(ctx context.Context) ([]ShareInfo, error) {
 	var lr ListResponse

@@ -301,8 +301,35 @@ func (s *Server) remove(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// ServerStatus is GET /v1/status of a server.
+type ServerStatus struct {
+	Mode    string      `json:"mode"` // "server"
+	Version string      `json:"version"`
+	Shares  []ShareInfo `json:"shares"`
+}
+
+func (s *Server) status(w http.ResponseWriter, r *http.Request) {
+	if st, ok := s.opts.Backend.(Statuser); ok {
+		writeJSON(w, http.StatusOK, st.Status(r.Context()))
+		return
+	}
+	resp := ServerStatus{Mode: "server", Version: s.opts.Version, Shares: []ShareInfo{}}
+	for _, sh := range s.opts.Backend.List() {
+		resp.Shares = append(resp.Shares, Info(sh))
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// manifest serves a share's manifest; a backend that can fetch shares it
+// lacks (a peer) starts fetching one it does not hold.
 func (s *Server) manifest(w http.ResponseWriter, r *http.Request) {
 	sh, err := s.shareFromPath(r)
+	if f, ok := s.opts.Backend.(Fetcher); ok && errors.Is(err, transfer.ErrNotFound) {
+		var id transfer.ID
+		if id, err = transfer.ParseID(r.PathValue("id")); err == nil {
+			sh, err = f.Fetch(r.Context(), id)
+		}
+	}
 	if err != nil {
 		writeError(w, err)
 		return

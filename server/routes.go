@@ -35,6 +35,7 @@ func (s *Server) routes() http.Handler {
 	handle("GET /healthz", public, s.health)
 	mux.Handle("GET /metrics", s.authorize(read, promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{})))
 	handle("GET /{$}", read, s.index)
+	handle("GET /v1/status", read, s.status)
 	handle("GET /v1/shares", read, s.list)
 	handle("POST /v1/shares", write, s.create)
 	handle("PUT /v1/shares/{name}", write, s.upload)

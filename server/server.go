@@ -32,6 +32,20 @@ type Backend interface {
 
 var _ Backend = (*transfer.Store)(nil)
 
+// Fetcher is an optional Backend ability: getting a share it does not hold
+// from elsewhere (a peer fetches it from its swarm). The manifest route uses
+// it, so a client's download from a peer starts the peer's own download,
+// and the client then takes chunks as the peer stores them.
+type Fetcher interface {
+	Fetch(ctx context.Context, id transfer.ID) (*transfer.Share, error)
+}
+
+// Statuser is an optional Backend ability: GET /v1/status answers its
+// Status as JSON.
+type Statuser interface {
+	Status(ctx context.Context) any
+}
+
 // Limits and timeouts; Options fields of the same name override them.
 const (
 	DefaultMaxUploadSize       = 1 << 40 // 1 TiB per raw upload

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/zeebo/blake3"
 )
 
 // Download defaults.
@@ -494,7 +496,10 @@ func (d *Download) fetch(ctx context.Context, req *request, buf []byte) chunkRes
 		return res
 	}
 	defer rc.Close()
-	got, err := io.ReadFull(d.opts.Limiter.Reader(ctx, rc), buf[:n])
+	// Hash each piece as it arrives, while it is in cache, rather than in a
+	// second pass over the chunk.
+	h := blake3.New()
+	got, err := io.ReadFull(io.TeeReader(d.opts.Limiter.Reader(ctx, rc), h), buf[:n])
 	if err == io.EOF || err == io.ErrUnexpectedEOF {
 		res.err = fmt.Errorf("chunk %d: short read, %d of %d bytes: %w", i, got, n, io.ErrUnexpectedEOF)
 		return res
@@ -508,7 +513,9 @@ func (d *Download) fetch(ctx context.Context, req *request, buf []byte) chunkRes
 		res.err = fmt.Errorf("%w: chunk %d of %s from %s: more than its %d bytes", ErrBadChunk, i, d.m.id, req.s.name, n)
 		return res
 	}
-	if err := d.sh.PutChunk(i, buf[:n]); err != nil {
+	var sum Hash
+	h.Sum(sum[:0])
+	if err := d.sh.putHashed(i, buf[:n], sum); err != nil {
 		var ce *ChunkError
 		if errors.As(err, &ce) {
 			ce.Source = req.s.name

@@ -383,11 +383,16 @@ func (m *Manifest) VerifyChunk(i int, data []byte) error {
 	if err := m.checkIndex(i); err != nil {
 		return err
 	}
-	if len(data) != m.ChunkLen(i) {
-		return &ChunkError{ID: m.id, Index: i, Want: m.chunks[i], Got: HashChunk(data), Len: len(data)}
+	return m.checkHash(i, len(data), HashChunk(data))
+}
+
+// checkHash checks that n bytes hashing to sum are chunk i.
+func (m *Manifest) checkHash(i, n int, sum Hash) error {
+	if err := m.checkIndex(i); err != nil {
+		return err
 	}
-	if got := HashChunk(data); got != m.chunks[i] {
-		return &ChunkError{ID: m.id, Index: i, Want: m.chunks[i], Got: got, Len: len(data)}
+	if n != m.ChunkLen(i) || sum != m.chunks[i] {
+		return &ChunkError{ID: m.id, Index: i, Want: m.chunks[i], Got: sum, Len: n}
 	}
 	return nil
 }

@@ -143,7 +143,16 @@ func (s *Share) notifyLocked() {
 // it and records it as held. A mismatch returns a *ChunkError and writes
 // nothing. Putting a chunk already held does nothing.
 func (s *Share) PutChunk(i int, data []byte) error {
-	if err := s.m.VerifyChunk(i, data); err != nil {
+	if err := s.m.checkIndex(i); err != nil {
+		return err
+	}
+	return s.putHashed(i, data, HashChunk(data))
+}
+
+// putHashed is PutChunk for data whose hash the caller computed as it
+// received it.
+func (s *Share) putHashed(i int, data []byte, sum Hash) error {
+	if err := s.m.checkHash(i, len(data), sum); err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -586,8 +595,9 @@ type StoreOptions struct {
 // in progress and is emptied on open, so nothing half-written survives a
 // crash. A Store is safe for concurrent use.
 type Store struct {
-	dir string
-	log *slog.Logger
+	dir  string
+	log  *slog.Logger
+	lock *os.File // held while open
 
 	mu     sync.Mutex
 	shares map[ID]*Share
@@ -604,6 +614,17 @@ func OpenStore(dir string, opts StoreOptions) (*Store, error) {
 	if err := os.MkdirAll(st.sharesDir(), 0o700); err != nil {
 		return nil, err
 	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	st.lock = lock
+	ok := false
+	defer func() {
+		if !ok {
+			lock.Close()
+		}
+	}()
 	if err := os.RemoveAll(st.tmpDir()); err != nil {
 		return nil, err
 	}
@@ -632,6 +653,7 @@ func OpenStore(dir string, opts StoreOptions) (*Store, error) {
 		}
 		st.shares[id] = s
 	}
+	ok = true
 	return st, nil
 }
 
@@ -847,13 +869,18 @@ func (st *Store) removeLocked(id ID) (trash string, err error) {
 	return trash, syncDir(st.sharesDir())
 }
 
-// Close checkpoints and closes every share. The store must not be used after.
+// Close checkpoints and closes every share and releases the data directory.
+// The store must not be used after; Close is idempotent.
 func (st *Store) Close() error {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	var errs []error
 	for _, s := range st.shares {
 		errs = append(errs, s.Close())
+	}
+	if st.lock != nil {
+		errs = append(errs, st.lock.Close())
+		st.lock = nil
 	}
 	return errors.Join(errs...)
 }

@@ -47,7 +47,11 @@ func TestImportAndReadBack(t *testing.T) {
 	if again != sh {
 		t.Fatal("re-import made a second share")
 	}
-	// A reopened store finds it.
+	// A second process cannot open the same store; a reopened one finds it.
+	if _, err := OpenStore(st.Dir(), StoreOptions{}); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second open of a store in use: %v", err)
+	}
+	st.Close()
 	st2, err := OpenStore(st.Dir(), StoreOptions{})
 	if err != nil {
 		t.Fatal(err)

@@ -43,7 +43,7 @@ Prints the output path on stdout.`,
 	f.StringVarP(&o.out, "output", "o", "", "output path")
 	f.BoolVar(&o.force, "force", false, "replace an existing output")
 	f.IntVar(&o.parallel, "parallel", server.DefaultParallel, "chunk requests in flight")
-	f.Var(&o.downloadLimit, "download-limit", "cap on bytes received, e.g. 20MiB/s (default unlimited)")
+	f.Var(&o.downloadLimit, "download-limit", "cap on bytes received, e.g. 20MiB/s")
 	f.StringVar(&o.stallTimeout, "stall-timeout", transfer.DefaultStallTimeout.String(), "give up when no chunk arrives for this long")
 	return cmd
 }

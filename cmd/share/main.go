@@ -82,6 +82,8 @@ directory when the server runs on this machine).`,
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(
 		newServeCmd(stdout, stderr),
+		newPeerCmd(stdout, stderr),
+		newStatusCmd(stdout, stderr),
 		newPutCmd(stdout, stderr),
 		newGetCmd(stdout, stderr),
 		newLsCmd(stdout, stderr),

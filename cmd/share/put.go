@@ -39,7 +39,7 @@ line, and nothing else there. An interrupted put resumes when run again.`,
 	f := cmd.Flags()
 	f.StringVar(&o.chunkSize, "chunk-size", "1MiB", "chunk size")
 	f.IntVar(&o.parallel, "parallel", server.DefaultParallel, "chunk uploads in flight")
-	f.Var(&o.uploadLimit, "upload-limit", "cap on bytes sent, e.g. 20MiB/s (default unlimited)")
+	f.Var(&o.uploadLimit, "upload-limit", "cap on bytes sent, e.g. 20MiB/s")
 	return cmd
 }
 

@@ -1,0 +1,155 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+
+	"github.com/sharefiles/share/node"
+	"github.com/sharefiles/share/server"
+	"github.com/sharefiles/share/transfer"
+)
+
+type peerOptions struct {
+	listen        []string
+	bootstrap     []string
+	mdns          bool
+	api           string
+	data          string
+	token         string
+	publicRead    bool
+	uploadLimit   transfer.Rate
+	downloadLimit transfer.Rate
+	grace         time.Duration
+	logLevel      string
+	logFormat     string
+}
+
+func newPeerCmd(stdout, stderr io.Writer) *cobra.Command {
+	var o peerOptions
+	cmd := &cobra.Command{
+		Use:   "peer",
+		Short: "Run a peer: find shares through a DHT, fetch them from many peers, serve what it has",
+		Long: `Run a share peer: a libp2p host (TCP and QUIC on 7071) with a Kademlia DHT of
+share's own. It announces every share it holds, fetches shares from every peer that
+has them, and serves the chunks it has to others, also while downloading.
+
+It prints its peer ID and its full addresses: pass one to --bootstrap of the next
+peer. The same HTTP API as 'share serve' listens on --api (127.0.0.1:7070), so
+'share put/get/ls/rm/status' work against a peer as against a server; 'share get'
+makes the peer fetch the share from the swarm and streams it to you.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runPeer(cmd.Context(), o, stdout, stderr)
+		},
+	}
+	f := cmd.Flags()
+	f.StringArrayVar(&o.listen, "listen", node.DefaultListen, "libp2p address to listen on (repeatable)")
+	f.StringArrayVar(&o.bootstrap, "bootstrap", splitList(os.Getenv("SHARE_BOOTSTRAP")), "full address (/ip4/.../tcp/7071/p2p/ID) of a peer to join through (repeatable; env SHARE_BOOTSTRAP, comma separated)")
+	f.BoolVar(&o.mdns, "mdns", false, "also discover peers on the LAN with multicast DNS")
+	f.StringVar(&o.api, "api", envOr("SHARE_API", "127.0.0.1:7070"), "address of the local HTTP API (env SHARE_API)")
+	f.StringVar(&o.data, "data", defaultDataDir(), "data directory (env SHARE_DATA)")
+	f.StringVar(&o.token, "token", os.Getenv("SHARE_TOKEN"), "API access token (env SHARE_TOKEN; default: generated and kept in the data directory)")
+	f.BoolVar(&o.publicRead, "public-read", false, "let anyone reaching the API list and download without the token")
+	f.Var(&o.uploadLimit, "upload-limit", "cap on chunk bytes sent to peers, e.g. 8MiB/s")
+	f.Var(&o.downloadLimit, "download-limit", "cap on chunk bytes received from peers")
+	f.DurationVar(&o.grace, "grace", 10*time.Second, "on SIGINT/SIGTERM, how long API requests in flight may take to finish")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
+	return cmd
+}
+
+// splitList splits a comma-separated list, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for item := range strings.SplitSeq(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
+}
+
+func runPeer(ctx context.Context, o peerOptions, stdout, stderr io.Writer) error {
+	log, err := newLogger(stderr, o.logLevel, o.logFormat)
+	if err != nil {
+		return err
+	}
+	if _, err := node.ParseBootstrap(o.bootstrap); err != nil {
+		return usageError{err}
+	}
+	if err := os.MkdirAll(o.data, 0o700); err != nil {
+		return err
+	}
+	token, generated, err := loadToken(o.data, o.token)
+	if err != nil {
+		return err
+	}
+	st, err := transfer.OpenStore(o.data, transfer.StoreOptions{Logger: log})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	n, err := node.New(ctx, node.Options{
+		Store:         st,
+		DataDir:       o.data,
+		Listen:        o.listen,
+		Bootstrap:     o.bootstrap,
+		MDNS:          o.mdns,
+		UploadLimit:   transfer.NewLimiter(o.uploadLimit),
+		DownloadLimit: transfer.NewLimiter(o.downloadLimit),
+		UserAgent:     "share/" + versionString(),
+		Logger:        log,
+		Registry:      reg,
+	})
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	ln, err := net.Listen("tcp", o.api)
+	if err != nil {
+		return fmt.Errorf("API: %w", err)
+	}
+	srvOpts := server.Options{
+		Backend:       n,
+		Token:         token,
+		PublicRead:    o.publicRead,
+		ShutdownGrace: o.grace,
+		Version:       versionString(),
+		Logger:        log,
+		Registry:      reg,
+	}
+	apiAddr := ln.Addr().(*net.TCPAddr)
+	if apiAddr.IP.IsLoopback() {
+		// A local API is reachable by every local process and, through DNS
+		// rebinding, by web pages: accept only local names.
+		srvOpts.AllowedHosts = []string{"127.0.0.1", "localhost", "::1", apiAddr.IP.String()}
+	}
+	srv, err := server.New(srvOpts)
+	if err != nil {
+		ln.Close()
+		return usageError{err}
+	}
+	fmt.Fprintf(stdout, "share peer %s\n", n.ID())
+	for _, a := range n.Addrs() {
+		fmt.Fprintln(stdout, a)
+	}
+	fmt.Fprintf(stdout, "api:   http://%s\n", displayAddr(apiAddr))
+	fmt.Fprintf(stdout, "data:  %s\n", o.data)
+	if generated || o.token == "" {
+		fmt.Fprintf(stdout, "token: %s\n", token)
+	} else {
+		fmt.Fprintf(stdout, "token: (from --token or SHARE_TOKEN)\n")
+	}
+	return srv.Serve(ctx, ln)
+}

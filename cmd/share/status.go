@@ -1,0 +1,101 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+
+	"github.com/dustin/go-humanize"
+	"github.com/spf13/cobra"
+
+	"github.com/sharefiles/share/node"
+	"github.com/sharefiles/share/server"
+)
+
+type statusOptions struct {
+	client clientFlags
+	json   bool
+}
+
+func newStatusCmd(stdout, stderr io.Writer) *cobra.Command {
+	var o statusOptions
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show a peer's (or server's) state: peer ID, connections, DHT, shares",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runStatus(cmd.Context(), o, stdout)
+		},
+	}
+	o.client.register(cmd)
+	cmd.Flags().BoolVar(&o.json, "json", false, "print JSON, as GET /v1/status returns it")
+	return cmd
+}
+
+func runStatus(ctx context.Context, o statusOptions, stdout io.Writer) error {
+	c, err := o.client.client()
+	if err != nil {
+		return err
+	}
+	var raw json.RawMessage
+	if err := c.Status(ctx, &raw); err != nil {
+		return hint(err, &o.client)
+	}
+	if o.json {
+		_, err := fmt.Fprintf(stdout, "%s\n", raw)
+		return err
+	}
+	var mode struct{ Mode string }
+	if err := json.Unmarshal(raw, &mode); err != nil {
+		return err
+	}
+	if mode.Mode == "peer" {
+		var st node.Status
+		if err := json.Unmarshal(raw, &st); err != nil {
+			return err
+		}
+		printPeerStatus(stdout, st)
+		return nil
+	}
+	var st server.ServerStatus
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "server %s at %s, %d shares\n", st.Version, o.client.server, len(st.Shares))
+	return nil
+}
+
+func printPeerStatus(w io.Writer, st node.Status) {
+	fmt.Fprintf(w, "peer:     %s\n", st.PeerID)
+	for _, a := range st.Addrs {
+		fmt.Fprintf(w, "          %s\n", a)
+	}
+	fmt.Fprintf(w, "peers:    %d connected\n", len(st.Peers))
+	for _, p := range st.Peers {
+		fmt.Fprintf(w, "          %s %s\n", p.ID, p.Addr)
+	}
+	fmt.Fprintf(w, "dht:      %d peers in the routing table\n", st.RoutingTable)
+	fmt.Fprintf(w, "shares:   %d\n", len(st.Shares))
+	if len(st.Shares) == 0 {
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nID\tNAME\tSIZE\tCHUNKS\tSTATE\tPROVIDERS\tUP\tDOWN")
+	for _, s := range st.Shares {
+		state := "complete"
+		switch {
+		case s.Downloading:
+			state = "downloading"
+		case !s.Complete:
+			state = "partial"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%d\t%s\t%s\n", s.ID, s.Name, humanize.IBytes(uint64(s.Size)),
+			s.Have, s.Chunks, state, s.Providers, humanize.IBytes(uint64(s.BytesUp)), humanize.IBytes(uint64(s.BytesDown)))
+		if s.LastError != "" {
+			fmt.Fprintf(tw, "\t  last error: %s\n", s.LastError)
+		}
+	}
+	tw.Flush()
+}
