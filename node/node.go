@@ -26,6 +26,7 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/sharefiles/share/transfer"
 )
@@ -46,7 +47,8 @@ type Node struct {
 	wg     sync.WaitGroup // every goroutine the node starts
 	mdns   io.Closer      // nil unless Options.MDNS
 
-	provideQ chan transfer.ID // announcements to make; see discovery.go
+	provideQ chan transfer.ID    // announcements to make; see discovery.go
+	slots    *semaphore.Weighted // upload slots; see uploadSlots
 
 	mu        sync.Mutex
 	downloads map[transfer.ID]*swarmDownload // swarm downloads running
@@ -164,6 +166,7 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 		opts: opts, log: log, host: h, dht: d, store: opts.Store,
 		ctx: nctx, cancel: cancel,
 		provideQ:  make(chan transfer.ID, provideQueueLen),
+		slots:     semaphore.NewWeighted(uploadSlots(opts.UploadLimit)),
 		downloads: map[transfer.ID]*swarmDownload{},
 		inbound:   map[peer.ID]int{},
 		stats:     map[transfer.ID]*shareStats{},

@@ -21,6 +21,9 @@ const (
 	DefaultPerSource    = 8                // chunks in flight per source: enough to keep a loopback or LAN link busy
 	DefaultStallTimeout = 60 * time.Second // no chunk for this long ends a download
 	DefaultHaveInterval = 500 * time.Millisecond
+	minDepth            = 2                      // requests kept in flight to any source
+	depthQueueTime      = 250 * time.Millisecond // a source's depth: this much of its rate
+	rateWindow          = 2 * time.Second        // rates are measured over this window
 	minBackoff          = 100 * time.Millisecond
 	maxBackoff          = 5 * time.Second
 	schedTick           = 25 * time.Millisecond // how often the scheduler looks at timers
@@ -29,7 +32,7 @@ const (
 // DownloadOptions configures a Download. The zero value works.
 type DownloadOptions struct {
 	MaxInFlight int      // chunks in flight in all; 0: DefaultMaxInFlight
-	PerSource   int      // chunks in flight per source; 0: DefaultPerSource
+	PerSource   int      // most chunks in flight per source (see srcState.depth); 0: DefaultPerSource
 	Limiter     *Limiter // download cap on chunk bytes; nil: none
 	// Progress, if set, is called after each chunk is stored, from the
 	// download's goroutine; it must return quickly.
@@ -136,7 +139,35 @@ type srcState struct {
 	fails   int       // consecutive failures, counting requests in flight together as one
 	failAt  time.Time // when the last failure was counted
 	backoff time.Time // no new requests before this
+	done    []sample  // chunks received in the last rateWindow
 	stats   SourceStats
+}
+
+type sample struct {
+	at time.Time
+	n  int64
+}
+
+// depth is how many requests to keep in flight to s: enough to cover
+// depthQueueTime of its recent rate, within [minDepth, max]. A source that
+// is slow (a seed whose uplink is shared by many) gets few requests, so its
+// chunks arrive one after another, soon enough to be passed on to other
+// peers, instead of all arriving late together; a fast one gets many.
+func (s *srcState) depth(now time.Time, chunkSize int64, limit int) int {
+	for len(s.done) > 0 && now.Sub(s.done[0].at) > rateWindow {
+		s.done = s.done[1:]
+	}
+	if len(s.done) < 2 {
+		return min(minDepth, limit)
+	}
+	var bytes int64
+	for _, d := range s.done {
+		bytes += d.n
+	}
+	span := max(now.Sub(s.done[0].at), 10*time.Millisecond)
+	rate := float64(bytes) / span.Seconds()
+	want := int(rate*depthQueueTime.Seconds()/float64(chunkSize)) + 1
+	return min(max(want, minDepth), limit)
 }
 
 func (s *srcState) usable(now time.Time) bool {
@@ -174,7 +205,6 @@ type run struct {
 	active   int // requests in flight
 	bufs     [][]byte
 	nbufs    int
-	cursor   int // scans start here: chunks before it (cyclically from a random start) are held
 	results  chan chunkResult
 	haves    chan haveResult
 	wg       sync.WaitGroup
@@ -207,9 +237,6 @@ func (d *Download) Run(ctx context.Context) (Stats, error) {
 		if have.Has(i) {
 			r.need.Clear(i)
 		}
-	}
-	if n > 0 {
-		r.cursor = rand.IntN(n)
 	}
 	err := r.loop()
 	cancel()
@@ -329,7 +356,8 @@ func (r *run) schedule(now time.Time) {
 		if !s.known {
 			continue
 		}
-		for s.active < d.opts.PerSource && r.active < d.opts.MaxInFlight {
+		depth := s.depth(now, d.m.chunkSize, d.opts.PerSource)
+		for s.active < depth && r.active < d.opts.MaxInFlight {
 			if free > 0 {
 				if s.starved {
 					break
@@ -354,20 +382,25 @@ func (r *run) schedule(now time.Time) {
 	}
 }
 
-// pickFree chooses the next chunk to ask s for: the rarest missing chunk that
-// is not in flight, scanning from the cursor (a random start, then in order,
-// so concurrent downloaders spread over the share while each one reads mostly
-// sequentially). It returns -1 if s has none of them.
+// pickFree chooses the next chunk to ask s for: the rarest missing chunk
+// that is not in flight and that s has, scanning from a random point. The
+// random start spreads concurrent requests, and concurrent downloaders, over
+// the share, so that a seed is not asked for the same chunk twice while
+// other chunks wait; chunks are written where they belong, so order costs
+// nothing. It returns -1 if s has none of them.
 func (r *run) pickFree(s *srcState) int {
 	n := len(r.avail)
-	// Advance the cursor past held chunks; they never come back, so every
-	// chunk still needed lies at or after it.
-	for k := 0; k < n && !r.need.Has(r.cursor); k++ {
-		r.cursor = (r.cursor + 1) % n
-	}
 	best, bestAvail := -1, int32(1<<30)
-	for k := range n {
-		i := (r.cursor + k) % n
+	start := rand.IntN(n)
+	for k := 0; k < n; k++ {
+		i := start + k
+		if i >= n {
+			i -= n
+		}
+		if i%8 == 0 && i+8 <= n && r.need.b[i/8] == 0 {
+			k += 7 // eight held chunks at once
+			continue
+		}
 		if !r.need.Has(i) || len(r.inflight[i]) > 0 || !s.have.Has(i) {
 			continue
 		}
@@ -554,6 +587,7 @@ func (r *run) onChunk(res chunkResult) error {
 		}
 		r.need.Clear(i)
 		n := int64(r.d.m.ChunkLen(i))
+		s.done = append(s.done, sample{at: time.Now(), n: n})
 		r.stats.Chunks++
 		r.stats.Bytes += n
 		r.fetched += n
@@ -603,8 +637,7 @@ func (r *run) onChunk(res chunkResult) error {
 	return nil
 }
 
-// requeue makes chunk i available to pick again. (The cursor never passes
-// a chunk still needed, so scans see it.)
+// requeue makes chunk i available to pick again.
 func (r *run) requeue(i int) {
 	for _, s := range r.d.sources {
 		if s.known && s.have.Has(i) {
