@@ -9,7 +9,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
+	libp2pquic "github.com/libp2p/go-libp2p/p2p/transport/quic"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 
 	"github.com/sharefiles/share/transfer"
 )
@@ -107,5 +114,61 @@ func waitCompleteFast(b *testing.B, n *Node, id transfer.ID) {
 		case <-time.After(time.Minute):
 			b.Fatal("download did not finish")
 		}
+	}
+}
+
+// BenchmarkRawStream moves 256 MiB over one raw libp2p stream between two
+// hosts, for each transport and security choice, in the same run: the
+// figures behind tcpFirst's order (TCP before QUIC, TLS before Noise).
+func BenchmarkRawStream(b *testing.B) {
+	const size = 256 << 20
+	for _, tc := range []struct {
+		name string
+		opts []libp2p.Option
+	}{
+		{"tcp-tls", []libp2p.Option{libp2p.Transport(tcp.NewTCPTransport), libp2p.Security(libp2ptls.ID, libp2ptls.New), libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0")}},
+		{"tcp-noise", []libp2p.Option{libp2p.Transport(tcp.NewTCPTransport), libp2p.Security(noise.ID, noise.New), libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0")}},
+		{"quic", []libp2p.Option{libp2p.Transport(libp2pquic.NewTransport), libp2p.ListenAddrStrings("/ip4/127.0.0.1/udp/0/quic-v1")}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			mk := func() host.Host {
+				h, err := libp2p.New(append([]libp2p.Option{libp2p.NoTransports, libp2p.DisableMetrics()}, tc.opts...)...)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { h.Close() })
+				return h
+			}
+			src, dst := mk(), mk()
+			src.SetStreamHandler(rawProtocol, func(s network.Stream) {
+				buf := make([]byte, 256<<10)
+				for sent := 0; sent < size; sent += len(buf) {
+					if _, err := s.Write(buf); err != nil {
+						s.Reset()
+						return
+					}
+				}
+				s.Close()
+			})
+			if err := dst.Connect(context.Background(), peer.AddrInfo{ID: src.ID(), Addrs: src.Addrs()}); err != nil {
+				b.Fatal(err)
+			}
+			b.SetBytes(size)
+			var cpu time.Duration
+			for b.Loop() {
+				c0 := cpuTime()
+				s, err := dst.NewStream(context.Background(), src.ID(), rawProtocol)
+				if err != nil {
+					b.Fatal(err)
+				}
+				s.CloseWrite()
+				if n, err := io.CopyBuffer(io.Discard, s, make([]byte, 256<<10)); err != nil || n != size {
+					b.Fatalf("%d bytes, %v", n, err)
+				}
+				s.Close()
+				cpu += cpuTime() - c0
+			}
+			b.ReportMetric(cpu.Seconds()/(float64(b.N)*size/(1<<30)), "CPU-s/GiB")
+		})
 	}
 }

@@ -68,12 +68,14 @@ type shareStats struct {
 // quicDelay is how long a dial waits for TCP before it also tries QUIC.
 //
 // Why TCP first: both transports are enabled (QUIC gets through where TCP
-// does not, and the issue asks for both), but on this project's machines a
-// TCP+TLS+yamux stream moved ~750 MB/s on loopback against ~265 MB/s for
-// QUIC, at a third of the CPU per byte (../shared/notes/libp2p.md, section
-// 3; BenchmarkRawStream measures both here). libp2p's default ranker
-// prefers QUIC, so we rank TCP first and fall back to QUIC after this delay.
-// Security: TLS before Noise, since TLS measured ~1.5x faster than Noise.
+// does not), but one raw 256 MiB stream on loopback (BenchmarkRawStream)
+// moved 757-878 MB/s over TCP+TLS+yamux at 1.9-2.2 CPU-s/GiB against
+// 317-387 MB/s at 4.9-6.1 CPU-s/GiB over QUIC, on this project's 2-core AMD
+// EPYC machines; ../shared/notes/libp2p.md found the same on Xeons (~750
+// against ~265 MB/s). libp2p's default ranker prefers QUIC, so we dial TCP
+// at once and QUIC only after this delay. Security: TLS before Noise. They
+// tie on the EPYC (869-899 MB/s for Noise), but TLS was 1.5x faster on the
+// Xeons, which lack SHA extensions.
 const quicDelay = 250 * time.Millisecond
 
 // tcpFirst is the dial ranker described at quicDelay.
