@@ -30,7 +30,7 @@ const (
 	DefaultMaxStreamsPerPeer = 32               // chunk requests served at once to one peer
 	DefaultConnLow           = 100              // connection manager: trim down to this...
 	DefaultConnHigh          = 400              // ...when above this
-	DefaultPerSource         = 16               // chunk requests in flight per peer: fills a loopback or LAN link (BenchmarkOneToOne)
+	DefaultPerSource         = 8                // most chunk requests in flight per peer (on reused streams): fills a loopback or LAN link (BenchmarkOneToOne: 4-8 best, 16 worse)
 	DefaultMaxInFlight       = 32               // chunk requests in flight per download
 
 	identityFile = "identity.key"

@@ -14,15 +14,15 @@ import (
 	"github.com/sharefiles/share/transfer"
 )
 
-// handleStream serves one chunk-protocol request from a peer with the
-// store, through transfer.ServeStream: the same requests, the same store and
-// the same upload limit as the HTTP server's chunk routes. A peer with
-// MaxStreamsPerPeer requests in progress is told to back off.
+// handleStream serves a peer's chunk-protocol requests on one stream with
+// the store, through transfer.ServeStream: the same requests, the same store
+// and the same upload limit as the HTTP server's chunk routes. A peer with
+// MaxStreamsPerPeer streams open is told to back off, and the stream closed.
 func (n *Node) handleStream(s network.Stream) {
 	pid := s.Conn().RemotePeer()
 	if !n.acquireInbound(pid) {
 		n.m.refused.Inc()
-		transfer.ServeStream(n.ctx, s, busySource{}, transfer.ServeOptions{})
+		transfer.ServeStream(n.ctx, s, busySource{}, transfer.ServeOptions{MaxRequests: 1})
 		return
 	}
 	defer n.releaseInbound(pid)

@@ -23,7 +23,7 @@ type swarmDownload struct {
 	sh     *transfer.Share
 	d      *transfer.Download
 	cancel context.CancelFunc
-	added  map[peer.ID]bool // sources given to d; owned by Node.mu
+	added  map[peer.ID]*peerSource // sources given to d; owned by Node.mu
 }
 
 // Fetch returns the share id, starting a swarm download if it is not held
@@ -63,7 +63,9 @@ func (n *Node) fetchManifest(ctx context.Context, id transfer.ID) (*transfer.Man
 	for m == nil && ctx.Err() == nil {
 		_, err := n.findProviders(ctx, id, func(ai peer.AddrInfo) bool {
 			providers = append(providers, ai.ID)
-			got, err := transfer.FetchManifest(ctx, id, n.peerSource(ai.ID))
+			src := n.peerSource(ai.ID)
+			got, err := transfer.FetchManifest(ctx, id, src)
+			src.Close()
 			if err != nil {
 				errs = append(errs, err)
 				return true
@@ -102,7 +104,7 @@ func (n *Node) ensureDownload(sh *transfer.Share, providers []peer.ID) {
 	sw, ok := n.downloads[id]
 	if !ok {
 		ctx, cancel := context.WithCancel(n.ctx)
-		sw = &swarmDownload{id: id, sh: sh, cancel: cancel, added: map[peer.ID]bool{}}
+		sw = &swarmDownload{id: id, sh: sh, cancel: cancel, added: map[peer.ID]*peerSource{}}
 		sw.d = transfer.NewDownload(sh, transfer.DownloadOptions{
 			MaxInFlight:    n.opts.MaxInFlight,
 			PerSource:      n.opts.PerSource,
@@ -123,12 +125,13 @@ func (n *Node) ensureDownload(sh *transfer.Share, providers []peer.ID) {
 }
 
 func (n *Node) addSourceLocked(sw *swarmDownload, pid peer.ID) {
-	if pid == n.host.ID() || sw.added[pid] {
+	if _, ok := sw.added[pid]; ok || pid == n.host.ID() {
 		return
 	}
-	sw.added[pid] = true
+	src := n.peerSource(pid)
+	sw.added[pid] = src
 	n.host.ConnManager().Protect(pid, protectTag(sw.id))
-	sw.d.AddSource(n.peerSource(pid))
+	sw.d.AddSource(src)
 }
 
 func protectTag(id transfer.ID) string { return "share:" + id.String() }
@@ -161,8 +164,9 @@ func (n *Node) runDownload(ctx context.Context, sw *swarmDownload) {
 
 	n.mu.Lock()
 	delete(n.downloads, sw.id)
-	for pid := range sw.added {
+	for pid, src := range sw.added {
 		n.host.ConnManager().Unprotect(pid, protectTag(sw.id))
+		src.Close()
 	}
 	if st, ok := n.stats[sw.id]; ok {
 		st.lastErr = ""

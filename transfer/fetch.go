@@ -17,7 +17,7 @@ import (
 
 // Download defaults.
 const (
-	DefaultMaxInFlight  = 16               // chunks in flight in all: the download's memory is this many chunk buffers
+	DefaultMaxInFlight  = 16               // chunks in flight in all; the download holds at most twice this many chunk buffers (in flight, being written)
 	DefaultPerSource    = 8                // chunks in flight per source: enough to keep a loopback or LAN link busy
 	DefaultStallTimeout = 60 * time.Second // no chunk for this long ends a download
 	DefaultHaveInterval = 500 * time.Millisecond
@@ -175,18 +175,20 @@ func (s *srcState) usable(now time.Time) bool {
 }
 
 type request struct {
-	i       int
-	s       *srcState
-	started time.Time
-	cancel  context.CancelFunc
-	lost    bool // another request for the chunk won
+	i        int
+	s        *srcState
+	started  time.Time
+	cancel   context.CancelFunc
+	lost     bool // another request for the chunk won
+	received bool // its source slot was given back; the chunk is being written
 }
 
 type chunkResult struct {
-	req   *request
-	buf   []byte
-	err   error
-	local bool // err is ours (disk), not the source's
+	req      *request
+	buf      []byte
+	err      error
+	local    bool // err is ours (disk), not the source's
+	received bool // the chunk arrived and checked out; it is being written
 }
 
 type haveResult struct {
@@ -202,7 +204,8 @@ type run struct {
 	need     Bitfield // chunks not held
 	avail    []int32  // per chunk, how many known sources have it
 	inflight map[int][]*request
-	active   int // requests in flight
+	active   int // requests in flight on the network
+	held     int // chunk buffers in use: requests in flight, and chunks being written
 	bufs     [][]byte
 	nbufs    int
 	results  chan chunkResult
@@ -357,7 +360,7 @@ func (r *run) schedule(now time.Time) {
 			continue
 		}
 		depth := s.depth(now, d.m.chunkSize, d.opts.PerSource)
-		for s.active < depth && r.active < d.opts.MaxInFlight {
+		for s.active < depth && r.active < d.opts.MaxInFlight && r.held < 2*d.opts.MaxInFlight {
 			if free > 0 {
 				if s.starved {
 					break
@@ -508,25 +511,37 @@ func (r *run) startChunk(i int, s *srcState, now time.Time) {
 	req := &request{i: i, s: s, started: now, cancel: cancel}
 	r.inflight[i] = append(r.inflight[i], req)
 	r.active++
+	r.held++
 	s.active++
 	r.wg.Go(func() {
-		res := r.d.fetch(ctx, req, buf)
-		cancel()
-		select {
-		case r.results <- res:
-		case <-r.ctx.Done():
+		send := func(res chunkResult) {
+			select {
+			case r.results <- res:
+			case <-r.ctx.Done():
+			}
 		}
+		res, sum := r.d.receive(ctx, req, buf)
+		cancel()
+		if res.err == nil {
+			// The source is free for the next request while the chunk is
+			// written: disk latency does not idle the network.
+			send(chunkResult{req: req, received: true})
+			res = r.d.store(req, buf, sum)
+		}
+		send(res)
 	})
 }
 
-// fetch reads chunk req.i from its source into buf, verifies and stores it.
-func (d *Download) fetch(ctx context.Context, req *request, buf []byte) chunkResult {
+// receive reads chunk req.i from its source into buf and checks it against
+// the manifest, hashing it as it arrives.
+func (d *Download) receive(ctx context.Context, req *request, buf []byte) (chunkResult, Hash) {
 	res := chunkResult{req: req, buf: buf}
 	i, n := req.i, d.m.ChunkLen(req.i)
+	var sum Hash
 	rc, err := req.s.src.OpenChunk(ctx, d.m.id, i)
 	if err != nil {
 		res.err = err
-		return res
+		return res, sum
 	}
 	defer rc.Close()
 	// Hash each piece as it arrives, while it is in cache, rather than in a
@@ -535,36 +550,50 @@ func (d *Download) fetch(ctx context.Context, req *request, buf []byte) chunkRes
 	got, err := io.ReadFull(io.TeeReader(d.opts.Limiter.Reader(ctx, rc), h), buf[:n])
 	if err == io.EOF || err == io.ErrUnexpectedEOF {
 		res.err = fmt.Errorf("chunk %d: short read, %d of %d bytes: %w", i, got, n, io.ErrUnexpectedEOF)
-		return res
+		return res, sum
 	}
 	if err != nil {
 		res.err = fmt.Errorf("chunk %d: %w", i, err)
-		return res
+		return res, sum
 	}
 	var one [1]byte
 	if k, _ := rc.Read(one[:]); k > 0 {
 		res.err = fmt.Errorf("%w: chunk %d of %s from %s: more than its %d bytes", ErrBadChunk, i, d.m.id, req.s.name, n)
-		return res
+		return res, sum
 	}
-	var sum Hash
 	h.Sum(sum[:0])
-	if err := d.sh.putHashed(i, buf[:n], sum); err != nil {
-		var ce *ChunkError
-		if errors.As(err, &ce) {
-			ce.Source = req.s.name
-		} else {
-			res.local = true
-		}
+	if err := d.m.checkHash(i, n, sum); err != nil {
+		err.(*ChunkError).Source = req.s.name
 		res.err = err
+	}
+	return res, sum
+}
+
+// store writes a received, verified chunk to the share.
+func (d *Download) store(req *request, buf []byte, sum Hash) chunkResult {
+	res := chunkResult{req: req, buf: buf}
+	if err := d.sh.putHashed(req.i, buf[:d.m.ChunkLen(req.i)], sum); err != nil {
+		res.err, res.local = err, true
 	}
 	return res
 }
 
 func (r *run) onChunk(res chunkResult) error {
 	req, s, i := res.req, res.req.s, res.req.i
+	if res.received {
+		req.received = true
+		r.active--
+		s.active--
+		s.fails = 0 // it works
+		s.done = append(s.done, sample{at: time.Now(), n: int64(r.d.m.ChunkLen(i))})
+		return nil
+	}
 	r.bufs = append(r.bufs, res.buf)
-	r.active--
-	s.active--
+	r.held--
+	if !req.received {
+		r.active--
+		s.active--
+	}
 	reqs := r.inflight[i]
 	for k, q := range reqs {
 		if q == req {
@@ -587,7 +616,6 @@ func (r *run) onChunk(res chunkResult) error {
 		}
 		r.need.Clear(i)
 		n := int64(r.d.m.ChunkLen(i))
-		s.done = append(s.done, sample{at: time.Now(), n: n})
 		r.stats.Chunks++
 		r.stats.Bytes += n
 		r.fetched += n

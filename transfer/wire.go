@@ -11,7 +11,11 @@ import (
 )
 
 // The chunk stream protocol carries the three Source calls over any reliable
-// byte stream (a libp2p stream in peer mode), one request per stream:
+// byte stream (a libp2p stream in peer mode). An asker writes a request and
+// reads its response, then may write the next request on the same stream:
+// streams are reused, so a stream multiplexer's flow-control window, which
+// grows as a stream is used, stays large (a fresh yamux stream starts at 256
+// KiB and would stall every chunk on window updates).
 //
 //	request  (RequestSize bytes): op u8, 3 zero bytes, share digest [32]byte,
 //	         a u32, b u32, c u32 (big-endian)
@@ -22,8 +26,9 @@ import (
 //	           op 'C' chunk: a = chunk index
 //	response: status u8, length u32, then length bytes of payload (status OK)
 //
-// The asker closes its write side after the request; the server answers and
-// closes. Everything is bounded before it is read: requests have a fixed
+// The asker closes its write side when it has no more requests; the server
+// then closes the stream, and closes it too after streamIdle without a
+// request. Everything is bounded before it is read: requests have a fixed
 // size, payloads a per-op limit. Status codes map to the Source sentinels
 // (wireStatus, statusError); no error text crosses the wire.
 const (
@@ -157,35 +162,45 @@ type ServeOptions struct {
 	OnRequest func(Request)
 	// Served, if set, is called after a chunk was sent, with its size.
 	Served func(id ID, i int, n int64)
+	// MaxRequests, if positive, closes the stream after that many requests.
+	MaxRequests int
 }
 
-// ServeStream answers one request read from s with src, then closes s (or
-// resets it on error). It returns the request and what went wrong, for the
-// caller's logs and metrics.
+// ServeStream answers the requests read from s with src, one after the
+// other, until the asker closes its side (then it closes s) or something
+// fails (then it resets s). It returns the last request and what went wrong,
+// for the caller's logs.
 func ServeStream(ctx context.Context, s Stream, src Source, opts ServeOptions) (Request, error) {
 	stop := context.AfterFunc(ctx, func() { s.Reset() })
 	defer stop()
-	s.SetReadDeadline(time.Now().Add(streamIdle))
 	buf := make([]byte, RequestSize)
-	if _, err := io.ReadFull(s, buf); err != nil {
-		s.Reset()
-		return Request{}, fmt.Errorf("read request: %w", err)
+	var req Request
+	for served := 0; ; served++ {
+		if opts.MaxRequests > 0 && served == opts.MaxRequests {
+			return req, s.Close()
+		}
+		s.SetReadDeadline(time.Now().Add(streamIdle))
+		if _, err := io.ReadFull(s, buf); err != nil {
+			if err == io.EOF { // the asker is done
+				return req, s.Close()
+			}
+			s.Reset()
+			return req, fmt.Errorf("read request: %w", err)
+		}
+		var err error
+		if req, err = DecodeRequest(buf); err != nil {
+			writeStatus(s, statusBadRequest)
+			s.Reset()
+			return req, err
+		}
+		if opts.OnRequest != nil {
+			opts.OnRequest(req)
+		}
+		if err := serveRequest(ctx, s, src, req, opts); err != nil {
+			s.Reset()
+			return req, err
+		}
 	}
-	req, err := DecodeRequest(buf)
-	if err != nil {
-		writeStatus(s, statusBadRequest)
-		s.Reset()
-		return req, err
-	}
-	if opts.OnRequest != nil {
-		opts.OnRequest(req)
-	}
-	err = serveRequest(ctx, s, src, req, opts)
-	if err != nil {
-		s.Reset()
-		return req, err
-	}
-	return req, s.Close()
 }
 
 func writeStatus(s Stream, status byte) error {
@@ -302,11 +317,27 @@ func (w *idleWriter) Write(p []byte) (int, error) {
 }
 
 // StreamSource is a Source that asks a remote server over streams that Open
-// returns, one per request. It is safe for concurrent use.
+// returns, reusing each for later requests. It is safe for concurrent use;
+// Close resets the streams it keeps.
 type StreamSource struct {
 	Name string // String()
 	Open func(ctx context.Context) (Stream, error)
+
+	mu   sync.Mutex
+	idle []idleStream // streams ready for a request, most recently used last
 }
+
+type idleStream struct {
+	s     Stream
+	since time.Time
+}
+
+// Stream reuse limits. An idle stream is dropped well before the server's
+// streamIdle, so that a request rarely meets a stream the server closed.
+const (
+	maxIdleStreams = 32
+	maxStreamIdle  = streamIdle / 2
+)
 
 var (
 	_ Source     = (*StreamSource)(nil)
@@ -316,58 +347,106 @@ var (
 // String implements Source.
 func (ss *StreamSource) String() string { return ss.Name }
 
-// roundTrip sends req and reads the response header; on success it returns
-// the stream positioned at the payload and its length.
-func (ss *StreamSource) roundTrip(ctx context.Context, req Request, what string, maxLen int64) (Stream, int64, error) {
-	s, err := ss.Open(ctx)
-	if err != nil {
-		return nil, 0, fmt.Errorf("%s: %w", what, err)
+// get returns an idle stream, or a new one.
+func (ss *StreamSource) get(ctx context.Context) (s Stream, reused bool, err error) {
+	ss.mu.Lock()
+	for len(ss.idle) > 0 {
+		is := ss.idle[len(ss.idle)-1]
+		ss.idle = ss.idle[:len(ss.idle)-1]
+		if time.Since(is.since) < maxStreamIdle {
+			ss.mu.Unlock()
+			return is.s, true, nil
+		}
+		is.s.Reset()
 	}
-	s.SetWriteDeadline(time.Now().Add(streamIdle))
-	if _, err := s.Write(EncodeRequest(req)); err != nil {
-		s.Reset()
-		return nil, 0, fmt.Errorf("%s: %w", what, err)
-	}
-	if err := s.CloseWrite(); err != nil {
-		s.Reset()
-		return nil, 0, fmt.Errorf("%s: %w", what, err)
-	}
-	wait := streamIdle
-	if req.Op == opHave {
-		wait += time.Duration(req.C) * time.Millisecond
-	}
-	s.SetReadDeadline(time.Now().Add(wait))
-	var h [responseHdr]byte
-	if _, err := io.ReadFull(s, h[:]); err != nil {
-		s.Reset()
-		return nil, 0, fmt.Errorf("%s: read response: %w", what, err)
-	}
-	if err := statusError(h[0], what); err != nil {
-		s.Close()
-		return nil, 0, err
-	}
-	n := int64(binary.BigEndian.Uint32(h[1:]))
-	if n > maxLen {
-		s.Reset()
-		return nil, 0, fmt.Errorf("%s: %w: response of %d bytes, limit %d", what, ErrBadChunk, n, maxLen)
-	}
-	return s, n, nil
+	ss.mu.Unlock()
+	s, err = ss.Open(ctx)
+	return s, false, err
 }
 
-// readAll reads a whole small payload and closes the stream.
+// put keeps a stream whose last response was read to its end.
+func (ss *StreamSource) put(s Stream) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if len(ss.idle) >= maxIdleStreams {
+		s.CloseWrite()
+		s.Close()
+		return
+	}
+	ss.idle = append(ss.idle, idleStream{s: s, since: time.Now()})
+}
+
+// Close ends the idle streams: their write sides are closed, so the server
+// closes them too. Streams in use are closed as they finish.
+func (ss *StreamSource) Close() error {
+	ss.mu.Lock()
+	idle := ss.idle
+	ss.idle = nil
+	ss.mu.Unlock()
+	for _, is := range idle {
+		is.s.CloseWrite()
+		is.s.Close()
+	}
+	return nil
+}
+
+// roundTrip sends req and reads the response header; on success it returns
+// the stream positioned at the payload and its length. A reused stream that
+// fails before any answer (the server may have closed it) is replaced once.
+func (ss *StreamSource) roundTrip(ctx context.Context, req Request, what string, maxLen int64) (Stream, int64, error) {
+	for attempt := 0; ; attempt++ {
+		s, reused, err := ss.get(ctx)
+		if err != nil {
+			return nil, 0, fmt.Errorf("%s: %w", what, err)
+		}
+		s.SetWriteDeadline(time.Now().Add(streamIdle))
+		_, err = s.Write(EncodeRequest(req))
+		wait := streamIdle
+		if req.Op == opHave {
+			wait += time.Duration(req.C) * time.Millisecond
+		}
+		var h [responseHdr]byte
+		if err == nil {
+			s.SetReadDeadline(time.Now().Add(wait))
+			_, err = io.ReadFull(s, h[:])
+		}
+		if err != nil {
+			s.Reset()
+			if reused && attempt == 0 && ctx.Err() == nil {
+				continue
+			}
+			return nil, 0, fmt.Errorf("%s: %w", what, err)
+		}
+		if err := statusError(h[0], what); err != nil {
+			ss.put(s) // the answer is complete: the stream is reusable
+			return nil, 0, err
+		}
+		n := int64(binary.BigEndian.Uint32(h[1:]))
+		if n > maxLen {
+			s.Reset()
+			return nil, 0, fmt.Errorf("%s: %w: response of %d bytes, limit %d", what, ErrBadChunk, n, maxLen)
+		}
+		return s, n, nil
+	}
+}
+
+// readAll reads a whole small payload and keeps the stream for reuse.
 func (ss *StreamSource) readAll(ctx context.Context, req Request, what string, maxLen int64) ([]byte, error) {
 	s, n, err := ss.roundTrip(ctx, req, what, maxLen)
 	if err != nil {
 		return nil, err
 	}
 	stop := context.AfterFunc(ctx, func() { s.Reset() })
-	defer stop()
 	b := make([]byte, n)
-	if _, err := io.ReadFull(s, b); err != nil {
+	_, err = io.ReadFull(s, b)
+	if !stop() || err != nil {
 		s.Reset()
+		if err == nil {
+			err = ctx.Err()
+		}
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	s.Close()
+	ss.put(s)
 	return b, nil
 }
 
@@ -395,19 +474,20 @@ func (ss *StreamSource) WaitHave(ctx context.Context, id ID, n, known int) (Bitf
 	return ParseBitfield(n, b)
 }
 
-// OpenChunk implements Source. The reader resets the stream if it is closed
-// before the chunk was read to its end.
+// OpenChunk implements Source. Closing the reader before the chunk was read
+// to its end resets the stream.
 func (ss *StreamSource) OpenChunk(ctx context.Context, id ID, i int) (io.ReadCloser, error) {
 	s, n, err := ss.roundTrip(ctx, Request{Op: opChunk, ID: id, A: uint32(i)}, fmt.Sprintf("chunk %d", i), MaxChunkSize)
 	if err != nil {
 		return nil, err
 	}
-	return &chunkStream{s: s, left: n, stop: context.AfterFunc(ctx, func() { s.Reset() }), set: time.Now()}, nil
+	return &chunkStream{ss: ss, s: s, left: n, stop: context.AfterFunc(ctx, func() { s.Reset() }), set: time.Now()}, nil
 }
 
 // chunkStream reads one chunk payload off a stream, extending the read
 // deadline as bytes arrive.
 type chunkStream struct {
+	ss   *StreamSource
 	s    Stream
 	left int64
 	stop func() bool
@@ -433,10 +513,17 @@ func (c *chunkStream) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Close gives the stream back for reuse if the chunk was read to its end;
+// otherwise the rest of it is still coming, and the stream is reset.
 func (c *chunkStream) Close() error {
-	c.stop()
-	if c.left > 0 {
-		return c.s.Reset()
+	if c.s == nil {
+		return nil
 	}
-	return c.s.Close()
+	if !c.stop() || c.left > 0 {
+		c.s.Reset()
+	} else {
+		c.ss.put(c.s)
+	}
+	c.s = nil
+	return nil
 }
