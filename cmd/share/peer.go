@@ -86,14 +86,7 @@ func runPeer(ctx context.Context, o peerOptions, stdout, stderr io.Writer) error
 	if _, err := node.ParseBootstrap(o.bootstrap); err != nil {
 		return usageError{err}
 	}
-	if err := os.MkdirAll(o.data, 0o700); err != nil {
-		return err
-	}
-	token, generated, err := loadToken(o.data, o.token)
-	if err != nil {
-		return err
-	}
-	st, err := transfer.OpenStore(o.data, transfer.StoreOptions{Logger: log})
+	st, token, err := openData(o.data, o.token, log)
 	if err != nil {
 		return err
 	}
@@ -145,11 +138,6 @@ func runPeer(ctx context.Context, o peerOptions, stdout, stderr io.Writer) error
 		fmt.Fprintln(stdout, a)
 	}
 	fmt.Fprintf(stdout, "api:   http://%s\n", displayAddr(apiAddr))
-	fmt.Fprintf(stdout, "data:  %s\n", o.data)
-	if generated || o.token == "" {
-		fmt.Fprintf(stdout, "token: %s\n", token)
-	} else {
-		fmt.Fprintf(stdout, "token: (from --token or SHARE_TOKEN)\n")
-	}
+	printData(stdout, o.data, token, o.token != "")
 	return srv.Serve(ctx, ln)
 }

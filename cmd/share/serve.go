@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -79,14 +80,7 @@ func runServe(ctx context.Context, o serveOptions, stdout, stderr io.Writer) err
 	if err != nil || chunkSize < transfer.MinChunkSize || chunkSize > transfer.MaxChunkSize {
 		return usageError{fmt.Errorf("--chunk-size %q: want %d to %d bytes", o.chunkSize, transfer.MinChunkSize, transfer.MaxChunkSize)}
 	}
-	if err := os.MkdirAll(o.data, 0o700); err != nil {
-		return err
-	}
-	token, generated, err := loadToken(o.data, o.token)
-	if err != nil {
-		return err
-	}
-	st, err := transfer.OpenStore(o.data, transfer.StoreOptions{Logger: log})
+	st, token, err := openData(o.data, o.token, log)
 	if err != nil {
 		return err
 	}
@@ -119,12 +113,7 @@ func runServe(ctx context.Context, o serveOptions, stdout, stderr io.Writer) err
 	}
 	url := scheme + "://" + displayAddr(ln.Addr().(*net.TCPAddr))
 	fmt.Fprintf(stdout, "share server listening on %s\n", url)
-	fmt.Fprintf(stdout, "data:  %s\n", o.data)
-	if generated || o.token == "" {
-		fmt.Fprintf(stdout, "token: %s\n", token)
-	} else {
-		fmt.Fprintf(stdout, "token: (from --token or SHARE_TOKEN)\n")
-	}
+	printData(stdout, o.data, token, o.token != "")
 	fmt.Fprintf(stdout, "try:   share put FILE   or   curl -T FILE -H 'Authorization: Bearer TOKEN' %s/v1/shares/NAME\n", url)
 	log.Info("serving", "addr", ln.Addr().String(), "data", o.data, "shares", len(st.List()),
 		"public_read", o.publicRead, "upload_limit", o.uploadLimit, "download_limit", o.downloadLimit)
@@ -140,25 +129,53 @@ func displayAddr(a *net.TCPAddr) string {
 	return a.String()
 }
 
+// openData prepares a daemon's data directory: it creates it, finds the
+// API token (see loadToken) and opens the store, which locks the directory.
+func openData(dir, givenToken string, log *slog.Logger) (*transfer.Store, string, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, "", err
+	}
+	token, err := loadToken(dir, givenToken)
+	if err != nil {
+		return nil, "", err
+	}
+	st, err := transfer.OpenStore(dir, transfer.StoreOptions{Logger: log})
+	if err != nil {
+		return nil, "", err
+	}
+	return st, token, nil
+}
+
+// printData prints a daemon's data directory and its token, unless the
+// token came from the command line or the environment.
+func printData(stdout io.Writer, dir, token string, given bool) {
+	fmt.Fprintf(stdout, "data:  %s\n", dir)
+	if given {
+		fmt.Fprintf(stdout, "token: (from --token or SHARE_TOKEN)\n")
+	} else {
+		fmt.Fprintf(stdout, "token: %s\n", token)
+	}
+}
+
 // loadToken returns the token to require: the given one, else the one kept
 // in the data directory, else a new one, which it keeps there (0600).
-func loadToken(dataDir, given string) (token string, generated bool, err error) {
+func loadToken(dataDir, given string) (string, error) {
 	if given != "" {
-		return given, false, nil
+		return given, nil
 	}
 	path := filepath.Join(dataDir, tokenFile)
 	if b, err := os.ReadFile(path); err == nil {
 		if t := strings.TrimSpace(string(b)); t != "" {
-			return t, false, nil
+			return t, nil
 		}
 	}
 	var raw [24]byte
 	if _, err := rand.Read(raw[:]); err != nil {
-		return "", false, err
+		return "", err
 	}
-	token = base64.RawURLEncoding.EncodeToString(raw[:])
+	token := base64.RawURLEncoding.EncodeToString(raw[:])
 	if err := transfer.WriteFileAtomic(path, []byte(token+"\n"), 0o600); err != nil {
-		return "", false, fmt.Errorf("keep token: %w", err)
+		return "", fmt.Errorf("keep token: %w", err)
 	}
-	return token, true, nil
+	return token, nil
 }
