@@ -47,11 +47,14 @@ type Node struct {
 	wg     sync.WaitGroup // every goroutine the node starts
 	mdns   io.Closer      // nil unless Options.MDNS
 
-	provideQ chan transfer.ID    // announcements to make; see discovery.go
-	slots    *semaphore.Weighted // upload slots; see uploadSlots
+	provideQ  chan transfer.ID    // announcements to make; see discovery.go
+	slotBytes int64               // see uploadSlotBytes
+	slots     *semaphore.Weighted // chunk bytes being sent
+	queue     *semaphore.Weighted // chunk bytes waiting for a slot
 
 	mu        sync.Mutex
 	downloads map[transfer.ID]*swarmDownload // swarm downloads running
+	seeding   map[transfer.ID]*seeding       // complete shares served to peers; see seeding.go
 	inbound   map[peer.ID]int                // chunk-protocol requests being served, per peer
 	stats     map[transfer.ID]*shareStats
 	closed    bool
@@ -168,8 +171,11 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 		opts: opts, log: log, host: h, dht: d, store: opts.Store,
 		ctx: nctx, cancel: cancel,
 		provideQ:  make(chan transfer.ID, provideQueueLen),
-		slots:     semaphore.NewWeighted(uploadSlots(opts.UploadLimit)),
+		slotBytes: uploadSlotBytes(opts.UploadLimit),
+		slots:     semaphore.NewWeighted(uploadSlotBytes(opts.UploadLimit)),
+		queue:     semaphore.NewWeighted(uploadSlotBytes(opts.UploadLimit)),
 		downloads: map[transfer.ID]*swarmDownload{},
+		seeding:   map[transfer.ID]*seeding{},
 		inbound:   map[peer.ID]int{},
 		stats:     map[transfer.ID]*shareStats{},
 	}
@@ -308,12 +314,13 @@ func (n *Node) Remove(id transfer.ID) error {
 		sw.cancel()
 	}
 	delete(n.stats, id)
+	delete(n.seeding, id)
 	n.mu.Unlock()
 	return n.store.Remove(id)
 }
 
 // WaitHave lets the API's long poll wait for the swarm download's chunks.
-func (n *Node) WaitHave(ctx context.Context, id transfer.ID, chunks, known int) (transfer.Bitfield, error) {
+func (n *Node) WaitHave(ctx context.Context, id transfer.ID, chunks int, known uint32) (transfer.Bitfield, error) {
 	return n.store.WaitHave(ctx, id, chunks, known)
 }
 

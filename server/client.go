@@ -195,7 +195,7 @@ func (c *Client) Have(ctx context.Context, id transfer.ID, n int) (transfer.Bitf
 }
 
 // WaitHave implements transfer.HaveWaiter with the have route's long poll.
-func (c *Client) WaitHave(ctx context.Context, id transfer.ID, n, known int) (transfer.Bitfield, error) {
+func (c *Client) WaitHave(ctx context.Context, id transfer.ID, n int, known uint32) (transfer.Bitfield, error) {
 	return c.have(ctx, id, n, fmt.Sprintf("%s?known=%d&wait=%s", sharePath(id, "have"), known, transfer.HaveWaitTime))
 }
 

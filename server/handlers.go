@@ -342,9 +342,10 @@ func (s *Server) manifest(w http.ResponseWriter, r *http.Request) {
 	w.Write(raw)
 }
 
-// have answers which chunks are held. With ?known=N&wait=D it is a long
-// poll: it answers once more than N chunks are held, or after D (at most
-// transfer.MaxHaveWait), if the backend can wait.
+// have answers which chunks are held. With ?known=DIGEST&wait=D it is a long
+// poll: it answers once the held set's digest (transfer.Bitfield.Digest)
+// differs from DIGEST, or after D (at most transfer.MaxHaveWait), if the
+// backend can wait.
 func (s *Server) have(w http.ResponseWriter, r *http.Request) {
 	sh, err := s.shareFromPath(r)
 	if err != nil {
@@ -354,14 +355,14 @@ func (s *Server) have(w http.ResponseWriter, r *http.Request) {
 	bf := sh.Have()
 	q := r.URL.Query()
 	if hw, ok := s.opts.Backend.(transfer.HaveWaiter); ok && q.Has("known") {
-		known, err1 := strconv.Atoi(q.Get("known"))
+		known, err1 := strconv.ParseUint(q.Get("known"), 10, 32)
 		wait, err2 := time.ParseDuration(q.Get("wait"))
-		if err1 != nil || err2 != nil || known < 0 || wait < 0 {
+		if err1 != nil || err2 != nil || wait < 0 {
 			writeError(w, fmt.Errorf("%w: have: known=%q wait=%q", ErrBadRequest, q.Get("known"), q.Get("wait")))
 			return
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), min(wait, transfer.MaxHaveWait))
-		bf, err = hw.WaitHave(ctx, sh.ID(), sh.Manifest().NumChunks(), known)
+		bf, err = hw.WaitHave(ctx, sh.ID(), sh.Manifest().NumChunks(), uint32(known))
 		cancel()
 		if err != nil {
 			writeError(w, err)

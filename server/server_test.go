@@ -728,7 +728,7 @@ func TestHaveLongPoll(t *testing.T) {
 	}
 	got := make(chan int, 1)
 	go func() {
-		bf, err := c.WaitHave(context.Background(), m.ID(), 2, 0)
+		bf, err := c.WaitHave(context.Background(), m.ID(), 2, transfer.NewBitfield(2).Digest())
 		if err != nil {
 			t.Error(err)
 		}

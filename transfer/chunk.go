@@ -3,6 +3,7 @@ package transfer
 import (
 	"encoding/hex"
 	"fmt"
+	"hash/crc32"
 	"math/bits"
 	"unsafe"
 
@@ -125,6 +126,10 @@ func (bf Bitfield) Full() bool { return bf.Count() == bf.n }
 
 // Bytes returns the wire form; the caller must not modify it.
 func (bf Bitfield) Bytes() []byte { return bf.b }
+
+// Digest returns a 32-bit digest of the set (CRC-32 of its wire form): what
+// a long poll sends to say which set it already knows.
+func (bf Bitfield) Digest() uint32 { return crc32.ChecksumIEEE(bf.b) }
 
 // Clone returns an independent copy.
 func (bf Bitfield) Clone() Bitfield { return Bitfield{n: bf.n, b: append([]byte(nil), bf.b...)} }

@@ -24,6 +24,7 @@ const (
 	minDepth            = 2                      // requests kept in flight to any source
 	depthQueueTime      = 250 * time.Millisecond // a source's depth: this much of its rate
 	rateWindow          = 2 * time.Second        // rates are measured over this window
+	busyPause           = 100 * time.Millisecond // a busy source is left alone about this long
 	minBackoff          = 100 * time.Millisecond
 	maxBackoff          = 5 * time.Second
 	schedTick           = 25 * time.Millisecond // how often the scheduler looks at timers
@@ -454,14 +455,11 @@ func (r *run) shouldAsk(s *srcState, now time.Time) bool {
 
 func (r *run) askHave(s *srcState) {
 	s.asking = true
-	known := -1
-	if s.waiter && s.known {
-		known = s.have.Count()
-	}
+	poll, known := s.waiter && s.known, s.have.Digest()
 	r.wg.Go(func() {
 		var bf Bitfield
 		var err error
-		if known >= 0 {
+		if poll {
 			bf, err = s.src.(HaveWaiter).WaitHave(r.ctx, r.d.m.id, r.d.m.NumChunks(), known)
 		} else {
 			bf, err = s.src.Have(r.ctx, r.d.m.id, r.d.m.NumChunks())
@@ -659,6 +657,12 @@ func (r *run) onChunk(res chunkResult) error {
 			r.avail[i]--
 		}
 		s.stats.LastErr = res.err
+		return nil
+	}
+	if errors.Is(res.err, ErrBusy) {
+		// The source is sending all it can: ask the others for now. This is
+		// no failure, so the pause does not grow.
+		s.backoff = time.Now().Add(busyPause/2 + rand.N(busyPause/2))
 		return nil
 	}
 	r.sourceFailed(s, res.err, req.started)

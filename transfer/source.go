@@ -38,9 +38,12 @@ var ErrSourceRefused = errors.New("source refused the request")
 // download learns at once when a source gains chunks (a peer that is itself
 // downloading) instead of asking again and again.
 type HaveWaiter interface {
-	// WaitHave returns the chunks of id (n chunks) the source holds, as soon
-	// as it holds more than known of them, or when ctx is done.
-	WaitHave(ctx context.Context, id ID, n, known int) (Bitfield, error)
+	// WaitHave returns the chunks of id (n chunks) the source offers as soon
+	// as they differ from the set whose Digest is known, or when ctx is done;
+	// with ctx already done it returns at once. A source offers what it holds,
+	// or less: a seed offers the chunks it has not yet sent, so each leaves it
+	// once (see node). Hence a digest, not a count: the set may also shrink.
+	WaitHave(ctx context.Context, id ID, n int, known uint32) (Bitfield, error)
 }
 
 // HaveWaitTime is how long a download's long poll asks a source to wait.
@@ -50,7 +53,7 @@ var _ HaveWaiter = (*Store)(nil)
 
 // WaitHave implements HaveWaiter. Once there is news it waits a moment more
 // (haveCoalesce), so a source gaining chunks fast answers once for several.
-func (st *Store) WaitHave(ctx context.Context, id ID, n, known int) (Bitfield, error) {
+func (st *Store) WaitHave(ctx context.Context, id ID, n int, known uint32) (Bitfield, error) {
 	s, err := st.Get(id)
 	if err != nil {
 		return Bitfield{}, err
@@ -63,7 +66,7 @@ func (st *Store) WaitHave(ctx context.Context, id ID, n, known int) (Bitfield, e
 		if s.gone() {
 			return Bitfield{}, fmt.Errorf("%w: %s", ErrNotFound, id)
 		}
-		if s.HaveCount() > known {
+		if s.Have().Digest() != known {
 			select {
 			case <-time.After(haveCoalesce):
 			case <-ctx.Done():

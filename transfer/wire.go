@@ -20,11 +20,14 @@ import (
 //	request  (RequestSize bytes): op u8, 3 zero bytes, share digest [32]byte,
 //	         a u32, b u32, c u32 (big-endian)
 //	           op 'M' manifest
-//	           op 'H' have: a = chunks in the share; b = chunks the asker knows
-//	                  the server holds; c = milliseconds it may wait for more
-//	                  than b (long poll; 0 answers at once)
+//	           op 'H' have: a = chunks in the share; b = Digest of the set the
+//	                  asker knows; c = milliseconds the server may wait for
+//	                  its set to differ from that one (long poll; 0 answers
+//	                  at once)
 //	           op 'C' chunk: a = chunk index
-//	response: status u8, length u32, then length bytes of payload (status OK)
+//	response: status u8, length u32, then length bytes of payload (status OK,
+//	          or for 'H' Complete: the source holds every chunk, though it may
+//	          offer fewer, see HaveWaiter)
 //
 // The asker closes its write side when it has no more requests; the server
 // then closes the stream, and closes it too after streamIdle without a
@@ -52,6 +55,7 @@ const (
 	statusBadRequest = 5
 	statusBusy       = 6 // try again later
 	statusInternal   = 7
+	statusComplete   = 8 // OK, for a have: the source holds every chunk
 )
 
 // ErrBusy: the source is at a limit right now; retry after a backoff.
@@ -211,8 +215,11 @@ func writeStatus(s Stream, status byte) error {
 	return err
 }
 
-func writePayload(s Stream, payload []byte) error {
+func writePayload(s Stream, payload []byte) error { return writeResponse(s, statusOK, payload) }
+
+func writeResponse(s Stream, status byte, payload []byte) error {
 	h := make([]byte, responseHdr, responseHdr+len(payload))
+	h[0] = status
 	binary.BigEndian.PutUint32(h[1:], uint32(len(payload)))
 	s.SetWriteDeadline(time.Now().Add(streamIdle))
 	_, err := s.Write(append(h, payload...))
@@ -229,21 +236,25 @@ func serveRequest(ctx context.Context, s Stream, src Source, req Request, opts S
 		}
 		return writePayload(s, raw)
 	case opHave:
-		var bf Bitfield
-		var err error
-		if w, ok := src.(HaveWaiter); ok && req.C > 0 {
+		// The answer is what the source offers (a HaveWaiter may offer less
+		// than it holds), after waiting up to C ms for it to differ from
+		// what the asker knows; the status says whether it holds everything.
+		bf, err := src.Have(ctx, req.ID, int(req.A))
+		if w, ok := src.(HaveWaiter); ok && err == nil {
 			wait := min(time.Duration(req.C)*time.Millisecond, MaxHaveWait)
 			wctx, cancel := context.WithTimeout(ctx, wait)
-			bf, err = w.WaitHave(wctx, req.ID, int(req.A), int(req.B))
+			bf, err = w.WaitHave(wctx, req.ID, int(req.A), req.B)
 			cancel()
-		} else {
-			bf, err = src.Have(ctx, req.ID, int(req.A))
 		}
 		if err != nil {
 			writeStatus(s, wireStatus(err))
 			return nil
 		}
-		return writePayload(s, bf.Bytes())
+		status := byte(statusOK)
+		if holds, err := src.Have(ctx, req.ID, int(req.A)); err == nil && holds.Full() {
+			status = statusComplete
+		}
+		return writeResponse(s, status, bf.Bytes())
 	case opChunk:
 		rc, err := src.OpenChunk(ctx, req.ID, int(req.A))
 		if err != nil {
@@ -322,6 +333,9 @@ func (w *idleWriter) Write(p []byte) (int, error) {
 type StreamSource struct {
 	Name string // String()
 	Open func(ctx context.Context) (Stream, error)
+	// Complete, if set, is called after each have answer with whether the
+	// source holds every chunk of the share.
+	Complete func(id ID, complete bool)
 
 	mu   sync.Mutex
 	idle []idleStream // streams ready for a request, most recently used last
@@ -391,13 +405,14 @@ func (ss *StreamSource) Close() error {
 }
 
 // roundTrip sends req and reads the response header; on success it returns
-// the stream positioned at the payload and its length. A reused stream that
-// fails before any answer (the server may have closed it) is replaced once.
-func (ss *StreamSource) roundTrip(ctx context.Context, req Request, what string, maxLen int64) (Stream, int64, error) {
+// the stream positioned at the payload, its length and the status. A reused
+// stream that fails before any answer (the server may have closed it) is
+// replaced once.
+func (ss *StreamSource) roundTrip(ctx context.Context, req Request, what string, maxLen int64) (Stream, int64, byte, error) {
 	for attempt := 0; ; attempt++ {
 		s, reused, err := ss.get(ctx)
 		if err != nil {
-			return nil, 0, fmt.Errorf("%s: %w", what, err)
+			return nil, 0, 0, fmt.Errorf("%s: %w", what, err)
 		}
 		s.SetWriteDeadline(time.Now().Add(streamIdle))
 		_, err = s.Write(EncodeRequest(req))
@@ -415,26 +430,30 @@ func (ss *StreamSource) roundTrip(ctx context.Context, req Request, what string,
 			if reused && attempt == 0 && ctx.Err() == nil {
 				continue
 			}
-			return nil, 0, fmt.Errorf("%s: %w", what, err)
+			return nil, 0, 0, fmt.Errorf("%s: %w", what, err)
 		}
-		if err := statusError(h[0], what); err != nil {
+		status := h[0]
+		if status == statusComplete && req.Op == opHave {
+			status = statusOK
+		}
+		if err := statusError(status, what); err != nil {
 			ss.put(s) // the answer is complete: the stream is reusable
-			return nil, 0, err
+			return nil, 0, 0, err
 		}
 		n := int64(binary.BigEndian.Uint32(h[1:]))
 		if n > maxLen {
 			s.Reset()
-			return nil, 0, fmt.Errorf("%s: %w: response of %d bytes, limit %d", what, ErrBadChunk, n, maxLen)
+			return nil, 0, 0, fmt.Errorf("%s: %w: response of %d bytes, limit %d", what, ErrBadChunk, n, maxLen)
 		}
-		return s, n, nil
+		return s, n, h[0], nil
 	}
 }
 
 // readAll reads a whole small payload and keeps the stream for reuse.
-func (ss *StreamSource) readAll(ctx context.Context, req Request, what string, maxLen int64) ([]byte, error) {
-	s, n, err := ss.roundTrip(ctx, req, what, maxLen)
+func (ss *StreamSource) readAll(ctx context.Context, req Request, what string, maxLen int64) ([]byte, byte, error) {
+	s, n, status, err := ss.roundTrip(ctx, req, what, maxLen)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	stop := context.AfterFunc(ctx, func() { s.Reset() })
 	b := make([]byte, n)
@@ -444,40 +463,44 @@ func (ss *StreamSource) readAll(ctx context.Context, req Request, what string, m
 		if err == nil {
 			err = ctx.Err()
 		}
-		return nil, fmt.Errorf("%s: %w", what, err)
+		return nil, 0, fmt.Errorf("%s: %w", what, err)
 	}
 	ss.put(s)
-	return b, nil
+	return b, status, nil
 }
 
 // Manifest implements Source.
 func (ss *StreamSource) Manifest(ctx context.Context, id ID) ([]byte, error) {
-	return ss.readAll(ctx, Request{Op: opManifest, ID: id}, "manifest", MaxManifestSize)
+	b, _, err := ss.readAll(ctx, Request{Op: opManifest, ID: id}, "manifest", MaxManifestSize)
+	return b, err
 }
 
 // Have implements Source.
 func (ss *StreamSource) Have(ctx context.Context, id ID, n int) (Bitfield, error) {
-	return ss.WaitHave(ctx, id, n, -1)
+	return ss.have(ctx, Request{Op: opHave, ID: id, A: uint32(n)}, n)
 }
 
-// WaitHave implements HaveWaiter; known < 0 asks without waiting.
-func (ss *StreamSource) WaitHave(ctx context.Context, id ID, n, known int) (Bitfield, error) {
-	req := Request{Op: opHave, ID: id, A: uint32(n)}
-	if known >= 0 {
-		req.B = uint32(known)
-		req.C = uint32(HaveWaitTime / time.Millisecond)
-	}
-	b, err := ss.readAll(ctx, req, "have", int64(n+7)/8)
+// WaitHave implements HaveWaiter.
+func (ss *StreamSource) WaitHave(ctx context.Context, id ID, n int, known uint32) (Bitfield, error) {
+	return ss.have(ctx, Request{Op: opHave, ID: id, A: uint32(n), B: known, C: uint32(HaveWaitTime / time.Millisecond)}, n)
+}
+
+func (ss *StreamSource) have(ctx context.Context, req Request, n int) (Bitfield, error) {
+	b, status, err := ss.readAll(ctx, req, "have", int64(n+7)/8)
 	if err != nil {
 		return Bitfield{}, err
 	}
-	return ParseBitfield(n, b)
+	bf, err := ParseBitfield(n, b)
+	if err == nil && ss.Complete != nil {
+		ss.Complete(req.ID, status == statusComplete)
+	}
+	return bf, err
 }
 
 // OpenChunk implements Source. Closing the reader before the chunk was read
 // to its end resets the stream.
 func (ss *StreamSource) OpenChunk(ctx context.Context, id ID, i int) (io.ReadCloser, error) {
-	s, n, err := ss.roundTrip(ctx, Request{Op: opChunk, ID: id, A: uint32(i)}, fmt.Sprintf("chunk %d", i), MaxChunkSize)
+	s, n, _, err := ss.roundTrip(ctx, Request{Op: opChunk, ID: id, A: uint32(i)}, fmt.Sprintf("chunk %d", i), MaxChunkSize)
 	if err != nil {
 		return nil, err
 	}

@@ -67,7 +67,7 @@ func TestStreamLongPollHave(t *testing.T) {
 
 	got := make(chan transfer.Bitfield, 1)
 	go func() {
-		bf, err := src.WaitHave(ctx, m.ID(), m.NumChunks(), held)
+		bf, err := src.WaitHave(ctx, m.ID(), m.NumChunks(), f.Partial.Have().Digest())
 		if err != nil {
 			t.Error(err)
 		}

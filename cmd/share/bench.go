@@ -1,0 +1,149 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sharefiles/share/cmd/share/internal/bench"
+	"github.com/sharefiles/share/transfer"
+)
+
+type benchOptions struct {
+	quick         bool
+	size          string
+	peers         string
+	uploadLimit   transfer.Rate
+	downloadLimit transfer.Rate
+	chunkSize     string
+	scenario      string
+	mode          string
+	scenarioPeers int
+	downtime      time.Duration
+	runs          int
+	out           string
+}
+
+func newBenchCmd(stdout, stderr io.Writer) *cobra.Command {
+	o := benchOptions{uploadLimit: 8 << 20}
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure client-server against peer-to-peer on the same work",
+		Long: `Measure share's two modes on the same work with real processes on loopback:
+one server or seed distributes an F-byte file to N downloaders, every process
+capped at the same upload rate. Scenarios: scaling (N = each of --peers), fault
+(the server or seed is killed mid-way), bad-peer (corrupted chunks), churn
+(peers leave when done). Prints a table and writes results.json, results.csv,
+chart.svg and report.md to --out. --quick finishes in about a minute.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runBench(cmd.Context(), o, cmd.Flags().Changed, stdout, stderr)
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&o.quick, "quick", false, "a small run: 16 MiB, N=1,2,4, fault etc. at N=4 (about a minute)")
+	f.StringVar(&o.size, "size", "64MiB", "F: size of the file distributed")
+	f.StringVar(&o.peers, "peers", "1,2,4,8,16", "the N of the scaling scenario, comma separated")
+	f.Var(&o.uploadLimit, "upload-limit", "upload cap of every process")
+	f.Var(&o.downloadLimit, "download-limit", "download cap of every downloader (default none)")
+	f.StringVar(&o.chunkSize, "chunk-size", "1MiB", "chunk size")
+	f.StringVar(&o.scenario, "scenario", "all", "scaling, fault, bad-peer, churn, or all (comma separated)")
+	f.StringVar(&o.mode, "mode", "both", "client-server, p2p, or both")
+	f.IntVar(&o.scenarioPeers, "scenario-peers", 8, "the N of the fault, bad-peer and churn scenarios")
+	f.DurationVar(&o.downtime, "downtime", 10*time.Second, "fault: how long the server or seed stays down")
+	f.IntVar(&o.runs, "runs", 1, "runs of each point; the table shows the median and the spread")
+	f.StringVar(&o.out, "out", "bench-results", "directory for results.json, results.csv, chart.svg and report.md")
+	return cmd
+}
+
+func runBench(ctx context.Context, o benchOptions, changed func(string) bool, stdout, stderr io.Writer) error {
+	if o.quick {
+		// Flags given explicitly win over the preset.
+		if !changed("size") {
+			o.size = "16MiB"
+		}
+		if !changed("peers") {
+			o.peers = "1,2,4"
+		}
+		if !changed("scenario-peers") {
+			o.scenarioPeers = 4
+		}
+		if !changed("downtime") {
+			o.downtime = 3 * time.Second
+		}
+	}
+	size, err := transfer.ParseSize(o.size)
+	if err != nil || size <= 0 {
+		return usageError{fmt.Errorf("--size %q: want a size such as 64MiB", o.size)}
+	}
+	cs, err := transfer.ParseSize(o.chunkSize)
+	if err != nil || cs < transfer.MinChunkSize || cs > transfer.MaxChunkSize {
+		return usageError{fmt.Errorf("--chunk-size %q: want %d to %d bytes", o.chunkSize, transfer.MinChunkSize, transfer.MaxChunkSize)}
+	}
+	var peers []int
+	for _, s := range strings.Split(o.peers, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 || n > 64 {
+			return usageError{fmt.Errorf("--peers %q: want numbers from 1 to 64, comma separated", o.peers)}
+		}
+		peers = append(peers, n)
+	}
+	var scenarios, modes []string
+	if o.scenario != "all" {
+		scenarios = strings.Split(o.scenario, ",")
+	}
+	if o.mode != "both" {
+		modes = []string{o.mode}
+	}
+	if o.uploadLimit <= 0 {
+		return usageError{fmt.Errorf("--upload-limit: the bounds need an upload cap")}
+	}
+	if o.runs < 1 || o.scenarioPeers < 1 || o.scenarioPeers > 64 {
+		return usageError{fmt.Errorf("--runs and --scenario-peers must be positive (at most 64 peers)")}
+	}
+	bin, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	out, err := filepath.Abs(o.out)
+	if err != nil {
+		return err
+	}
+	res, err := bench.Run(ctx, bench.Options{
+		Binary:        bin,
+		Size:          size,
+		Peers:         peers,
+		UploadCap:     int64(o.uploadLimit),
+		DownloadCap:   int64(o.downloadLimit),
+		ChunkSize:     cs,
+		Scenarios:     scenarios,
+		Modes:         modes,
+		ScenarioPeers: o.scenarioPeers,
+		Downtime:      o.downtime,
+		Runs:          o.runs,
+		Out:           out,
+		Progress:      stderr,
+		Command:       "share " + strings.Join(os.Args[1:], " "),
+	})
+	if err != nil {
+		return err
+	}
+	bench.Table(stdout, res)
+	if err := bench.Write(res, out); err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "results in %s\n", out)
+	for _, p := range res.Points {
+		if !p.Identical || p.Error != "" {
+			return fmt.Errorf("%s %s N=%d: identical=%v %s", p.Scenario, p.Mode, p.N, p.Identical, p.Error)
+		}
+	}
+	return nil
+}

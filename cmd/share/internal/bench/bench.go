@@ -1,0 +1,841 @@
+package bench
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/zeebo/blake3"
+	"golang.org/x/sync/errgroup"
+)
+
+// Scenarios.
+const (
+	ScenarioScaling = "scaling"  // one file to N downloaders, N = each of Options.Peers
+	ScenarioFault   = "fault"    // the server or seed is killed mid-way, and comes back
+	ScenarioBadPeer = "bad-peer" // a peer (or the server) serves corrupted chunks
+	ScenarioChurn   = "churn"    // peers leave as soon as they finish
+)
+
+// AllScenarios in the order they run.
+var AllScenarios = []string{ScenarioScaling, ScenarioFault, ScenarioBadPeer, ScenarioChurn}
+
+// Modes.
+const (
+	ClientServer = "client-server"
+	P2P          = "p2p"
+)
+
+// Options configures a benchmark run. Binary, Size, Peers, UploadCap, Runs
+// and Out are required; the rest have working zero values.
+type Options struct {
+	Binary        string        // the share binary to run
+	Size          int64         // F: bytes of the file distributed
+	Peers         []int         // the N of the scaling scenario
+	UploadCap     int64         // u: bytes/s every process may upload (server, seed, peers)
+	DownloadCap   int64         // d: bytes/s every downloader may receive; 0: none
+	ChunkSize     int64         // 0: share's default
+	Scenarios     []string      // nil: AllScenarios
+	Modes         []string      // nil: both
+	ScenarioPeers int           // the N of the fault, bad-peer and churn scenarios; 0: 8
+	Downtime      time.Duration // fault: how long the server or seed stays down; 0: 10 s
+	Runs          int           // repetitions of each point
+	Out           string        // results directory
+	Work          string        // where clusters keep their data; "": a temporary directory
+	Progress      io.Writer     // live progress; nil: none
+	Command       string        // the command line, for the report
+}
+
+// Point is one run of one scenario in one mode.
+type Point struct {
+	Scenario string `json:"scenario"`
+	Variant  string `json:"variant,omitempty"` // fault: "half" (killed when downloaders held half) or "replicated" (after the first complete copy)
+	Mode     string `json:"mode"`
+	N        int    `json:"n"`
+	Run      int    `json:"run"`
+	// Distribution is the time, in seconds from the start of the
+	// downloads, until every one of the N had a verified copy; -1 if some
+	// never did.
+	Distribution float64   `json:"distribution_s"`
+	Completions  []float64 `json:"completions_s"` // per downloader; -1: did not finish
+	Finished     int       `json:"finished"`
+	Identical    bool      `json:"identical"` // every finished copy is byte-identical to the source
+	Bound        float64   `json:"bound_s"`
+	Ratio        float64   `json:"ratio"` // Distribution / Bound
+	SourceUpload int64     `json:"source_upload_bytes"`
+	PeerUpload   int64     `json:"peer_upload_bytes"`
+	FromSource   int64     `json:"chunks_from_seed"`
+	FromPeers    int64     `json:"chunks_from_peers"`
+	BadChunks    int64     `json:"bad_chunks"`
+	Refused      int       `json:"refused"` // downloads that stopped on a chunk failing verification
+	Fault        *Fault    `json:"fault,omitempty"`
+	Error        string    `json:"error,omitempty"`
+}
+
+// Fault is what a fault run observed.
+type Fault struct {
+	KilledAt        float64 `json:"killed_at_s"`
+	HeldAtKill      float64 `json:"held_at_kill"` // fraction of the file the downloaders held, on average
+	FinishedWithout int     `json:"finished_without_source"`
+	RestartedAt     float64 `json:"restarted_at_s"`
+	AfterReturn     float64 `json:"after_return_s"` // from the restart until all finished; -1 if not all did
+}
+
+// Summary is the median of a point's runs.
+type Summary struct {
+	Scenario string  `json:"scenario"`
+	Variant  string  `json:"variant,omitempty"`
+	Mode     string  `json:"mode"`
+	N        int     `json:"n"`
+	Runs     int     `json:"runs"`
+	Median   float64 `json:"median_s"`
+	Min      float64 `json:"min_s"`
+	Max      float64 `json:"max_s"`
+	Bound    float64 `json:"bound_s"`
+	Ratio    float64 `json:"ratio"` // Median / Bound
+}
+
+// Results is everything a run measured.
+type Results struct {
+	Command     string    `json:"command"`
+	Machine     Machine   `json:"machine"`
+	Started     time.Time `json:"started"`
+	Elapsed     float64   `json:"elapsed_s"`
+	Size        int64     `json:"size_bytes"`
+	ChunkSize   int64     `json:"chunk_size_bytes"`
+	UploadCap   int64     `json:"upload_cap_bytes_per_s"`
+	DownloadCap int64     `json:"download_cap_bytes_per_s"`
+	Points      []Point   `json:"points"`
+	Summaries   []Summary `json:"summaries"`
+}
+
+// Bound returns the lower bound on the distribution time of F bytes to n
+// downloaders, every upload capped at u and every download at d (0: none):
+// client-server max(N F/u_s, F/d_min); P2P max(F/u_s, F/d_min, N F/(u_s +
+// sum u_i)), with u_s = u_i = u.
+func Bound(mode string, n int, f, u, d int64) float64 {
+	fl, ul := float64(f), float64(u)
+	down := 0.0
+	if d > 0 {
+		down = fl / float64(d)
+	}
+	if mode == ClientServer {
+		return max(float64(n)*fl/ul, down)
+	}
+	return max(fl/ul, down, float64(n)*fl/(ul+float64(n)*ul))
+}
+
+// bencher runs the scenarios of one benchmark.
+type bencher struct {
+	opts    Options
+	work    string
+	src     string // the file distributed
+	name    string
+	srcHash [32]byte
+	res     *Results
+	prog    *progress
+}
+
+// Run runs the benchmark and writes its results to opts.Out.
+func Run(ctx context.Context, opts Options) (*Results, error) {
+	if opts.Binary == "" || opts.Size <= 0 || len(opts.Peers) == 0 || opts.UploadCap <= 0 || opts.Runs < 1 || opts.Out == "" {
+		return nil, errors.New("bench: Binary, Size, Peers, UploadCap, Runs and Out are required")
+	}
+	opts.ScenarioPeers = cmp.Or(opts.ScenarioPeers, 8)
+	opts.Downtime = cmp.Or(opts.Downtime, 10*time.Second)
+	opts.ChunkSize = cmp.Or(opts.ChunkSize, 1<<20)
+	if opts.Scenarios == nil {
+		opts.Scenarios = AllScenarios
+	}
+	if opts.Modes == nil {
+		opts.Modes = []string{ClientServer, P2P}
+	}
+	for _, m := range opts.Modes {
+		if m != ClientServer && m != P2P {
+			return nil, fmt.Errorf("bench: unknown mode %q (want %s or %s)", m, ClientServer, P2P)
+		}
+	}
+	for _, s := range opts.Scenarios {
+		if !slices.Contains(AllScenarios, s) {
+			return nil, fmt.Errorf("bench: unknown scenario %q (want %s)", s, strings.Join(AllScenarios, ", "))
+		}
+	}
+	if err := os.MkdirAll(opts.Out, 0o755); err != nil {
+		return nil, err
+	}
+	work := opts.Work
+	if work == "" {
+		var err error
+		if work, err = os.MkdirTemp("", "share-bench-"); err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(work)
+	}
+	b := &bencher{opts: opts, work: work, name: "bench.bin"}
+	b.res = &Results{
+		Command: opts.Command, Machine: readMachine(opts.Binary), Started: time.Now().UTC(),
+		Size: opts.Size, ChunkSize: opts.ChunkSize, UploadCap: opts.UploadCap, DownloadCap: opts.DownloadCap,
+	}
+	b.prog = newProgress(opts.Progress, b.plan())
+	defer b.prog.close()
+	if err := b.makeSource(); err != nil {
+		return nil, err
+	}
+	for _, sc := range opts.Scenarios {
+		for r := 1; r <= opts.Runs; r++ {
+			for _, p := range b.points(sc) {
+				if ctx.Err() != nil {
+					return b.res, ctx.Err()
+				}
+				p.Run = r
+				b.prog.begin(p)
+				pt := b.runPoint(ctx, p)
+				b.prog.end(pt)
+				b.res.Points = append(b.res.Points, pt)
+			}
+		}
+	}
+	b.res.Elapsed = time.Since(b.res.Started).Seconds()
+	b.res.Summaries = summarize(b.res.Points)
+	return b.res, nil
+}
+
+// points lists the points of a scenario in the modes asked for, for one run.
+func (b *bencher) points(sc string) []Point {
+	var ps []Point
+	for _, p := range b.allPoints(sc) {
+		if slices.Contains(b.opts.Modes, p.Mode) {
+			ps = append(ps, p)
+		}
+	}
+	return ps
+}
+
+func (b *bencher) allPoints(sc string) []Point {
+	n := b.opts.ScenarioPeers
+	switch sc {
+	case ScenarioScaling:
+		var ps []Point
+		for _, mode := range []string{ClientServer, P2P} {
+			for _, n := range b.opts.Peers {
+				ps = append(ps, Point{Scenario: sc, Mode: mode, N: n})
+			}
+		}
+		return ps
+	case ScenarioFault:
+		return []Point{
+			{Scenario: sc, Variant: "half", Mode: ClientServer, N: n},
+			{Scenario: sc, Variant: "half", Mode: P2P, N: n},
+			{Scenario: sc, Variant: "replicated", Mode: P2P, N: n},
+		}
+	case ScenarioBadPeer:
+		return []Point{{Scenario: sc, Mode: ClientServer, N: n}, {Scenario: sc, Mode: P2P, N: n}}
+	case ScenarioChurn:
+		return []Point{{Scenario: sc, Mode: P2P, N: n}}
+	}
+	return nil
+}
+
+func (b *bencher) plan() int {
+	total := 0
+	for _, sc := range b.opts.Scenarios {
+		total += len(b.points(sc)) * b.opts.Runs
+	}
+	return total
+}
+
+// makeSource writes the F-byte file every scenario distributes.
+func (b *bencher) makeSource() error {
+	b.src = filepath.Join(b.work, "src", b.name)
+	if err := os.MkdirAll(filepath.Dir(b.src), 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(b.src)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var seed [32]byte
+	binaryPut(seed[:], uint64(time.Now().UnixNano()))
+	h := blake3.New()
+	if _, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(rand.NewChaCha8(seed), b.opts.Size)); err != nil {
+		return err
+	}
+	h.Sum(b.srcHash[:0])
+	return f.Close()
+}
+
+func binaryPut(b []byte, v uint64) {
+	for i := range 8 {
+		b[i] = byte(v >> (8 * i))
+	}
+}
+
+// cluster is one fresh set of daemons for one point.
+type cluster struct {
+	b      *bencher
+	mode   string
+	n      int // downloaders
+	dir    string
+	source *daemon   // the server, or the seed
+	peers  []*daemon // P2P: the downloaders' peers
+	extra  []*daemon // P2P: other peers (a liar)
+	srcArg []string  // how the source was started, to restart it
+}
+
+func (b *bencher) capArgs() []string {
+	args := []string{"--upload-limit", strconv.FormatInt(b.opts.UploadCap, 10)}
+	if b.opts.DownloadCap > 0 {
+		args = append(args, "--download-limit", strconv.FormatInt(b.opts.DownloadCap, 10))
+	}
+	return args
+}
+
+// startCluster starts a server, or a seed and n peers bootstrapped off it.
+func (b *bencher) startCluster(p Point) (*cluster, error) {
+	c := &cluster{b: b, mode: p.Mode, n: p.N, dir: filepath.Join(b.work, fmt.Sprintf("%s%s-%s-n%d-r%d", p.Scenario, p.Variant, p.Mode, p.N, p.Run))}
+	if p.Mode == ClientServer {
+		data := filepath.Join(c.dir, "server")
+		c.srcArg = append([]string{"serve", "--data", data, "--listen", "127.0.0.1:0", "--log-level", "warn", "--grace", "1s"}, b.capArgs()...)
+		d, err := startDaemon(b.opts.Binary, "server", data, c.srcArg...)
+		if err != nil {
+			return nil, err
+		}
+		c.source = d
+		c.srcArg[4] = strings.TrimPrefix(d.api, "http://") // restart on the same address
+		return c, nil
+	}
+	seed, err := c.startPeer("seed", nil)
+	if err != nil {
+		return nil, err
+	}
+	c.source = seed
+	c.srcArg[4] = tcpAddr(seed.addrs)
+	c.srcArg[6] = strings.TrimPrefix(seed.api, "http://")
+	c.peers = make([]*daemon, p.N)
+	var g errgroup.Group
+	for k := range p.N {
+		g.Go(func() error {
+			d, err := c.startPeer(fmt.Sprintf("peer%d", k+1), []string{"--bootstrap", seed.addrs[0]})
+			c.peers[k] = d
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		c.stop()
+		return nil, err
+	}
+	return c, nil
+}
+
+// startPeer starts a peer of the cluster, TCP only (QUIC would only cost
+// CPU on loopback; see node.tcpFirst).
+func (c *cluster) startPeer(name string, extra []string) (*daemon, error) {
+	data := filepath.Join(c.dir, name)
+	args := append([]string{"peer", "--data", data, "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0", "--log-level", "warn", "--grace", "1s"}, c.b.capArgs()...)
+	args = append(args, extra...)
+	if name == "seed" {
+		c.srcArg = slices.Clone(args)
+	}
+	return startDaemon(c.b.opts.Binary, name, data, args...)
+}
+
+// tcpAddr returns the TCP listen address (/ip4/.../tcp/PORT) of a peer.
+func tcpAddr(addrs []string) string {
+	for _, a := range addrs {
+		if i := strings.Index(a, "/p2p/"); i > 0 && strings.Contains(a, "/tcp/") {
+			return a[:i]
+		}
+	}
+	return "/ip4/127.0.0.1/tcp/0"
+}
+
+// restartSource starts the server or seed again, on its data and address.
+func (c *cluster) restartSource() error {
+	d, err := startDaemon(c.b.opts.Binary, c.source.name, c.source.data, c.srcArg...)
+	if err != nil {
+		return err
+	}
+	c.source = d
+	return nil
+}
+
+func (c *cluster) stop() {
+	var wg sync.WaitGroup
+	for _, d := range append(append([]*daemon{c.source}, c.peers...), c.extra...) {
+		if d != nil {
+			wg.Go(d.stop)
+		}
+	}
+	wg.Wait()
+}
+
+// put adds the source file on d and, for a peer, waits until it is
+// announced on the DHT, so every download starts from the same state.
+func (c *cluster) put(ctx context.Context, d *daemon) (string, error) {
+	id, err := shareCmd(ctx, c.b.opts.Binary, d, c.dir, "put", "--chunk-size", strconv.FormatInt(c.b.opts.ChunkSize, 10), c.b.src)
+	if err != nil {
+		return "", err
+	}
+	if c.mode == P2P {
+		err = waitStatus(ctx, d, func(st status) bool {
+			for _, s := range st.Shares {
+				if s.ID == id && !s.Announced.IsZero() {
+					return true
+				}
+			}
+			return false
+		})
+	}
+	return id, err
+}
+
+// status is the part of GET /v1/status the harness reads.
+type status struct {
+	RoutingTable int `json:"routing_table"`
+	Shares       []struct {
+		ID        string    `json:"id"`
+		Announced time.Time `json:"announced"`
+	} `json:"shares"`
+}
+
+// waitStatus polls d's status until ok holds, for up to 30 s.
+func waitStatus(ctx context.Context, d *daemon, ok func(status) bool) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		var st status
+		if err := d.getJSON(ctx, "/v1/status", &st); err == nil && ok(st) {
+			return nil
+		}
+		select {
+		case <-time.After(20 * time.Millisecond):
+		case <-ctx.Done():
+			return fmt.Errorf("%s: not ready: %w", d.name, ctx.Err())
+		}
+	}
+}
+
+// waitReady waits until every peer knows another through the DHT.
+func (c *cluster) waitReady(ctx context.Context) error {
+	if c.mode != P2P {
+		return nil
+	}
+	var g errgroup.Group
+	for _, d := range append(c.peers, c.extra...) {
+		g.Go(func() error {
+			return waitStatus(ctx, d, func(st status) bool { return st.RoutingTable > 0 })
+		})
+	}
+	return g.Wait()
+}
+
+// downloads starts a `share get` for each of the N downloaders.
+func (c *cluster) downloads(id string, start time.Time, stall time.Duration) ([]*getRun, error) {
+	gets := make([]*getRun, c.n)
+	for k := range c.n {
+		out := filepath.Join(c.dir, "out", strconv.Itoa(k+1), c.b.name)
+		if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+			return nil, err
+		}
+		args := []string{"--stall-timeout", stall.String()}
+		d := c.source
+		if c.mode == P2P {
+			d = c.peers[k]
+		} else if c.b.opts.DownloadCap > 0 {
+			args = append(args, "--download-limit", strconv.FormatInt(c.b.opts.DownloadCap, 10))
+		}
+		g, err := startGet(c.b.opts.Binary, d, k+1, id, out, start, args...)
+		if err != nil {
+			return nil, err
+		}
+		gets[k] = g
+	}
+	return gets, nil
+}
+
+// runPoint runs one point, never failing: errors go into the point.
+func (b *bencher) runPoint(ctx context.Context, p Point) Point {
+	p.Bound = Bound(p.Mode, p.N, b.opts.Size, b.opts.UploadCap, b.opts.DownloadCap)
+	p.Distribution = -1
+	var err error
+	switch p.Scenario {
+	case ScenarioScaling, ScenarioChurn:
+		err = b.distribute(ctx, &p)
+	case ScenarioFault:
+		err = b.fault(ctx, &p)
+	case ScenarioBadPeer:
+		err = b.badPeer(ctx, &p)
+	}
+	if err != nil {
+		p.Error = err.Error()
+	}
+	if p.Distribution > 0 && p.Bound > 0 {
+		p.Ratio = p.Distribution / p.Bound
+	}
+	return p
+}
+
+// timeout bounds one point's downloads.
+func (b *bencher) timeout(bound float64) time.Duration {
+	return time.Duration(3*bound*float64(time.Second)) + 60*time.Second + b.opts.Downtime
+}
+
+// setup starts a cluster with the share on its source, ready to download.
+func (b *bencher) setup(ctx context.Context, p *Point) (*cluster, string, error) {
+	c, err := b.startCluster(*p)
+	if err != nil {
+		return nil, "", err
+	}
+	if err := c.waitReady(ctx); err != nil {
+		c.stop()
+		return nil, "", err
+	}
+	id, err := c.put(ctx, c.source)
+	if err != nil {
+		c.stop()
+		return nil, "", err
+	}
+	return c, id, nil
+}
+
+// distribute runs the scaling (or, with p.Scenario == ScenarioChurn, the churn)
+// scenario: every downloader gets the file; with churn each peer leaves as
+// soon as its download is done.
+func (b *bencher) distribute(ctx context.Context, p *Point) error {
+	c, id, err := b.setup(ctx, p)
+	if err != nil {
+		return err
+	}
+	defer c.stop()
+	start := time.Now()
+	gets, err := c.downloads(id, start, time.Minute)
+	if err != nil {
+		return err
+	}
+	b.prog.track(gets, start)
+	wctx, cancel := context.WithTimeout(ctx, b.timeout(p.Bound))
+	defer cancel()
+	var wg sync.WaitGroup
+	for k, g := range gets {
+		wg.Go(func() {
+			if g.wait(wctx) == nil && p.Scenario == ScenarioChurn {
+				c.peers[k].stop() // it leaves at once: it serves nobody after its own download
+			}
+		})
+	}
+	wg.Wait()
+	return b.collect(ctx, c, p, gets)
+}
+
+// collect fills a point from its downloads, outputs and metrics.
+func (b *bencher) collect(ctx context.Context, c *cluster, p *Point, gets []*getRun) error {
+	p.Identical = true
+	var errs []error
+	for _, g := range gets {
+		if g.err != nil {
+			p.Completions = append(p.Completions, -1)
+			errs = append(errs, g.err)
+			if strings.Contains(g.err.Error(), "failed verification") {
+				p.Refused++
+			}
+			if _, err := os.Stat(g.out); err == nil {
+				p.Identical = false // a failed download must not leave its output
+			}
+			continue
+		}
+		p.Completions = append(p.Completions, g.finished.Seconds())
+		p.Finished++
+		if !b.identical(g.out) {
+			p.Identical = false
+			errs = append(errs, fmt.Errorf("node %d: copy differs from the source", g.node))
+		}
+	}
+	if p.Finished == len(gets) {
+		p.Distribution = slices.Max(p.Completions)
+	}
+	b.meter(ctx, c, p)
+	if len(errs) > 0 && p.Scenario != ScenarioBadPeer {
+		return errors.Join(errs...)
+	}
+	return nil
+}
+
+// identical reports whether the file at path is the source, byte for byte.
+func (b *bencher) identical(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	h := blake3.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return false
+	}
+	var sum [32]byte
+	h.Sum(sum[:0])
+	return sum == b.srcHash
+}
+
+// meter reads the upload and chunk counters of the cluster's daemons.
+// Daemons that were stopped (churn) or killed lose theirs; the point then
+// reports what the live ones counted.
+func (b *bencher) meter(ctx context.Context, c *cluster, p *Point) {
+	read := func(d *daemon) metrics {
+		if d == nil || !d.alive() {
+			return metrics{}
+		}
+		m, err := d.metrics(ctx)
+		if err != nil {
+			return metrics{}
+		}
+		return m
+	}
+	if c.mode == ClientServer {
+		p.SourceUpload = int64(read(c.source)["share_bytes_served_total"])
+		return
+	}
+	p.SourceUpload = int64(read(c.source).sum("share_peer_bytes_sent_total"))
+	for _, d := range c.peers {
+		m := read(d)
+		p.PeerUpload += int64(m.sum("share_peer_bytes_sent_total"))
+		p.FromSource += int64(m["share_peer_chunks_received_total|from=seed"])
+		p.FromPeers += int64(m["share_peer_chunks_received_total|from=peer"])
+		p.BadChunks += int64(m.sum("share_peer_bad_chunks_total"))
+	}
+}
+
+// held returns the fraction of the file the downloaders hold on average,
+// from the source's and the peers' metrics.
+func (c *cluster) held(ctx context.Context, n int) float64 {
+	total := float64(n) * float64(c.b.opts.Size)
+	if c.mode == ClientServer {
+		m, err := c.source.metrics(ctx)
+		if err != nil {
+			return 0
+		}
+		return m["share_bytes_served_total"] / total
+	}
+	var got float64
+	for _, d := range c.peers {
+		if m, err := d.metrics(ctx); err == nil {
+			got += m.sum("share_peer_bytes_received_total")
+		}
+	}
+	return got / total
+}
+
+// fault runs the fault scenario: the server or seed is killed (SIGKILL)
+// when the downloaders hold half the file on average ("half") or when the
+// first of them has a complete copy ("replicated"), stays down for
+// Downtime, and comes back on the same address and data.
+func (b *bencher) fault(ctx context.Context, p *Point) error {
+	c, id, err := b.setup(ctx, p)
+	if err != nil {
+		return err
+	}
+	defer c.stop()
+	start := time.Now()
+	stall := b.opts.Downtime + time.Minute
+	gets, err := c.downloads(id, start, stall)
+	if err != nil {
+		return err
+	}
+	b.prog.track(gets, start)
+	f := &Fault{AfterReturn: -1}
+	p.Fault = f
+	wctx, cancel := context.WithTimeout(ctx, b.timeout(p.Bound))
+	defer cancel()
+	// Wait for the moment to kill.
+	for {
+		if p.Variant == "half" {
+			if f.HeldAtKill = c.held(wctx, p.N); f.HeldAtKill >= 0.5 {
+				break
+			}
+		} else if slices.ContainsFunc(gets, func(g *getRun) bool { return !g.running() }) {
+			f.HeldAtKill = c.held(wctx, p.N)
+			break
+		}
+		select {
+		case <-time.After(20 * time.Millisecond):
+		case <-wctx.Done():
+			return fmt.Errorf("fault: the kill point never came: %w", wctx.Err())
+		}
+	}
+	srcUp := int64(0)
+	if m, err := c.source.metrics(wctx); err == nil {
+		srcUp = int64(m["share_bytes_served_total"] + m.sum("share_peer_bytes_sent_total"))
+	}
+	c.source.kill()
+	f.KilledAt = time.Since(start).Seconds()
+	select {
+	case <-time.After(b.opts.Downtime):
+	case <-wctx.Done():
+	}
+	for _, g := range gets {
+		if !g.running() && g.err == nil && g.finished.Seconds() > f.KilledAt {
+			f.FinishedWithout++
+		}
+	}
+	if err := c.restartSource(); err != nil {
+		return err
+	}
+	f.RestartedAt = time.Since(start).Seconds()
+	for _, g := range gets {
+		g.wait(wctx)
+	}
+	err = b.collect(ctx, c, p, gets)
+	p.SourceUpload += srcUp // the killed process's counters died with it
+	if p.Distribution > 0 {
+		f.AfterReturn = p.Distribution - f.RestartedAt
+		if f.AfterReturn < 0 {
+			f.AfterReturn = 0 // all finished while it was down
+		}
+	}
+	return err
+}
+
+// badPeer runs the hostile scenario. P2P: one extra peer holds the file but
+// its stored copy is corrupted on disk (every other chunk), so it serves
+// bad chunks; every download must still be byte-identical. Client-server:
+// one chunk is corrupted on the server's disk; every client must refuse it.
+func (b *bencher) badPeer(ctx context.Context, p *Point) error {
+	c, id, err := b.setup(ctx, p)
+	if err != nil {
+		return err
+	}
+	defer c.stop()
+	bad := c.source
+	every := int64(2)
+	if p.Mode == P2P {
+		liar, err := c.startPeer("liar", []string{"--bootstrap", c.source.addrs[0]})
+		if err != nil {
+			return err
+		}
+		c.extra = append(c.extra, liar)
+		if err := waitStatus(ctx, liar, func(st status) bool { return st.RoutingTable > 0 }); err != nil {
+			return err
+		}
+		if _, err := c.put(ctx, liar); err != nil {
+			return err
+		}
+		bad = liar
+	} else {
+		every = b.opts.Size/b.opts.ChunkSize + 1 // one chunk: the first
+	}
+	if err := corrupt(filepath.Join(bad.data, "shares", id, "data", b.name), b.opts.ChunkSize, every); err != nil {
+		return err
+	}
+	start := time.Now()
+	gets, err := c.downloads(id, start, 30*time.Second)
+	if err != nil {
+		return err
+	}
+	b.prog.track(gets, start)
+	wctx, cancel := context.WithTimeout(ctx, b.timeout(p.Bound))
+	defer cancel()
+	for _, g := range gets {
+		g.wait(wctx)
+	}
+	err = b.collect(ctx, c, p, gets)
+	if p.Mode == ClientServer && p.Refused != p.N {
+		return fmt.Errorf("bad-peer: %d of %d clients refused the corrupted chunk: %v", p.Refused, p.N, err)
+	}
+	if p.Mode == P2P && (p.Finished != p.N || !p.Identical) {
+		return fmt.Errorf("bad-peer: %d of %d downloads finished identical: %v", p.Finished, p.N, err)
+	}
+	return nil
+}
+
+// corrupt damages a stored copy in place: a few bytes in every every-th
+// chunk, as disk rot or a malicious peer would.
+func corrupt(path string, chunkSize, every int64) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("corrupt the stored copy: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	for off := int64(0); off < fi.Size(); off += every * chunkSize {
+		if _, err := f.WriteAt([]byte("corrupted by share bench"), off+chunkSize/3); err != nil {
+			return err
+		}
+	}
+	return f.Sync()
+}
+
+// summarize computes the median of each point's runs.
+func summarize(points []Point) []Summary {
+	type key struct {
+		sc, variant, mode string
+		n                 int
+	}
+	groups := map[key][]Point{}
+	var order []key
+	for _, p := range points {
+		k := key{p.Scenario, p.Variant, p.Mode, p.N}
+		if _, ok := groups[k]; !ok {
+			order = append(order, k)
+		}
+		groups[k] = append(groups[k], p)
+	}
+	var out []Summary
+	for _, k := range order {
+		ps := groups[k]
+		var ds []float64
+		for _, p := range ps {
+			if p.Distribution > 0 {
+				ds = append(ds, p.Distribution)
+			}
+		}
+		s := Summary{Scenario: k.sc, Variant: k.variant, Mode: k.mode, N: k.n, Runs: len(ps), Bound: ps[0].Bound, Median: -1, Min: -1, Max: -1}
+		if len(ds) == len(ps) {
+			slices.Sort(ds)
+			s.Median, s.Min, s.Max = median(ds), ds[0], ds[len(ds)-1]
+			s.Ratio = s.Median / s.Bound
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+func median(sorted []float64) float64 {
+	n := len(sorted)
+	if n == 0 {
+		return math.NaN()
+	}
+	if n%2 == 1 {
+		return sorted[n/2]
+	}
+	return (sorted[n/2-1] + sorted[n/2]) / 2
+}
+
+// getJSON reads an API path of d into v.
+func (d *daemon) getJSON(ctx context.Context, path string, v any) error {
+	resp, err := d.get(ctx, path)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	if _, err := io.Copy(&buf, io.LimitReader(resp.Body, 16<<20)); err != nil {
+		return err
+	}
+	return json.Unmarshal(buf.Bytes(), v)
+}

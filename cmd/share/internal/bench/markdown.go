@@ -1,0 +1,103 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/dustin/go-humanize"
+)
+
+// Report writes report.md: the run's setup, its tables, and the classic
+// comparison of the two architectures with every row backed by a figure
+// from this run.
+func Report(w io.Writer, res *Results) {
+	m := res.Machine
+	fmt.Fprintf(w, "# share bench: client-server against peer-to-peer\n\n")
+	fmt.Fprintf(w, "- Command: `%s`\n", res.Command)
+	fmt.Fprintf(w, "- Machine: %s, %d cores, %.0f GiB, %s, %s, %s\n", m.CPU, m.Cores, m.MemoryGiB, m.Kernel, m.Go, m.ShareVersion)
+	fmt.Fprintf(w, "- Run: %s, %s\n", res.Started.Format(time.RFC3339), time.Duration(res.Elapsed*float64(time.Second)).Round(time.Second))
+	fmt.Fprintf(w, "- Every daemon is a real `share serve` or `share peer` process on loopback and every download a real `share get`; every upload is capped at %s (download cap: %s), so loopback behaves like a network of equal links.\n",
+		rate(res.UploadCap), rate(res.DownloadCap))
+	fmt.Fprintf(w, "- Bounds (Kurose and Ross, *Computer Networking*, 2.5): client-server D ≥ max(N·F/u_s, F/d_min); P2P D ≥ max(F/u_s, F/d_min, N·F/(u_s + Σu_i)).\n\n")
+	fmt.Fprintf(w, "![distribution time against N](%s)\n\n", ChartSVG)
+	fmt.Fprintf(w, "```\n")
+	Table(w, res)
+	fmt.Fprintf(w, "```\n\n")
+	comparison(w, res)
+}
+
+// comparison writes the classic table.
+func comparison(w io.Writer, res *Results) {
+	f := res.Size
+	ns := scalingNs(res)
+	row := func(aspect, cs, p2p string) {
+		fmt.Fprintf(w, "| %s | %s | %s |\n", aspect, strings.ReplaceAll(cs, "|", "/"), strings.ReplaceAll(p2p, "|", "/"))
+	}
+	fmt.Fprintf(w, "## The classic comparison, measured\n\n| | client-server | peer-to-peer |\n|---|---|---|\n")
+	row("Architecture", "one server holds the file; N clients download it from the server alone",
+		"a seed and N peers on a private Kademlia DHT; every peer downloads from all holders and uploads what it has")
+	if len(ns) > 0 {
+		lo, hi := ns[0], ns[len(ns)-1]
+		csLo, _ := res.summary(ScenarioScaling, "", ClientServer, lo)
+		csHi, _ := res.summary(ScenarioScaling, "", ClientServer, hi)
+		pLo, _ := res.summary(ScenarioScaling, "", P2P, lo)
+		pHi, _ := res.summary(ScenarioScaling, "", P2P, hi)
+		row("Control",
+			fmt.Sprintf("the server decides what exists and who may read it (a bearer token); after N=%d downloads, 1 machine can serve the file", hi),
+			fmt.Sprintf("whoever holds a share serves it and announces it; after N=%d downloads, %d machines can serve the file", hi, hi+1))
+		row("Scalability",
+			fmt.Sprintf("N=%d: %s, N=%d: %s (%.1fx longer; the bound grows as N·F/u_s: %.2fx of it at N=%d)", lo, secs(csLo.Median), hi, secs(csHi.Median), csHi.Median/csLo.Median, csHi.Ratio, hi),
+			fmt.Sprintf("N=%d: %s, N=%d: %s (%.1fx; the bound stays near F/u_s: %.2fx of it at N=%d)", lo, secs(pLo.Median), hi, secs(pHi.Median), pHi.Median/pLo.Median, pHi.Ratio, hi))
+	}
+	var csF, pF, pR string
+	for _, p := range res.points(ScenarioFault, "half", ClientServer) {
+		csF = fmt.Sprintf("server killed at half the file: %d/%d finished without it; all done %s after it came back", p.Fault.FinishedWithout, p.N, secs(p.Fault.AfterReturn))
+	}
+	for _, p := range res.points(ScenarioFault, "half", P2P) {
+		pF = fmt.Sprintf("seed killed at half the file: %d/%d finished without it", p.Fault.FinishedWithout, p.N)
+		if p.Fault.FinishedWithout < p.N {
+			pF += fmt.Sprintf(" (the swarm had not yet received every chunk from it); all done %s after it came back", secs(p.Fault.AfterReturn))
+		}
+	}
+	for _, p := range res.points(ScenarioFault, "replicated", P2P) {
+		pR = fmt.Sprintf("; seed killed once a first copy was complete: %d/%d finished without it", p.Fault.FinishedWithout, p.N)
+	}
+	if csF != "" || pF != "" {
+		row("Reliability", "a single point of failure: "+csF, pF+pR)
+	}
+	var csB, pB string
+	for _, p := range res.points(ScenarioBadPeer, "", ClientServer) {
+		csB = fmt.Sprintf("one party to trust; a chunk corrupted on the server's disk: %d/%d clients refused it and kept nothing unverified", p.Refused, p.N)
+	}
+	for _, p := range res.points(ScenarioBadPeer, "", P2P) {
+		pB = fmt.Sprintf("any peer may lie; one serving a corrupted copy: %d bad chunks detected and dropped, %d/%d copies byte-identical, in %s", p.BadChunks, p.Finished, p.N, secs(p.Distribution))
+	}
+	if csB != "" || pB != "" {
+		row("Security", csB, pB)
+	}
+	if len(ns) > 0 {
+		hi := ns[len(ns)-1]
+		var cs, pp Point
+		for _, p := range res.points(ScenarioScaling, "", "") {
+			if p.N == hi && p.Mode == ClientServer && cs.N == 0 {
+				cs = p
+			}
+			if p.N == hi && p.Mode == P2P && pp.N == 0 {
+				pp = p
+			}
+		}
+		share := 0.0
+		if t := pp.SourceUpload + pp.PeerUpload; t > 0 {
+			share = 100 * float64(pp.PeerUpload) / float64(t)
+		}
+		row("Resource sharing",
+			fmt.Sprintf("N=%d: the server uploaded %s (%s), the clients nothing", hi, humanize.IBytes(uint64(cs.SourceUpload)), copies(cs.SourceUpload, f)),
+			fmt.Sprintf("N=%d: the seed uploaded %s (%s), the peers %s (%.0f%% of all uploads)", hi, humanize.IBytes(uint64(pp.SourceUpload)), copies(pp.SourceUpload, f), humanize.IBytes(uint64(pp.PeerUpload)), share))
+	}
+	for _, p := range res.points(ScenarioChurn, "", P2P) {
+		row("Churn", "clients never upload: leaving changes nothing", strings.TrimPrefix(describeChurn(p, res), fmt.Sprintf("Churn, p2p, N=%d: ", p.N)))
+	}
+	fmt.Fprintln(w)
+}
