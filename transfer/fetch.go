@@ -26,7 +26,7 @@ const (
 	rateWindow          = 2 * time.Second        // rates are measured over this window
 	busyPause           = 100 * time.Millisecond // a busy source is left alone about this long
 	minBackoff          = 100 * time.Millisecond
-	maxBackoff          = 5 * time.Second
+	maxBackoff          = 2 * time.Second       // a restarted server is found again within this
 	schedTick           = 25 * time.Millisecond // how often the scheduler looks at timers
 )
 

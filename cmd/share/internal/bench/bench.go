@@ -88,8 +88,9 @@ type Point struct {
 // Fault is what a fault run observed.
 type Fault struct {
 	KilledAt        float64 `json:"killed_at_s"`
-	HeldAtKill      float64 `json:"held_at_kill"` // fraction of the file the downloaders held, on average
-	FinishedWithout int     `json:"finished_without_source"`
+	HeldAtKill      float64 `json:"held_at_kill"`            // fraction of the file the downloaders held, on average
+	PendingAtKill   int     `json:"pending_at_kill"`         // downloads not yet finished when it was killed
+	FinishedWithout int     `json:"finished_without_source"` // of those, finished while it was down
 	RestartedAt     float64 `json:"restarted_at_s"`
 	AfterReturn     float64 `json:"after_return_s"` // from the restart until all finished; -1 if not all did
 }
@@ -681,6 +682,11 @@ func (b *bencher) fault(ctx context.Context, p *Point) error {
 	}
 	c.source.kill()
 	f.KilledAt = time.Since(start).Seconds()
+	for _, g := range gets {
+		if g.running() {
+			f.PendingAtKill++
+		}
+	}
 	select {
 	case <-time.After(b.opts.Downtime):
 	case <-wctx.Done():
@@ -709,9 +715,9 @@ func (b *bencher) fault(ctx context.Context, p *Point) error {
 }
 
 // badPeer runs the hostile scenario. P2P: one extra peer holds the file but
-// its stored copy is corrupted on disk (every other chunk), so it serves
-// bad chunks; every download must still be byte-identical. Client-server:
-// one chunk is corrupted on the server's disk; every client must refuse it.
+// its stored copy is corrupted on disk (every chunk), so it serves only bad
+// chunks; every download must still be byte-identical. Client-server: one
+// chunk is corrupted on the server's disk; every client must refuse it.
 func (b *bencher) badPeer(ctx context.Context, p *Point) error {
 	c, id, err := b.setup(ctx, p)
 	if err != nil {
@@ -719,7 +725,7 @@ func (b *bencher) badPeer(ctx context.Context, p *Point) error {
 	}
 	defer c.stop()
 	bad := c.source
-	every := int64(2)
+	every := int64(1) // a liar: every chunk it serves is bad
 	if p.Mode == P2P {
 		liar, err := c.startPeer("liar", []string{"--bootstrap", c.source.addrs[0]})
 		if err != nil {

@@ -53,16 +53,16 @@ func comparison(w io.Writer, res *Results) {
 	}
 	var csF, pF, pR string
 	for _, p := range res.points(ScenarioFault, "half", ClientServer) {
-		csF = fmt.Sprintf("server killed at half the file: %d/%d finished without it; all done %s after it came back", p.Fault.FinishedWithout, p.N, secs(p.Fault.AfterReturn))
+		csF = fmt.Sprintf("server killed at half the file: %d/%d finished without it; all done %s after it came back", p.Fault.FinishedWithout, p.Fault.PendingAtKill, secs(p.Fault.AfterReturn))
 	}
 	for _, p := range res.points(ScenarioFault, "half", P2P) {
-		pF = fmt.Sprintf("seed killed at half the file: %d/%d finished without it", p.Fault.FinishedWithout, p.N)
-		if p.Fault.FinishedWithout < p.N {
+		pF = fmt.Sprintf("seed killed at half the file: %d/%d finished without it", p.Fault.FinishedWithout, p.Fault.PendingAtKill)
+		if p.Fault.FinishedWithout < p.Fault.PendingAtKill {
 			pF += fmt.Sprintf(" (the swarm had not yet received every chunk from it); all done %s after it came back", secs(p.Fault.AfterReturn))
 		}
 	}
 	for _, p := range res.points(ScenarioFault, "replicated", P2P) {
-		pR = fmt.Sprintf("; seed killed once a first copy was complete: %d/%d finished without it", p.Fault.FinishedWithout, p.N)
+		pR = fmt.Sprintf("; seed killed once a first copy was complete: the other %d/%d finished without it", p.Fault.FinishedWithout, p.Fault.PendingAtKill)
 	}
 	if csF != "" || pF != "" {
 		row("Reliability", "a single point of failure: "+csF, pF+pR)

@@ -101,13 +101,14 @@ func (res *Results) points(sc, variant, mode string) []Point {
 	return out
 }
 
+// summary returns a point's summary; one not run has negative values.
 func (res *Results) summary(sc, variant, mode string, n int) (Summary, bool) {
 	for _, s := range res.Summaries {
 		if s.Scenario == sc && s.Variant == variant && s.Mode == mode && s.N == n {
 			return s, true
 		}
 	}
-	return Summary{}, false
+	return Summary{Median: -1, Min: -1, Max: -1, Bound: -1}, false
 }
 
 // Table writes the human summary of a run.
@@ -210,9 +211,9 @@ func describeFault(p Point, res *Results) string {
 	if p.Variant == "replicated" {
 		when = fmt.Sprintf("once the first downloader had a complete copy (they held %.0f%% on average)", 100*f.HeldAtKill)
 	}
-	s := fmt.Sprintf("Fault, %s, N=%d: %s was killed at %.2f s, %s.\n  %d/%d downloads finished while it was down (%.0f s).",
-		p.Mode, p.N, what, f.KilledAt, when, f.FinishedWithout, p.N, f.RestartedAt-f.KilledAt)
-	if f.FinishedWithout < p.N {
+	s := fmt.Sprintf("Fault, %s, N=%d: %s was killed at %.2f s, %s.\n  %d/%d downloads still under way finished while it was down (%.0f s).",
+		p.Mode, p.N, what, f.KilledAt, when, f.FinishedWithout, f.PendingAtKill, f.RestartedAt-f.KilledAt)
+	if f.FinishedWithout < f.PendingAtKill {
 		s += fmt.Sprintf(" It came back at %.2f s;", f.RestartedAt)
 		if f.AfterReturn >= 0 {
 			s += fmt.Sprintf(" all had finished %.2f s later (%.2f s in all, %.2fx the bound).", f.AfterReturn, p.Distribution, p.Ratio)
@@ -234,7 +235,7 @@ func describeBad(p Point, res *Results) string {
 	if s, ok := res.summary(ScenarioScaling, "", P2P, p.N); ok && s.Median > 0 && p.Distribution > 0 {
 		clean = fmt.Sprintf(", against %.2f s without it (%+.0f%%)", s.Median, 100*(p.Distribution/s.Median-1))
 	}
-	return fmt.Sprintf("Hostile, p2p, N=%d: one peer serves a copy corrupted on its disk (every other chunk): %d bad chunks detected and dropped, %d/%d downloads byte-identical (identical=%v), done in %s%s.",
+	return fmt.Sprintf("Hostile, p2p, N=%d: one peer serves a copy corrupted on its disk (every chunk): %d bad chunks detected and dropped, %d/%d downloads byte-identical (identical=%v), done in %s%s.",
 		p.N, p.BadChunks, p.Finished, p.N, p.Identical, secs(p.Distribution), clean)
 }
 
