@@ -97,7 +97,12 @@ func comparison(w io.Writer, res *Results) {
 			fmt.Sprintf("N=%d: the seed uploaded %s (%s), the peers %s (%.0f%% of all uploads)", hi, humanize.IBytes(uint64(pp.SourceUpload)), copies(pp.SourceUpload, f), humanize.IBytes(uint64(pp.PeerUpload)), share))
 	}
 	for _, p := range res.points(ScenarioChurn, "", P2P) {
-		row("Churn", "clients never upload: leaving changes nothing", strings.TrimPrefix(describeChurn(p, res), fmt.Sprintf("Churn, p2p, N=%d: ", p.N)))
+		clean := ""
+		if s, ok := res.summary(ScenarioScaling, "", P2P, p.N); ok && s.Median > 0 && p.Distribution > 0 {
+			clean = fmt.Sprintf(", against %.2f s when they stay", s.Median)
+		}
+		row("Churn", "clients never upload: leaving changes nothing",
+			fmt.Sprintf("N=%d, every peer leaving as soon as it finished: all done in %s (%s the bound)%s", p.N, secs(p.Distribution), ratio(p.Ratio), clean))
 	}
 	fmt.Fprintln(w)
 }
