@@ -6,8 +6,12 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
+
+	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -21,6 +25,8 @@ import (
 type peerOptions struct {
 	listen        []string
 	bootstrap     []string
+	bootstrapFile string
+	addrsFile     string
 	mdns          bool
 	api           string
 	data          string
@@ -54,6 +60,8 @@ makes the peer fetch the share from the swarm and streams it to you.`,
 	f := cmd.Flags()
 	f.StringArrayVar(&o.listen, "listen", node.DefaultListen, "libp2p address to listen on (repeatable)")
 	f.StringArrayVar(&o.bootstrap, "bootstrap", splitList(os.Getenv("SHARE_BOOTSTRAP")), "full address (/ip4/.../tcp/7071/p2p/ID) of a peer to join through (repeatable; env SHARE_BOOTSTRAP, comma separated)")
+	f.StringVar(&o.bootstrapFile, "bootstrap-file", os.Getenv("SHARE_BOOTSTRAP_FILE"), "a file of bootstrap addresses, one per line, as --addrs-file writes it; waits up to a minute for it (env SHARE_BOOTSTRAP_FILE)")
+	f.StringVar(&o.addrsFile, "addrs-file", "", "once started, write this peer's addresses for other hosts (not loopback) to this file")
 	f.BoolVar(&o.mdns, "mdns", false, "also discover peers on the LAN with multicast DNS")
 	f.StringVar(&o.api, "api", envOr("SHARE_API", "127.0.0.1:7070"), "address of the local HTTP API (env SHARE_API)")
 	f.StringVar(&o.data, "data", defaultDataDir(), "data directory (env SHARE_DATA)")
@@ -65,6 +73,60 @@ makes the peer fetch the share from the swarm and streams it to you.`,
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
 	return cmd
+}
+
+// bootstrapFileWait is how long a peer waits for its --bootstrap-file: in a
+// cluster started all at once, the bootstrap peer writes it a moment later.
+const bootstrapFileWait = time.Minute
+
+// readAddrsFile reads multiaddrs, one per line, waiting up to wait for the
+// file to exist and hold at least one.
+func readAddrsFile(ctx context.Context, path string, wait time.Duration) ([]string, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		b, err := os.ReadFile(path)
+		if err == nil {
+			var addrs []string
+			for _, line := range strings.Split(string(b), "\n") {
+				if line = strings.TrimSpace(line); strings.HasPrefix(line, "/") {
+					addrs = append(addrs, line)
+				}
+			}
+			if len(addrs) > 0 {
+				return addrs, nil
+			}
+		} else if !os.IsNotExist(err) {
+			return nil, err
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("--bootstrap-file %s: no addresses after %v", path, wait)
+		}
+		select {
+		case <-time.After(200 * time.Millisecond):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// writeAddrsFile writes the addresses other hosts can dial (loopback ones
+// left out, unless there are no others), atomically.
+func writeAddrsFile(path string, addrs []ma.Multiaddr) error {
+	var out, loop []string
+	for _, a := range addrs {
+		if manet.IsIPLoopback(a) {
+			loop = append(loop, a.String())
+		} else {
+			out = append(out, a.String())
+		}
+	}
+	if len(out) == 0 {
+		out = loop
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return transfer.WriteFileAtomic(path, []byte(strings.Join(out, "\n")+"\n"), 0o644)
 }
 
 // splitList splits a comma-separated list, dropping empty items.
@@ -82,6 +144,13 @@ func runPeer(ctx context.Context, o peerOptions, stdout, stderr io.Writer) error
 	log, err := newLogger(stderr, o.logLevel, o.logFormat)
 	if err != nil {
 		return err
+	}
+	if o.bootstrapFile != "" {
+		addrs, err := readAddrsFile(ctx, o.bootstrapFile, bootstrapFileWait)
+		if err != nil {
+			return err
+		}
+		o.bootstrap = append(o.bootstrap, addrs...)
 	}
 	if _, err := node.ParseBootstrap(o.bootstrap); err != nil {
 		return usageError{err}
@@ -132,6 +201,12 @@ func runPeer(ctx context.Context, o peerOptions, stdout, stderr io.Writer) error
 	if err != nil {
 		ln.Close()
 		return usageError{err}
+	}
+	if o.addrsFile != "" { // before the lines that say the peer is ready
+		if err := writeAddrsFile(o.addrsFile, n.Addrs()); err != nil {
+			ln.Close()
+			return err
+		}
 	}
 	fmt.Fprintf(stdout, "share peer %s\n", n.ID())
 	for _, a := range n.Addrs() {

@@ -198,3 +198,21 @@ func TestPeerAPIRefusesForeignHost(t *testing.T) {
 		t.Fatalf("rebound Host got %s, want 403", out)
 	}
 }
+
+func TestBootstrapFile(t *testing.T) {
+	dir := t.TempDir()
+	addrs := filepath.Join(dir, "shared", "boot.addrs")
+	first := startPeer(t, "", "--addrs-file", addrs)
+	b, err := os.ReadFile(addrs)
+	if err != nil || !strings.Contains(string(b), "/p2p/"+first.ID) {
+		t.Fatalf("addrs file: %q %v", b, err)
+	}
+	second := startPeer(t, "", "--bootstrap-file", addrs)
+	deadline := time.Now().Add(10 * time.Second)
+	for second.status(t).RoutingTable == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("joined nobody through the bootstrap file")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
