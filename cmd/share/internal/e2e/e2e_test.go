@@ -70,7 +70,7 @@ func newCluster(t *testing.T, env ...string) *cluster {
 			out, _ := c.run("logs", "--tail", "40")
 			t.Logf("logs:\n%s", out)
 		}
-		c.run("--profile", "server", "--profile", "p2p", "--profile", "newcomer", "down", "-v", "--remove-orphans", "-t", "5")
+		c.run(append(allProfiles, "down", "-v", "--remove-orphans", "-t", "5")...)
 	})
 	return c
 }
@@ -104,10 +104,14 @@ func (c *cluster) must(args ...string) string {
 	return out
 }
 
+// allProfiles activates every profile: Compose v2 checks the dependencies of
+// a service (the newcomer's on boot) even for ps.
+var allProfiles = []string{"--profile", "server", "--profile", "p2p", "--profile", "newcomer"}
+
 // container returns the container ID of a service.
-func (c *cluster) container(profile, service string) string {
+func (c *cluster) container(service string) string {
 	c.t.Helper()
-	id := c.must("--profile", profile, "ps", "-q", service)
+	id := c.must(append(allProfiles, "ps", "-q", service)...)
 	if id == "" {
 		c.t.Fatalf("no container for %s", service)
 	}
@@ -115,11 +119,11 @@ func (c *cluster) container(profile, service string) string {
 }
 
 // waitHealthy waits until the services' containers report healthy.
-func (c *cluster) waitHealthy(profile string, services ...string) {
+func (c *cluster) waitHealthy(services ...string) {
 	c.t.Helper()
 	deadline := time.Now().Add(90 * time.Second)
 	for _, s := range services {
-		id := c.container(profile, s)
+		id := c.container(s)
 		for {
 			out, _ := exec.Command("docker", "inspect", "-f", "{{.State.Health.Status}}", id).Output()
 			if strings.TrimSpace(string(out)) == "healthy" {
@@ -171,7 +175,7 @@ func (c *cluster) same(a, b string) {
 func TestServerProfile(t *testing.T) {
 	c := newCluster(t)
 	c.must("--profile", "server", "up", "-d", "server")
-	c.waitHealthy("server", "server")
+	c.waitHealthy("server")
 	c.writeFile("big.bin", 40<<20)
 	id := c.must("--profile", "server", "run", "--rm", "-T", "client", "put", "big.bin")
 	if !strings.HasPrefix(id, "bag") {
@@ -224,7 +228,7 @@ func TestServerProfile(t *testing.T) {
 
 // exec runs share in a service's container.
 func (c *cluster) exec(ctx context.Context, service string, args ...string) (string, error) {
-	return c.runCtx(ctx, append([]string{"--profile", "p2p", "--profile", "newcomer", "exec", "-T", service, "share"}, args...)...)
+	return c.runCtx(ctx, append(append(allProfiles, "exec", "-T", service, "share"), args...)...)
 }
 
 // TestP2PProfile: a file added on one peer is got by the others through the
@@ -235,7 +239,7 @@ func TestP2PProfile(t *testing.T) {
 	c := newCluster(t, "PEER_UPLOAD_LIMIT=8MiB/s")
 	c.must("--profile", "p2p", "up", "-d")
 	peers := []string{"boot", "peer1", "peer2", "peer3", "peer4", "peer5"}
-	c.waitHealthy("p2p", peers...)
+	c.waitHealthy(peers...)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 
@@ -268,7 +272,7 @@ func TestP2PProfile(t *testing.T) {
 	// The first holder leaves; a newcomer still gets the file.
 	c.must("--profile", "p2p", "stop", "-t", "5", "peer1")
 	c.must("--profile", "p2p", "--profile", "newcomer", "up", "-d", "newcomer")
-	c.waitHealthy("newcomer", "newcomer")
+	c.waitHealthy("newcomer")
 	if _, err := c.exec(ctx, "newcomer", "get", id, "-o", "/files/a-newcomer.bin"); err != nil {
 		t.Fatalf("newcomer, with the first holder gone: %v", err)
 	}
@@ -293,7 +297,7 @@ func TestP2PProfile(t *testing.T) {
 	}
 	time.Sleep(2 * time.Second)
 	network := c.project + "-p2p" // SHARE_NETWORK_PREFIX is the project name
-	if out, err := exec.Command("docker", "network", "disconnect", network, c.container("p2p", "peer4")).CombinedOutput(); err != nil {
+	if out, err := exec.Command("docker", "network", "disconnect", network, c.container("peer4")).CombinedOutput(); err != nil {
 		t.Fatalf("disconnect peer4: %v %s", err, out)
 	}
 	for _, p := range []string{"peer3", "peer5", "newcomer"} {
@@ -308,7 +312,7 @@ func TestP2PProfile(t *testing.T) {
 		}
 	}
 	// Plugged back in, peer4 finishes too.
-	if out, err := exec.Command("docker", "network", "connect", network, c.container("p2p", "peer4")).CombinedOutput(); err != nil {
+	if out, err := exec.Command("docker", "network", "connect", network, c.container("peer4")).CombinedOutput(); err != nil {
 		t.Fatalf("reconnect peer4: %v %s", err, out)
 	}
 	select {
