@@ -208,7 +208,6 @@ type run struct {
 	active   int // requests in flight on the network
 	held     int // chunk buffers in use: requests in flight, and chunks being written
 	bufs     [][]byte
-	nbufs    int
 	results  chan chunkResult
 	haves    chan haveResult
 	wg       sync.WaitGroup
@@ -503,7 +502,6 @@ func (r *run) startChunk(i int, s *srcState, now time.Time) {
 		buf, r.bufs = r.bufs[k-1], r.bufs[:k-1]
 	} else {
 		buf = AlignedBuffer(int(r.d.m.chunkSize))
-		r.nbufs++
 	}
 	ctx, cancel := context.WithCancel(r.ctx)
 	req := &request{i: i, s: s, started: now, cancel: cancel}

@@ -151,7 +151,6 @@ func TestPartialShareResumesAfterCrash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	off, _ := m.ChunkRange(7)
 	sh3, err := OpenShare(dir) // rewrites the journal with 0 2 3 5 7 vouched for
 	if err != nil {
 		t.Fatal(err)
@@ -159,7 +158,7 @@ func TestPartialShareResumesAfterCrash(t *testing.T) {
 	if err := sh3.PutChunk(6, chunk(6)); err != nil { // unvouched
 		t.Fatal(err)
 	}
-	off, _ = m.ChunkRange(6)
+	off, _ := m.ChunkRange(6)
 	f.WriteAt(make([]byte, 10), off)
 	f.Close()
 	sh4, err := OpenShare(dir)

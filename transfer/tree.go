@@ -388,8 +388,3 @@ func (t *tree) close() error {
 	t.closeFiles()
 	return t.root.Close()
 }
-
-// isNoSpace reports whether err means the disk is full.
-func isNoSpace(err error) bool {
-	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
-}
