@@ -46,6 +46,7 @@ type daemon struct {
 	URL   string
 	Token string
 	Data  string
+	Pprof string // the profiles' index, with --pprof
 	cmd   *exec.Cmd
 	done  chan struct{}
 	log   *bytes.Buffer
@@ -53,6 +54,7 @@ type daemon struct {
 
 var urlLine = regexp.MustCompile(`listening on (https?://\S+)`)
 var tokenLine = regexp.MustCompile(`(?m)^token: (\S+)$`)
+var pprofLine = regexp.MustCompile(`(?m)^pprof: (\S+)$`)
 
 // startServe runs `share serve` on a free loopback port with a fresh data
 // directory (or data, if given) and stops it when the test ends.
@@ -92,6 +94,9 @@ func startServe(t testing.TB, data string, args ...string) *daemon {
 	d.URL = m[1]
 	if tm := tokenLine.FindStringSubmatch(head.String()); tm != nil {
 		d.Token = tm[1]
+	}
+	if pm := pprofLine.FindStringSubmatch(head.String()); pm != nil {
+		d.Pprof = pm[1]
 	}
 	return d
 }

@@ -37,6 +37,7 @@ type peerOptions struct {
 	grace         time.Duration
 	logLevel      string
 	logFormat     string
+	pprof         string
 }
 
 func newPeerCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -72,6 +73,7 @@ makes the peer fetch the share from the swarm and streams it to you.`,
 	f.DurationVar(&o.grace, "grace", 10*time.Second, "on SIGINT/SIGTERM, how long API requests in flight may take to finish")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
+	f.StringVar(&o.pprof, "pprof", "", pprofFlagHelp)
 	return cmd
 }
 
@@ -155,6 +157,15 @@ func runPeer(ctx context.Context, o peerOptions, stdout, stderr io.Writer) error
 	if _, err := node.ParseBootstrap(o.bootstrap); err != nil {
 		return usageError{err}
 	}
+	var pprofURL string
+	if o.pprof != "" {
+		url, stop, err := startPprof(ctx, o.pprof, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		pprofURL = url
+	}
 	st, token, err := openData(o.data, o.token, log)
 	if err != nil {
 		return err
@@ -213,6 +224,9 @@ func runPeer(ctx context.Context, o peerOptions, stdout, stderr io.Writer) error
 		fmt.Fprintln(stdout, a)
 	}
 	fmt.Fprintf(stdout, "api:   http://%s\n", displayAddr(apiAddr))
+	if pprofURL != "" {
+		fmt.Fprintf(stdout, "pprof: %s\n", pprofURL)
+	}
 	printData(stdout, o.data, token, o.token != "")
 	return srv.Serve(ctx, ln)
 }

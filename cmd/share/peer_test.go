@@ -23,6 +23,7 @@ type peerProc struct {
 	API   string
 	Token string
 	Data  string
+	Pprof string // the profiles' index, with --pprof
 	cmd   *exec.Cmd
 	done  chan struct{}
 	log   *lockedWriter
@@ -62,6 +63,8 @@ func startPeer(t testing.TB, data string, args ...string) *peerProc {
 			p.API = strings.TrimSpace(strings.TrimPrefix(line, "api:"))
 		case strings.HasPrefix(line, "token:"):
 			p.Token = strings.TrimSpace(strings.TrimPrefix(line, "token:"))
+		case strings.HasPrefix(line, "pprof:"):
+			p.Pprof = strings.TrimSpace(strings.TrimPrefix(line, "pprof:"))
 		}
 		if p.Token != "" {
 			break

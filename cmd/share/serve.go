@@ -34,6 +34,7 @@ type serveOptions struct {
 	grace         time.Duration
 	logLevel      string
 	logFormat     string
+	pprof         string
 }
 
 func newServeCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -64,6 +65,7 @@ generates an access token on first start, which it keeps there and prints.`,
 	f.DurationVar(&o.grace, "grace", server.DefaultShutdownGrace, "on SIGINT/SIGTERM, how long requests in flight may take to finish")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error (debug logs every chunk request)")
 	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
+	f.StringVar(&o.pprof, "pprof", "", pprofFlagHelp)
 	return cmd
 }
 
@@ -79,6 +81,15 @@ func runServe(ctx context.Context, o serveOptions, stdout, stderr io.Writer) err
 	chunkSize, err := transfer.ParseSize(o.chunkSize)
 	if err != nil || chunkSize < transfer.MinChunkSize || chunkSize > transfer.MaxChunkSize {
 		return usageError{fmt.Errorf("--chunk-size %q: want %d to %d bytes", o.chunkSize, transfer.MinChunkSize, transfer.MaxChunkSize)}
+	}
+	var pprofURL string
+	if o.pprof != "" {
+		url, stop, err := startPprof(ctx, o.pprof, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		pprofURL = url
 	}
 	st, token, err := openData(o.data, o.token, log)
 	if err != nil {
@@ -113,6 +124,9 @@ func runServe(ctx context.Context, o serveOptions, stdout, stderr io.Writer) err
 	}
 	url := scheme + "://" + displayAddr(ln.Addr().(*net.TCPAddr))
 	fmt.Fprintf(stdout, "share server listening on %s\n", url)
+	if pprofURL != "" {
+		fmt.Fprintf(stdout, "pprof: %s\n", pprofURL)
+	}
 	printData(stdout, o.data, token, o.token != "")
 	fmt.Fprintf(stdout, "try:   share put FILE   or   curl -T FILE -H 'Authorization: Bearer TOKEN' %s/v1/shares/NAME\n", url)
 	log.Info("serving", "addr", ln.Addr().String(), "data", o.data, "shares", len(st.List()),
