@@ -74,11 +74,12 @@ type shareStats struct {
 // does not), but one raw 256 MiB stream on loopback (BenchmarkRawStream)
 // moved 757-878 MB/s over TCP+TLS+yamux at 1.9-2.2 CPU-s/GiB against
 // 317-387 MB/s at 4.9-6.1 CPU-s/GiB over QUIC, on this project's 2-core AMD
-// EPYC machines; ../shared/notes/libp2p.md found the same on Xeons (~750
-// against ~265 MB/s). libp2p's default ranker prefers QUIC, so we dial TCP
-// at once and QUIC only after this delay. Security: TLS before Noise. They
-// tie on the EPYC (869-899 MB/s for Noise), but TLS was 1.5x faster on the
-// Xeons, which lack SHA extensions.
+// EPYC machines; on 2-vCPU Xeons at 2.5 GHz without SHA extensions, one raw
+// 1 GiB stream moved ~750 MB/s over TCP+TLS+yamux (1.1 CPU-s/GiB per end)
+// against ~265 MB/s over QUIC (3.5 CPU-s/GiB per end). libp2p's default
+// ranker prefers QUIC, so we dial TCP at once and QUIC only after this
+// delay. Security: TLS before Noise. They tie on the EPYC (869-899 MB/s for
+// Noise), but on those Xeons TLS was 1.5x faster (~750 against ~500 MB/s).
 const quicDelay = 250 * time.Millisecond
 
 // tcpFirst is the dial ranker described at quicDelay.

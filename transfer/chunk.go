@@ -28,11 +28,11 @@ func AlignedBuffer(n int) []byte {
 // Hash is the BLAKE3-256 digest of a chunk.
 //
 // Why BLAKE3: every byte a share moves is hashed once by the receiver, so the
-// hash caps throughput per core. Measured on this project's machines (see
-// BenchmarkHash and ../shared/notes/libp2p.md, section 3): on a Xeon without
-// SHA extensions SHA-256 does ~330 MB/s per core, below the libp2p TLS stream
-// (~750 MB/s) and far below loopback HTTP (~1 GB/s), while zeebo/blake3 does
-// 2.2-2.9 GB/s. On CPUs with SHA-NI, SHA-256 gets closer but BLAKE3 (AVX2/
+// hash caps throughput per core. Measured on this project's machines
+// (BenchmarkHash, one core, 1 MiB writes): on a Xeon without SHA extensions
+// SHA-256 does ~330 MB/s per core, below a libp2p TCP+TLS stream (~750 MB/s
+// on the same machine) and far below loopback HTTP (~1 GB/s), while
+// zeebo/blake3 does 2.2-2.9 GB/s. On CPUs with SHA-NI, SHA-256 gets closer but BLAKE3 (AVX2/
 // AVX-512) is still faster, and it does not depend on an optional CPU feature.
 type Hash [32]byte
 

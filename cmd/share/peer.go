@@ -22,6 +22,17 @@ import (
 	"github.com/sharefiles/share/transfer"
 )
 
+// The peer's local API is the server's handler with the node as its
+// backend: these stop the build if the node no longer provides what the
+// handler uses it for (the optional abilities are found by type assertion,
+// so without these a lost method would only silently disable a route).
+var (
+	_ server.Backend      = (*node.Node)(nil)
+	_ server.Fetcher      = (*node.Node)(nil) // GET of a share it lacks fetches it from the swarm
+	_ server.Statuser     = (*node.Node)(nil) // GET /v1/status
+	_ transfer.HaveWaiter = (*node.Node)(nil) // the have route's long poll
+)
+
 type peerOptions struct {
 	listen        []string
 	bootstrap     []string
