@@ -396,8 +396,53 @@ func permanent(err error) bool {
 	return errors.As(err, &ne) && ne.Op == "dial" && strings.Contains(ne.Err.Error(), "no such host")
 }
 
+// Fetch asks a peer to get share id from its swarm (POST
+// /v1/shares/{id}/fetch) and returns the share's info once its download is
+// under way. A server answers ErrNotSupported; a peer that finds no
+// provider, an error wrapping transfer.ErrNotFound.
+func (c *Client) Fetch(ctx context.Context, id transfer.ID) (ShareInfo, error) {
+	resp, err := c.do(ctx, http.MethodPost, sharePath(id, "fetch"), nil, 0)
+	if err != nil {
+		return ShareInfo{}, err
+	}
+	defer resp.Body.Close()
+	var info ShareInfo
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxErrorBody)).Decode(&info); err != nil {
+		return ShareInfo{}, fmt.Errorf("fetch: bad response: %w", err)
+	}
+	return info, nil
+}
+
+// holds reports whether the server holds share id (complete or not), with a
+// HEAD of its manifest.
+func (c *Client) holds(ctx context.Context, id transfer.ID) (bool, error) {
+	resp, err := c.do(ctx, http.MethodHead, sharePath(id, "manifest"), nil, 0)
+	switch {
+	case err == nil:
+		resp.Body.Close()
+		return true, nil
+	case errors.Is(err, transfer.ErrNotFound):
+		return false, nil
+	}
+	return false, err
+}
+
 // Get downloads share id into opts.Out (see transfer.Get), resuming an
-// interrupted download of the same output.
+// interrupted download of the same output. If the server does not hold the
+// share and is a peer, it asks the peer to fetch it first (Fetch), then
+// takes the chunks as the peer stores them.
 func (c *Client) Get(ctx context.Context, id transfer.ID, opts transfer.GetOptions) (string, transfer.Stats, error) {
+	held, err := c.holds(ctx, id)
+	if err != nil {
+		return "", transfer.Stats{}, err
+	}
+	if !held {
+		if _, err := c.Fetch(ctx, id); err != nil {
+			if errors.Is(err, ErrNotSupported) {
+				err = fmt.Errorf("%w: %s is not on %s", transfer.ErrNotFound, id, c)
+			}
+			return "", transfer.Stats{}, err
+		}
+	}
 	return transfer.Get(ctx, id, opts, c)
 }

@@ -16,8 +16,44 @@
 //	GET    /v1/shares/{id}/have          which chunks are held: a bitfield, MSB first
 //	GET    /v1/shares/{id}/chunks/{n}    chunk n
 //	PUT    /v1/shares/{id}/chunks/{n}    upload chunk n; verified before it is stored
+//	POST   /v1/shares/{id}/fetch         a peer fetches a share it lacks from its swarm:
+//	                                     202 (under way) or 200 (held), with the share's JSON;
+//	                                     a server answers 501
 //
 // Errors are JSON {"error": "...", "code": "..."}; the code names the
 // transfer sentinel, so the client maps it back (errors.go). Reads need the
 // token unless the server runs with PublicRead; writes always do.
+//
+// # Reads have no effects
+//
+// No GET or HEAD changes state or starts network work: a peer asked for the
+// manifest (or anything) of a share it does not hold answers 404. Getting a
+// share from the swarm is the explicit POST /v1/shares/{id}/fetch.
+//
+// # Authentication
+//
+// The token is accepted as "Authorization: Bearer TOKEN" or as the password
+// of Basic auth (RFC 7617), which browsers prompt for. A 401 carries one
+// WWW-Authenticate header per challenge (RFC 9110 11.6.1), Basic first with
+// charset="UTF-8", then Bearer: browsers read only the first challenge of a
+// header and prompt only for Basic.
+//
+// # Cross-site request forgery: one rule for every route
+//
+// A request is authorised by a Bearer header or by an ambient credential:
+// one a browser attaches by itself to any request to this origin, whichever
+// page makes it (Basic auth it cached; a session cookie). A request with an
+// unsafe method (POST, PUT, DELETE: anything but GET, HEAD, OPTIONS)
+// authorised by an ambient credential must show it comes from this origin:
+// Sec-Fetch-Site "same-origin" or "none", or else an Origin header whose
+// host:port equals the request's Host. With neither header it is refused
+// (403): browsers send at least one on every request a page can forge, and
+// clients that are not browsers send Bearer. A Bearer request is immune: a
+// page cannot make a browser add that header cross-site without a CORS
+// preflight, and this server grants none. checkCSRF (routes.go) is the rule;
+// a new credential kind is added in credentialOf and classified there.
+//
+// When Options.AllowedHosts is set (a daemon on loopback), every request
+// must also name an allowed Host, and an Origin, if present, an allowed
+// host: a page that rebinds its DNS name to 127.0.0.1 is refused.
 package server

@@ -24,6 +24,9 @@ var (
 	ErrBadRequest = errors.New("bad request")
 	// ErrNoSpace: the server's disk is full.
 	ErrNoSpace = errors.New("server out of disk space")
+	// ErrNotSupported: the backend lacks the ability a route needs (a
+	// server cannot fetch a share from elsewhere; a peer can).
+	ErrNotSupported = errors.New("not supported")
 )
 
 // refusal is an error that is also a transfer.ErrSourceRefused.
@@ -70,6 +73,7 @@ var codes = []struct {
 	{"removed", http.StatusGone, transfer.ErrRemoved},
 	{"busy", http.StatusServiceUnavailable, ErrBusy},
 	{"no_space", http.StatusInsufficientStorage, ErrNoSpace},
+	{"not_supported", http.StatusNotImplemented, ErrNotSupported},
 }
 
 // classify maps an error to its wire code and status. Unknown errors are
@@ -104,7 +108,12 @@ func writeError(w http.ResponseWriter, err error) {
 	h.Set("X-Content-Type-Options", "nosniff")
 	switch status {
 	case http.StatusUnauthorized:
-		h.Set("WWW-Authenticate", `Bearer realm="share", Basic realm="share"`)
+		// One header per challenge (RFC 9110 11.6.1): browsers read only
+		// the first challenge of a header, and prompt only for Basic, so
+		// Basic comes first, with the charset of RFC 7617 2.1.
+		h.Del("WWW-Authenticate")
+		h.Add("WWW-Authenticate", `Basic realm="share", charset="UTF-8"`)
+		h.Add("WWW-Authenticate", `Bearer realm="share"`)
 	case http.StatusServiceUnavailable:
 		h.Set("Retry-After", "1")
 	}
@@ -130,8 +139,11 @@ func responseError(resp *http.Response, op string) error {
 			return fmt.Errorf("%s: %w", op, &remoteError{msg: ae.Error, err: c.err})
 		}
 	}
-	if resp.StatusCode == http.StatusUnauthorized {
+	switch resp.StatusCode { // a HEAD, or not a share server: no code
+	case http.StatusUnauthorized:
 		return fmt.Errorf("%s: %w", op, ErrUnauthorized)
+	case http.StatusNotFound:
+		return fmt.Errorf("%s: %w", op, transfer.ErrNotFound)
 	}
 	return fmt.Errorf("%s: %s (HTTP %d)", op, ae.Error, resp.StatusCode)
 }

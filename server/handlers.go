@@ -320,16 +320,10 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, resp)
 }
 
-// manifest serves a share's manifest; a backend that can fetch shares it
-// lacks (a peer) starts fetching one it does not hold.
+// manifest serves a share's manifest. It never starts a fetch: a read has
+// no effects (see fetch).
 func (s *Server) manifest(w http.ResponseWriter, r *http.Request) {
 	sh, err := s.shareFromPath(r)
-	if f, ok := s.opts.Backend.(Fetcher); ok && errors.Is(err, transfer.ErrNotFound) {
-		var id transfer.ID
-		if id, err = transfer.ParseID(r.PathValue("id")); err == nil {
-			sh, err = f.Fetch(r.Context(), id)
-		}
-	}
 	if err != nil {
 		writeError(w, err)
 		return
@@ -340,6 +334,35 @@ func (s *Server) manifest(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("ETag", `"`+sh.ID().String()+`"`)
 	w.Header().Set("Cache-Control", "private, max-age=31536000, immutable")
 	w.Write(raw)
+}
+
+// fetch makes a backend that can (a Fetcher: a peer) get a share it lacks
+// from elsewhere: 200 with the share's info if it is complete already, 202
+// once a download is under way (the manifest is known; chunks arrive; GET
+// the have route to follow it). A backend that cannot answers 501.
+func (s *Server) fetch(w http.ResponseWriter, r *http.Request) {
+	id, err := transfer.ParseID(r.PathValue("id"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	f, ok := s.opts.Backend.(Fetcher)
+	if !ok {
+		writeError(w, fmt.Errorf("%w: this server holds only the shares uploaded to it and cannot fetch %s from elsewhere (a 'share peer' can)", ErrNotSupported, id))
+		return
+	}
+	sh, err := f.Fetch(r.Context(), id)
+	if err != nil {
+		s.log.Info("fetch failed", "id", id, "err", err)
+		writeError(w, err)
+		return
+	}
+	status := http.StatusAccepted
+	if sh.Complete() {
+		status = http.StatusOK
+	}
+	w.Header().Set("Location", "/v1/shares/"+id.String())
+	writeJSON(w, status, Info(sh))
 }
 
 // have answers which chunks are held. With ?known=DIGEST&wait=D it is a long

@@ -45,6 +45,7 @@ func (s *Server) routes() http.Handler {
 	handle("GET /v1/shares/{id}/have", read, s.have)
 	handle("GET /v1/shares/{id}/chunks/{n}", read, s.getChunk)
 	handle("PUT /v1/shares/{id}/chunks/{n}", write, s.putChunk)
+	handle("POST /v1/shares/{id}/fetch", write, s.fetch)
 	return s.observe(s.checkHost(sanitize(mux)))
 }
 
@@ -106,31 +107,87 @@ func (s *Server) checkHost(next http.Handler) http.Handler {
 	})
 }
 
-// authorize lets a request through if it has the access the route needs.
+// credential is what a request presents to prove it may act.
+type credential int
+
+const (
+	noCredential credential = iota // none, or a wrong one
+	// bearerCredential: the token in an Authorization: Bearer header. A
+	// page on another site cannot make a browser send it: the header is
+	// not one a cross-site request may carry without a CORS preflight,
+	// which this server never grants.
+	bearerCredential
+	// ambientCredential: a credential a browser attaches by itself, to
+	// any request to this origin, whoever's page makes it: Basic auth it
+	// has cached (and a session cookie, if the server has sessions).
+	ambientCredential
+)
+
+// credentialOf checks the request's credential, in constant time.
+func (s *Server) credentialOf(r *http.Request) credential {
+	auth := r.Header.Get("Authorization")
+	if t, ok := strings.CutPrefix(auth, "Bearer "); ok {
+		if s.tokenOK(strings.TrimSpace(t)) {
+			return bearerCredential
+		}
+		return noCredential
+	}
+	if _, pw, ok := r.BasicAuth(); ok && s.tokenOK(pw) {
+		return ambientCredential
+	}
+	return noCredential
+}
+
+func (s *Server) tokenOK(given string) bool {
+	h := sha256.Sum256([]byte(given))
+	return subtle.ConstantTimeCompare(h[:], s.tokenHash[:]) == 1
+}
+
+// authorize lets a request through if it has the access the route needs
+// and, for a state-changing request, passes the CSRF rule (see checkCSRF).
 func (s *Server) authorize(need access, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if need == public || (need == read && s.opts.PublicRead) || s.validToken(r) {
-			h.ServeHTTP(w, r)
+		cred := s.credentialOf(r)
+		if !(need == public || (need == read && s.opts.PublicRead) || cred != noCredential) {
+			writeError(w, ErrUnauthorized)
 			return
 		}
-		writeError(w, ErrUnauthorized)
+		if err := checkCSRF(r, cred); err != nil {
+			writeError(w, err)
+			return
+		}
+		h.ServeHTTP(w, r)
 	})
 }
 
-// validToken checks the bearer token, or the password of Basic auth, in
-// constant time.
-func (s *Server) validToken(r *http.Request) bool {
-	var given string
-	auth := r.Header.Get("Authorization")
-	if t, ok := strings.CutPrefix(auth, "Bearer "); ok {
-		given = strings.TrimSpace(t)
-	} else if _, pw, ok := r.BasicAuth(); ok {
-		given = pw
-	} else {
-		return false
+// crossOrigin is net/http's check of Sec-Fetch-Site and Origin against the
+// request's Host.
+var crossOrigin = http.NewCrossOriginProtection()
+
+// checkCSRF is the one rule against cross-site request forgery, for every
+// route. A request with an unsafe method (anything but GET, HEAD, OPTIONS:
+// RFC 9110 9.2.1) that is authorised by an ambient credential must show it
+// comes from this server's own pages: Sec-Fetch-Site "same-origin" or "none"
+// (a user's own navigation), or else an Origin whose host:port is the
+// request's Host. A request with neither header is refused too: every
+// browser that can forge one sends at least one of them, and a client that
+// is not a browser sends the token as Bearer. A Bearer request, or one with
+// no credential (the route decides if that is enough), is not checked.
+func checkCSRF(r *http.Request, cred credential) error {
+	if cred != ambientCredential {
+		return nil
 	}
-	h := sha256.Sum256([]byte(given))
-	return subtle.ConstantTimeCompare(h[:], s.tokenHash[:]) == 1
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return nil
+	}
+	if r.Header.Get("Sec-Fetch-Site") == "" && r.Header.Get("Origin") == "" {
+		return fmt.Errorf("%w: a %s authorised by a browser's credential must carry Origin or Sec-Fetch-Site (or send Authorization: Bearer TOKEN)", ErrForbidden, r.Method)
+	}
+	if err := crossOrigin.Check(r); err != nil {
+		return fmt.Errorf("%w: cross-site %s refused (origin %q)", ErrForbidden, r.Method, r.Header.Get("Origin"))
+	}
+	return nil
 }
 
 // observe logs one line per request and counts it, and gives every request

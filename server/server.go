@@ -33,9 +33,11 @@ type Backend interface {
 var _ Backend = (*transfer.Store)(nil)
 
 // Fetcher is an optional Backend ability: getting a share it does not hold
-// from elsewhere (a peer fetches it from its swarm). The manifest route uses
-// it, so a client's download from a peer starts the peer's own download,
-// and the client then takes chunks as the peer stores them.
+// from elsewhere (a peer fetches it from its swarm). Only POST
+// /v1/shares/{id}/fetch calls it, never a read. Fetch returns the share once
+// its manifest is known and its download under way (or the share held
+// already, complete or not); the download goes on after Fetch returns.
+// An error that wraps transfer.ErrNotFound means no source was found.
 type Fetcher interface {
 	Fetch(ctx context.Context, id transfer.ID) (*transfer.Share, error)
 }

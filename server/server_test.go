@@ -20,8 +20,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -220,8 +224,10 @@ func TestAuth(t *testing.T) {
 			if resp.StatusCode != http.StatusUnauthorized {
 				t.Errorf("%s %s with token %q: %d, want 401", req.method, req.url, tok, resp.StatusCode)
 			}
-			if !strings.Contains(resp.Header.Get("WWW-Authenticate"), "Bearer") {
-				t.Errorf("401 without WWW-Authenticate")
+			// One header per challenge, Basic first (RFC 9110 11.6.1, RFC 7617).
+			want := []string{`Basic realm="share", charset="UTF-8"`, `Bearer realm="share"`}
+			if got := resp.Header.Values("WWW-Authenticate"); !slices.Equal(got, want) {
+				t.Errorf("%s %s: WWW-Authenticate %q, want %q", req.method, req.url, got, want)
 			}
 		}
 	}
@@ -748,5 +754,217 @@ func TestHaveLongPoll(t *testing.T) {
 	}
 	if r := request(t, "GET", ts.URL+"/v1/shares/"+m.ID().String()+"/have?known=x&wait=1s", testToken, nil); r.StatusCode != 400 {
 		t.Fatalf("bad long poll: %d", r.StatusCode)
+	}
+}
+
+// TestChromiumBasicAuth opens the index in the real Chromium with the token
+// in the URL: Chromium answers the Basic challenge only if it can read it.
+func TestChromiumBasicAuth(t *testing.T) {
+	chromium, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Skip("no chromium installed (apt-get install chromium)")
+	}
+	ts := startServer(t, nil, nil)
+	c := ts.client(t, testToken)
+	info, err := c.Upload(context.Background(), "seen-by-chromium.txt", strings.NewReader("x"), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dump := func(userinfo string) (string, error) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, chromium, "--headless", "--no-sandbox", "--disable-gpu",
+			"--no-first-run", "--user-data-dir="+t.TempDir(), "--dump-dom",
+			"http://"+userinfo+"@"+strings.TrimPrefix(ts.URL, "http://")+"/")
+		out, err := cmd.Output()
+		return string(out), err
+	}
+	if page, err := dump("anyone:" + testToken); err != nil || !strings.Contains(page, info.ID.String()) {
+		t.Fatalf("chromium with the token did not get the index (%v):\n%s", err, page)
+	}
+	// A wrong token: Chromium answers the challenge, is refused again, and
+	// fails the load (net::ERR_INVALID_AUTH_CREDENTIALS).
+	if page, _ := dump("anyone:wrong"); strings.Contains(page, info.ID.String()) {
+		t.Fatalf("chromium with a wrong token got the index:\n%s", page)
+	}
+}
+
+// TestCSRF forges the requests a page on another site can make a browser
+// send with its cached Basic credentials, and checks the one rule: a state
+// change on an ambient credential needs a same-origin Sec-Fetch-Site or
+// Origin; Bearer is immune; reads are not checked.
+func TestCSRF(t *testing.T) {
+	ts := startServer(t, nil, nil)
+	host := strings.TrimPrefix(ts.URL, "http://")
+	c := ts.client(t, testToken)
+	basic := func(req *http.Request) { req.SetBasicAuth("", testToken) }
+	bearer := func(req *http.Request) { req.Header.Set("Authorization", "Bearer "+testToken) }
+	tests := []struct {
+		name   string
+		method string
+		auth   func(*http.Request)
+		hdr    []string
+		want   int
+	}{
+		{"basic, cross-site fetch", "DELETE", basic, []string{"Sec-Fetch-Site", "cross-site", "Origin", "http://evil.example"}, 403},
+		{"basic, same-site sibling", "DELETE", basic, []string{"Sec-Fetch-Site", "same-site", "Origin", "http://sub." + host}, 403},
+		{"basic, old browser, foreign origin", "DELETE", basic, []string{"Origin", "http://evil.example"}, 403},
+		{"basic, origin null (sandboxed frame, data: URL)", "DELETE", basic, []string{"Origin", "null"}, 403},
+		{"basic, origin on another port", "DELETE", basic, []string{"Origin", "http://127.0.0.1:1"}, 403},
+		{"basic, neither header", "DELETE", basic, nil, 403},
+		{"basic, cross-site form POST", "POST", basic, []string{"Sec-Fetch-Site", "cross-site", "Content-Type", "text/plain"}, 403},
+		{"basic, cross-site PUT of a chunk", "PUT", basic, []string{"Origin", "http://evil.example"}, 403},
+		{"basic, cross-site read", "GET", basic, []string{"Sec-Fetch-Site", "cross-site", "Origin", "http://evil.example"}, 200},
+		{"basic, own page (Sec-Fetch-Site)", "DELETE", basic, []string{"Sec-Fetch-Site", "same-origin", "Origin", ts.URL}, 204},
+		{"basic, own page (old browser: Origin only)", "DELETE", basic, []string{"Origin", ts.URL}, 204},
+		{"basic, user typed it (Sec-Fetch-Site none)", "DELETE", basic, []string{"Sec-Fetch-Site", "none"}, 204},
+		{"bearer, whatever the origin", "DELETE", bearer, []string{"Sec-Fetch-Site", "cross-site", "Origin", "http://evil.example"}, 204},
+		{"bearer, no browser headers", "DELETE", bearer, nil, 204},
+	}
+	for k, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			info, err := c.Upload(context.Background(), fmt.Sprintf("f%d", k), strings.NewReader(fmt.Sprint(k)), int64(len(fmt.Sprint(k))))
+			if err != nil {
+				t.Fatal(err)
+			}
+			url := ts.URL + "/v1/shares/" + info.ID.String()
+			var body io.Reader
+			switch tt.method {
+			case "POST":
+				url = ts.URL + "/v1/shares"
+				raw, err := os.ReadFile(filepath.Join(ts.Store.Dir(), "shares", info.ID.String(), "manifest.json"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				body = bytes.NewReader(raw)
+			case "PUT":
+				url += "/chunks/0"
+				body = strings.NewReader(fmt.Sprint(k))
+			}
+			req, _ := http.NewRequest(tt.method, url, body)
+			tt.auth(req)
+			for i := 0; i+1 < len(tt.hdr); i += 2 {
+				req.Header.Set(tt.hdr[i], tt.hdr[i+1])
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			want := tt.want
+			if resp.StatusCode != want {
+				t.Fatalf("%s: %d %s, want %d", tt.method, resp.StatusCode, b, want)
+			}
+			_, err = ts.Store.Get(info.ID)
+			if removed := errors.Is(err, transfer.ErrNotFound); removed != (tt.method == "DELETE" && want == 204) {
+				t.Fatalf("share removed: %v, want %v", removed, !removed)
+			}
+		})
+	}
+}
+
+// fetchingBackend is a store that "fetches" shares from another store, as a
+// peer fetches from its swarm; it counts fetches.
+type fetchingBackend struct {
+	*transfer.Store
+	from    *transfer.Store
+	fetches atomic.Int32
+	wg      sync.WaitGroup // downloads started by Fetch
+}
+
+func (b *fetchingBackend) Fetch(ctx context.Context, id transfer.ID) (*transfer.Share, error) {
+	b.fetches.Add(1)
+	if sh, err := b.Store.Get(id); err == nil {
+		return sh, nil
+	}
+	src, err := b.from.Get(id)
+	if err != nil {
+		return nil, fmt.Errorf("%w: no provider of %s found in the DHT after asking 3 peers", transfer.ErrNotFound, id)
+	}
+	sh, _, err := b.Store.Create(src.Manifest())
+	if err != nil {
+		return nil, err
+	}
+	d := transfer.NewDownload(sh, transfer.DownloadOptions{})
+	d.AddSource(b.from)
+	b.wg.Go(func() { d.Run(context.WithoutCancel(ctx)) })
+	return sh, nil
+}
+
+// TestReadsNeverFetch: a GET or HEAD of a share the backend lacks is a 404
+// and starts nothing; POST /fetch does, with the token, and a server that
+// cannot fetch says so.
+func TestReadsNeverFetch(t *testing.T) {
+	origin, err := transfer.OpenStore(t.TempDir(), transfer.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer origin.Close()
+	content := transfertest.Bytes(3, 3<<20+5)
+	sh, err := origin.Import(context.Background(), "far.bin", bytes.NewReader(content), transfer.ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := sh.ID()
+	local, err := transfer.OpenStore(t.TempDir(), transfer.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer local.Close()
+	b := &fetchingBackend{Store: local, from: origin}
+	defer b.wg.Wait()
+	ts := startServer(t, nil, func(o *Options) { o.Backend = b; o.PublicRead = true })
+	base := ts.URL + "/v1/shares/" + id.String()
+	for _, p := range []string{"", "/manifest", "/have", "/chunks/0"} {
+		for _, m := range []string{"GET", "HEAD"} {
+			if r := request(t, m, base+p, testToken, nil); r.StatusCode != 404 {
+				t.Errorf("%s %s of a share not held: %d, want 404", m, p, r.StatusCode)
+			}
+		}
+	}
+	if r := request(t, "GET", base+"/fetch", testToken, nil); r.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("GET /fetch: %d, want 405", r.StatusCode)
+	}
+	if n := b.fetches.Load(); n != 0 {
+		t.Fatalf("%d fetches started by reads", n)
+	}
+	// The write needs the token, even with PublicRead.
+	if r := request(t, "POST", base+"/fetch", "", nil); r.StatusCode != 401 || b.fetches.Load() != 0 {
+		t.Fatalf("POST /fetch without token: %d", r.StatusCode)
+	}
+	// A share nobody provides: 404 with the backend's reason.
+	other := filepath.Join(t.TempDir(), "nowhere")
+	os.WriteFile(other, []byte("held by nobody"), 0o644)
+	mm, err := transfer.BuildManifest(context.Background(), other, transfer.BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	missing := mm.ID()
+	r := request(t, "POST", ts.URL+"/v1/shares/"+missing.String()+"/fetch", testToken, nil)
+	if body := readBody(t, r); r.StatusCode != 404 || !strings.Contains(string(body), "after asking 3 peers") {
+		t.Fatalf("fetch of an unknown share: %d %s", r.StatusCode, body)
+	}
+	// The client's Get asks for the fetch, then downloads.
+	out := filepath.Join(t.TempDir(), "out.bin")
+	if _, _, err := ts.client(t, testToken).Get(context.Background(), id, transfer.GetOptions{Out: out}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(out); !bytes.Equal(got, content) {
+		t.Fatal("downloaded other bytes")
+	}
+	// Held and complete now: 200.
+	if r := request(t, "POST", base+"/fetch", testToken, nil); r.StatusCode != 200 {
+		t.Fatalf("fetch of a held share: %d", r.StatusCode)
+	}
+	// A server has no fetch: 501, and its client's Get says "not found".
+	srv := startServer(t, nil, nil)
+	r = request(t, "POST", srv.URL+"/v1/shares/"+id.String()+"/fetch", testToken, nil)
+	if body := readBody(t, r); r.StatusCode != 501 || !strings.Contains(string(body), "share peer") {
+		t.Fatalf("fetch from a server: %d %s", r.StatusCode, body)
+	}
+	if _, _, err := srv.client(t, testToken).Get(context.Background(), id, transfer.GetOptions{Out: out + "2"}); !errors.Is(err, transfer.ErrNotFound) {
+		t.Fatalf("get from a server that lacks it: %v", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -139,6 +140,20 @@ func TestFivePeers(t *testing.T) {
 		t.Fatalf("put on the second peer: %s", r.stderr)
 	}
 	id := strings.TrimSpace(r.stdout)
+
+	// A read never starts a fetch: the manifest of a share a peer does not
+	// hold is a 404, and the peer still holds nothing (share get asks with
+	// POST /v1/shares/ID/fetch).
+	req, _ := http.NewRequest("GET", peers[2].API+"/v1/shares/"+id+"/manifest", nil)
+	req.Header.Set("Authorization", "Bearer "+peers[2].Token)
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("GET manifest of a share not held: %v %v", err, resp.Status)
+	} else {
+		resp.Body.Close()
+	}
+	if st := peers[2].status(t); len(st.Shares) != 0 {
+		t.Fatalf("a GET made the peer fetch: %+v", st.Shares)
+	}
 
 	var wg sync.WaitGroup
 	for k, p := range peers[2:] {
