@@ -6,10 +6,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 
 	"github.com/sharefiles/share/cmd/share/internal/bench"
@@ -50,9 +52,9 @@ chart.svg and report.md to --out. --quick finishes in about a minute.`,
 	f := cmd.Flags()
 	f.BoolVar(&o.quick, "quick", false, "a small run: 16 MiB, N=1,2,4, fault etc. at N=4 (about a minute)")
 	f.StringVar(&o.size, "size", "64MiB", "F: size of the file distributed")
-	f.StringVar(&o.peers, "peers", "1,2,4,8,16", "the N of the scaling scenario, comma separated")
+	f.StringVar(&o.peers, "peers", "1,2,4,8,16", fmt.Sprintf("the N of the scaling scenario: numbers from 1 to %d, comma separated", maxPeers))
 	f.Var(&o.uploadLimit, "upload-limit", "upload cap of every process")
-	f.Var(&o.downloadLimit, "download-limit", "download cap of every downloader (default none)")
+	f.Var(&o.downloadLimit, "download-limit", "download cap of every downloader")
 	f.StringVar(&o.chunkSize, "chunk-size", "1MiB", "chunk size")
 	f.StringVar(&o.scenario, "scenario", "all", "scaling, fault, bad-peer, churn, or all (comma separated)")
 	f.StringVar(&o.mode, "mode", "both", "client-server, p2p, or both")
@@ -90,8 +92,8 @@ func runBench(ctx context.Context, o benchOptions, changed func(string) bool, st
 	var peers []int
 	for _, s := range strings.Split(o.peers, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 || n > 64 {
-			return usageError{fmt.Errorf("--peers %q: want numbers from 1 to 64, comma separated", o.peers)}
+		if err != nil || n < 1 || n > maxPeers {
+			return usageError{fmt.Errorf("--peers %q: want numbers from 1 to %d, comma separated", o.peers, maxPeers)}
 		}
 		peers = append(peers, n)
 	}
@@ -105,9 +107,10 @@ func runBench(ctx context.Context, o benchOptions, changed func(string) bool, st
 	if o.uploadLimit <= 0 {
 		return usageError{fmt.Errorf("--upload-limit: the bounds need an upload cap")}
 	}
-	if o.runs < 1 || o.scenarioPeers < 1 || o.scenarioPeers > 64 {
-		return usageError{fmt.Errorf("--runs and --scenario-peers must be positive (at most 64 peers)")}
+	if o.runs < 1 || o.scenarioPeers < 1 || o.scenarioPeers > maxPeers {
+		return usageError{fmt.Errorf("--runs and --scenario-peers must be positive (at most %d peers)", maxPeers)}
 	}
+	warnMemory(stderr, slices.Max(append(peers, o.scenarioPeers)), modes)
 	bin, err := os.Executable()
 	if err != nil {
 		return err
@@ -141,9 +144,28 @@ func runBench(ctx context.Context, o benchOptions, changed func(string) bool, st
 	}
 	fmt.Fprintf(stderr, "results in %s\n", out)
 	for _, p := range res.Points {
-		if !p.Identical || p.Error != "" {
-			return fmt.Errorf("%s %s N=%d: identical=%v %s", p.Scenario, p.Mode, p.N, p.Identical, p.Error)
+		if !p.Clean() {
+			return fmt.Errorf("%s %s N=%d: %d of %d downloads finished byte-identical, %d outputs differ from the source: %s",
+				p.Scenario, p.Mode, p.N, p.Identical, p.N, p.Corrupt, p.Error)
 		}
 	}
 	return nil
+}
+
+// maxPeers is the largest N the bench accepts: 128 real peers (and as many
+// clients) fit on one machine of a few GiB (MemoryNeeded).
+const maxPeers = 128
+
+// warnMemory warns when the machine has less memory available than a run
+// of n downloaders needs; it runs anyway, since the estimate is rough.
+func warnMemory(w io.Writer, n int, modes []string) {
+	avail := bench.MemoryAvailable()
+	need := bench.MemoryNeeded(bench.ClientServer, n)
+	if len(modes) == 0 || slices.Contains(modes, bench.P2P) {
+		need = bench.MemoryNeeded(bench.P2P, n)
+	}
+	if avail > 0 && need > avail {
+		fmt.Fprintf(w, "warning: N=%d needs about %s of memory (peak RSS per process measured by share bench), and %s is available: expect swapping or the OOM killer; use smaller --peers\n",
+			n, humanize.IBytes(uint64(need)), humanize.IBytes(uint64(avail)))
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -71,8 +72,9 @@ type Point struct {
 	// never did.
 	Distribution float64   `json:"distribution_s"`
 	Completions  []float64 `json:"completions_s"` // per downloader; -1: did not finish
-	Finished     int       `json:"finished"`
-	Identical    bool      `json:"identical"` // every finished copy is byte-identical to the source
+	Finished     int       `json:"finished"`      // downloads that finished
+	Identical    int       `json:"identical"`     // finished copies byte-identical to the source
+	Corrupt      int       `json:"corrupt"`       // outputs that differ from the source (a finished copy, or one a failed download left)
 	Bound        float64   `json:"bound_s"`
 	Ratio        float64   `json:"ratio"` // Distribution / Bound
 	SourceUpload int64     `json:"source_upload_bytes"`
@@ -82,8 +84,13 @@ type Point struct {
 	BadChunks    int64     `json:"bad_chunks"`
 	Refused      int       `json:"refused"` // downloads that stopped on a chunk failing verification
 	Fault        *Fault    `json:"fault,omitempty"`
+	Cost         *Cost     `json:"cost,omitempty"`
 	Error        string    `json:"error,omitempty"`
 }
+
+// Clean reports whether no output differs from the source and no error
+// occurred: the point's figures stand.
+func (p Point) Clean() bool { return p.Corrupt == 0 && p.Error == "" }
 
 // Fault is what a fault run observed.
 type Fault struct {
@@ -107,6 +114,11 @@ type Summary struct {
 	Max      float64 `json:"max_s"`
 	Bound    float64 `json:"bound_s"`
 	Ratio    float64 `json:"ratio"` // Median / Bound
+	// Cost: medians of the runs' CPU seconds, and the largest peak RSS
+	// of one process of each kind over the runs.
+	CPU       float64          `json:"cpu_s"`
+	CPUPerGiB float64          `json:"cpu_s_per_gib"`
+	PeakRSS   map[string]int64 `json:"peak_rss_bytes,omitempty"`
 }
 
 // Results is everything a run measured.
@@ -148,6 +160,7 @@ type bencher struct {
 	srcHash [32]byte
 	res     *Results
 	prog    *progress
+	usage   *meter // the cost of the point being run
 }
 
 // Run runs the benchmark and writes its results to opts.Out.
@@ -297,6 +310,19 @@ type cluster struct {
 	srcArg []string  // how the source was started, to restart it
 }
 
+// command returns the command that runs the share binary with args for the
+// node called name.
+func (c *cluster) command(name string, args ...string) *exec.Cmd {
+	return exec.Command(c.b.opts.Binary, args...)
+}
+
+// cancelled is a context that is done: waiting on it kills.
+var cancelled = func() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}()
+
 func (b *bencher) capArgs() []string {
 	args := []string{"--upload-limit", strconv.FormatInt(b.opts.UploadCap, 10)}
 	if b.opts.DownloadCap > 0 {
@@ -311,7 +337,7 @@ func (b *bencher) startCluster(p Point) (*cluster, error) {
 	if p.Mode == ClientServer {
 		data := filepath.Join(c.dir, "server")
 		c.srcArg = append([]string{"serve", "--data", data, "--listen", "127.0.0.1:0", "--log-level", "warn", "--grace", "1s"}, b.capArgs()...)
-		d, err := startDaemon(b.opts.Binary, "server", data, c.srcArg...)
+		d, err := startDaemon(c.command("server", c.srcArg...), b.usage, KindSource, "server", data)
 		if err != nil {
 			return nil, err
 		}
@@ -351,7 +377,11 @@ func (c *cluster) startPeer(name string, extra []string) (*daemon, error) {
 	if name == "seed" {
 		c.srcArg = slices.Clone(args)
 	}
-	return startDaemon(c.b.opts.Binary, name, data, args...)
+	kind := KindPeer
+	if name == "seed" {
+		kind = KindSource
+	}
+	return startDaemon(c.command(name, args...), c.b.usage, kind, name, data)
 }
 
 // tcpAddr returns the TCP listen address (/ip4/.../tcp/PORT) of a peer.
@@ -366,7 +396,7 @@ func tcpAddr(addrs []string) string {
 
 // restartSource starts the server or seed again, on its data and address.
 func (c *cluster) restartSource() error {
-	d, err := startDaemon(c.b.opts.Binary, c.source.name, c.source.data, c.srcArg...)
+	d, err := startDaemon(c.command(c.source.name, c.srcArg...), c.b.usage, KindSource, c.source.name, c.source.data)
 	if err != nil {
 		return err
 	}
@@ -387,7 +417,8 @@ func (c *cluster) stop() {
 // put adds the source file on d and, for a peer, waits until it is
 // announced on the DHT, so every download starts from the same state.
 func (c *cluster) put(ctx context.Context, d *daemon) (string, error) {
-	id, err := shareCmd(ctx, c.b.opts.Binary, d, c.dir, "put", "--chunk-size", strconv.FormatInt(c.b.opts.ChunkSize, 10), c.b.src)
+	cmd := c.command(d.name, "put", "--chunk-size", strconv.FormatInt(c.b.opts.ChunkSize, 10), c.b.src)
+	id, err := shareCmd(cmd, c.b.usage, d, c.dir)
 	if err != nil {
 		return "", err
 	}
@@ -459,8 +490,11 @@ func (c *cluster) downloads(id string, start time.Time, stall time.Duration) ([]
 		} else if c.b.opts.DownloadCap > 0 {
 			args = append(args, "--download-limit", strconv.FormatInt(c.b.opts.DownloadCap, 10))
 		}
-		g, err := startGet(c.b.opts.Binary, d, k+1, id, out, start, args...)
+		g, err := startGet(c.command(d.name, append([]string{"get", id, "-o", out}, args...)...), c.b.usage, d, k+1, out, start)
 		if err != nil {
+			for _, g := range gets[:k] {
+				g.wait(cancelled)
+			}
 			return nil, err
 		}
 		gets[k] = g
@@ -472,6 +506,7 @@ func (c *cluster) downloads(id string, start time.Time, stall time.Duration) ([]
 func (b *bencher) runPoint(ctx context.Context, p Point) Point {
 	p.Bound = Bound(p.Mode, p.N, b.opts.Size, b.opts.UploadCap, b.opts.DownloadCap)
 	p.Distribution = -1
+	b.usage = newMeter()
 	var err error
 	switch p.Scenario {
 	case ScenarioScaling, ScenarioChurn:
@@ -487,6 +522,7 @@ func (b *bencher) runPoint(ctx context.Context, p Point) Point {
 	if p.Distribution > 0 && p.Bound > 0 {
 		p.Ratio = p.Distribution / p.Bound
 	}
+	p.Cost = b.usage.cost(int64(p.Finished) * b.opts.Size) // every process of the point has exited
 	return p
 }
 
@@ -544,7 +580,6 @@ func (b *bencher) distribute(ctx context.Context, p *Point) error {
 
 // collect fills a point from its downloads, outputs and metrics.
 func (b *bencher) collect(ctx context.Context, c *cluster, p *Point, gets []*getRun) error {
-	p.Identical = true
 	var errs []error
 	for _, g := range gets {
 		if g.err != nil {
@@ -554,14 +589,16 @@ func (b *bencher) collect(ctx context.Context, c *cluster, p *Point, gets []*get
 				p.Refused++
 			}
 			if _, err := os.Stat(g.out); err == nil {
-				p.Identical = false // a failed download must not leave its output
+				p.Corrupt++ // a failed download must not leave its output
 			}
 			continue
 		}
 		p.Completions = append(p.Completions, g.finished.Seconds())
 		p.Finished++
-		if !b.identical(g.out) {
-			p.Identical = false
+		if b.identical(g.out) {
+			p.Identical++
+		} else {
+			p.Corrupt++
 			errs = append(errs, fmt.Errorf("node %d: copy differs from the source", g.node))
 		}
 	}
@@ -760,7 +797,7 @@ func (b *bencher) badPeer(ctx context.Context, p *Point) error {
 	if p.Mode == ClientServer && p.Refused != p.N {
 		return fmt.Errorf("bad-peer: %d of %d clients refused the corrupted chunk: %v", p.Refused, p.N, err)
 	}
-	if p.Mode == P2P && (p.Finished != p.N || !p.Identical) {
+	if p.Mode == P2P && p.Identical != p.N {
 		return fmt.Errorf("bad-peer: %d of %d downloads finished identical: %v", p.Finished, p.N, err)
 	}
 	return nil
@@ -815,6 +852,30 @@ func summarize(points []Point) []Summary {
 			slices.Sort(ds)
 			s.Median, s.Min, s.Max = median(ds), ds[0], ds[len(ds)-1]
 			s.Ratio = s.Median / s.Bound
+		}
+		var cpu, perGiB []float64
+		for _, p := range ps {
+			if p.Cost == nil {
+				continue
+			}
+			cpu = append(cpu, p.Cost.CPU)
+			if p.Cost.PerGiB > 0 {
+				perGiB = append(perGiB, p.Cost.PerGiB)
+			}
+			for _, kc := range p.Cost.Kinds {
+				if s.PeakRSS == nil {
+					s.PeakRSS = map[string]int64{}
+				}
+				s.PeakRSS[kc.Kind] = max(s.PeakRSS[kc.Kind], kc.PeakRSS)
+			}
+		}
+		if len(cpu) > 0 {
+			slices.Sort(cpu)
+			s.CPU = median(cpu)
+		}
+		if len(perGiB) > 0 {
+			slices.Sort(perGiB)
+			s.CPUPerGiB = median(perGiB)
 		}
 		out = append(out, s)
 	}

@@ -79,14 +79,20 @@ func TestQuickRun(t *testing.T) {
 	want := map[string]int{}
 	for _, p := range res.Points {
 		want[p.Scenario+"/"+p.Mode]++
-		if !p.Identical {
-			t.Errorf("%s %s N=%d: a download was not byte-identical", p.Scenario, p.Mode, p.N)
+		if p.Corrupt > 0 {
+			t.Errorf("%s %s N=%d: %d outputs were not byte-identical", p.Scenario, p.Mode, p.N, p.Corrupt)
+		}
+		if p.Cost == nil || p.Cost.CPU <= 0 || p.Cost.Kind(KindSource).PeakRSS <= 0 {
+			t.Errorf("%s %s N=%d: no cost: %+v", p.Scenario, p.Mode, p.N, p.Cost)
 		}
 		if p.Error != "" {
 			t.Errorf("%s %s N=%d: %s", p.Scenario, p.Mode, p.N, p.Error)
 		}
 		if p.Scenario == ScenarioScaling && (p.Distribution <= 0 || p.Ratio < 0.95) {
 			t.Errorf("scaling %s N=%d: distribution %v, ratio %v (below the bound?)", p.Mode, p.N, p.Distribution, p.Ratio)
+		}
+		if p.Scenario == ScenarioScaling && (p.Identical != p.N || p.Cost.PerGiB <= 0 || p.Cost.Kind(KindClient).Procs < p.N) {
+			t.Errorf("scaling %s N=%d: %d identical, cost %+v", p.Mode, p.N, p.Identical, p.Cost)
 		}
 	}
 	for _, k := range []string{"scaling/client-server", "scaling/p2p", "fault/client-server", "fault/p2p", "bad-peer/client-server", "bad-peer/p2p", "churn/p2p"} {
@@ -115,5 +121,91 @@ func TestQuickRun(t *testing.T) {
 		if !strings.Contains(string(md), row) {
 			t.Errorf("report.md lacks the row %q", row)
 		}
+	}
+}
+
+// TestOutputsOfUnfinishedPoint checks what a point where no download
+// finished looks like in every output: never "identical", an empty CSV cell
+// for the time and the ratio, and no [min-max] columns with one run.
+func TestOutputsOfUnfinishedPoint(t *testing.T) {
+	res := &Results{Size: 16 << 20, ChunkSize: 1 << 20, UploadCap: 8 << 20,
+		Points: []Point{
+			{Scenario: ScenarioScaling, Mode: ClientServer, N: 4, Run: 1, Distribution: -1, Completions: []float64{-1, -1, -1, -1}, Bound: 8, Error: "timeout"},
+			{Scenario: ScenarioScaling, Mode: P2P, N: 4, Run: 1, Distribution: 2.5, Finished: 4, Identical: 4, Bound: 2, Ratio: 1.25,
+				Cost: &Cost{CPU: 3, PerGiB: 48, Kinds: []KindCost{{Kind: KindSource, Procs: 1, CPU: 1, PeakRSS: 50 << 20}, {Kind: KindClient, Procs: 5, CPU: 2, PeakRSS: 20 << 20}}}},
+		}}
+	res.Summaries = summarize(res.Points)
+	if res.Points[0].Clean() {
+		t.Errorf("a point with an error is clean")
+	}
+	var tab strings.Builder
+	Table(&tab, res)
+	for _, bad := range []string{"identical=true", "[min-max]", "-1"} {
+		if strings.Contains(tab.String(), bad) {
+			t.Errorf("table contains %q:\n%s", bad, tab.String())
+		}
+	}
+	for _, want := range []string{"4 of 8 downloads finished", "48.0 s", "50 MiB"} {
+		if !strings.Contains(tab.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, tab.String())
+		}
+	}
+	dir := t.TempDir()
+	if err := Write(res, dir); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(filepath.Join(dir, ResultsCSV))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rows, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	col := func(name string) int {
+		for i, c := range rows[0] {
+			if c == name {
+				return i
+			}
+		}
+		t.Fatalf("results.csv has no column %q", name)
+		return -1
+	}
+	if d, r, id := rows[1][col("distribution_s")], rows[1][col("ratio")], rows[1][col("identical")]; d != "" || r != "" || id != "0" {
+		t.Errorf("unfinished point: distribution %q, ratio %q, identical %q; want empty, empty, 0", d, r, id)
+	}
+	if d, c, rss := rows[2][col("distribution_s")], rows[2][col("cpu_s_per_gib")], rows[2][col("peak_rss_source_bytes")]; d != "2.500" || c != "48.000" || rss != "52428800" {
+		t.Errorf("finished point: distribution %q, cpu/GiB %q, source RSS %q", d, c, rss)
+	}
+	// With several runs the spread appears.
+	res.Points = append(res.Points, res.Points[1])
+	res.Points[2].Run, res.Points[2].Distribution = 2, 3
+	res.Summaries = summarize(res.Points)
+	tab.Reset()
+	Table(&tab, res)
+	if !strings.Contains(tab.String(), "[2.50-3.00]") {
+		t.Errorf("two runs: no spread:\n%s", tab.String())
+	}
+}
+
+// TestMeter counts the rusage of real processes.
+func TestMeter(t *testing.T) {
+	m := newMeter()
+	for range 2 {
+		cmd := exec.Command("sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done")
+		if err := cmd.Run(); err != nil {
+			t.Skipf("sh: %v", err)
+		}
+		m.add(KindClient, cmd.ProcessState)
+	}
+	m.add(KindPeer, nil) // a process that never started counts nothing
+	c := m.cost(1 << 30)
+	k := c.Kind(KindClient)
+	if k.Procs != 2 || k.CPU <= 0 || k.PeakRSS < 100<<10 || c.CPU != k.CPU || c.PerGiB != c.CPU {
+		t.Errorf("cost %+v, client %+v", c, k)
+	}
+	if c.Kind(KindPeer).Procs != 0 {
+		t.Errorf("a nil process state was counted")
 	}
 }

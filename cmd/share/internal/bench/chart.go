@@ -80,7 +80,11 @@ func Chart(res *Results) string {
 	}
 	fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#333"/>`+"\n", left, h-bottom, w-right, h-bottom)
 	fmt.Fprintf(&b, `<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#333"/>`+"\n", left, top, left, h-bottom)
-	fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle">N (downloaders)</text>`+"\n", float64(left)+pw/2, h-18)
+	xlabel := "N (downloaders)"
+	if len(ns) > 1 {
+		xlabel = "N (downloaders, log scale)"
+	}
+	fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle">%s</text>`+"\n", float64(left)+pw/2, h-18, xlabel)
 	fmt.Fprintf(&b, `<text x="18" y="%.1f" text-anchor="middle" transform="rotate(-90 18 %.1f)">distribution time (s)</text>`+"\n", float64(top)+ph/2, float64(top)+ph/2)
 	// Series.
 	for k, s := range all {

@@ -32,15 +32,8 @@ func readMachine(bin string) Machine {
 		}
 		f.Close()
 	}
-	if f, err := os.Open("/proc/meminfo"); err == nil {
-		sc := bufio.NewScanner(f)
-		for sc.Scan() {
-			if fs := strings.Fields(sc.Text()); len(fs) >= 2 && fs[0] == "MemTotal:" {
-				kb, _ := strconv.ParseFloat(fs[1], 64)
-				m.MemoryGiB = float64(int(kb/(1<<20)*10+0.5)) / 10
-			}
-		}
-		f.Close()
+	if kb := meminfo("MemTotal:"); kb > 0 {
+		m.MemoryGiB = float64(int(float64(kb)/(1<<30)*10+0.5)) / 10
 	}
 	var u syscall.Utsname
 	if syscall.Uname(&u) == nil {
@@ -61,4 +54,22 @@ func utsString(b []int8) string {
 		s.WriteByte(byte(c))
 	}
 	return s.String()
+}
+
+// meminfo returns a line of /proc/meminfo ("MemTotal:", "MemAvailable:") in
+// bytes, or 0.
+func meminfo(key string) int64 {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if fs := strings.Fields(sc.Text()); len(fs) >= 2 && fs[0] == key {
+			kb, _ := strconv.ParseInt(fs[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
 }

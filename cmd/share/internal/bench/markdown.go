@@ -72,7 +72,7 @@ func comparison(w io.Writer, res *Results) {
 		csB = fmt.Sprintf("one party to trust; a chunk corrupted on the server's disk: %d/%d clients refused it and kept nothing unverified", p.Refused, p.N)
 	}
 	for _, p := range res.points(ScenarioBadPeer, "", P2P) {
-		pB = fmt.Sprintf("any peer may lie; one serving a corrupted copy: %d bad chunks detected and dropped, %d/%d copies byte-identical, in %s", p.BadChunks, p.Finished, p.N, secs(p.Distribution))
+		pB = fmt.Sprintf("any peer may lie; one serving a corrupted copy: %d bad chunks detected and dropped, %d/%d copies byte-identical, in %s", p.BadChunks, p.Identical, p.N, secs(p.Distribution))
 	}
 	if csB != "" || pB != "" {
 		row("Security", csB, pB)

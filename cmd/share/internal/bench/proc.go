@@ -22,6 +22,7 @@ import (
 // daemon is a running `share serve` or `share peer` process.
 type daemon struct {
 	name  string
+	kind  string // KindSource or KindPeer
 	cmd   *exec.Cmd
 	data  string
 	api   string   // base URL of its HTTP API
@@ -35,11 +36,21 @@ type daemon struct {
 // startTimeout bounds how long a daemon may take to print its addresses.
 const startTimeout = 30 * time.Second
 
-// startDaemon runs the share binary with args (serve or peer) and waits for
-// it to print its API URL and token.
-func startDaemon(bin, name, data string, args ...string) (*daemon, error) {
-	d := &daemon{name: name, data: data, done: make(chan struct{}), log: new(bytes.Buffer)}
-	d.cmd = exec.Command(bin, args...)
+// orphanSafe makes cmd die with the harness: a `kill -9` of `share bench`
+// must not leave daemons running (PR_SET_PDEATHSIG, kept across exec of a
+// binary that is not set-user-ID).
+func orphanSafe(cmd *exec.Cmd) *exec.Cmd {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	return cmd
+}
+
+// startDaemon runs cmd (share serve or share peer) and waits for it to print
+// its API URL and token. m counts the process's cost once it exits.
+func startDaemon(cmd *exec.Cmd, m *meter, kind, name, data string) (*daemon, error) {
+	d := &daemon{name: name, kind: kind, data: data, cmd: orphanSafe(cmd), done: make(chan struct{}), log: new(bytes.Buffer)}
 	d.cmd.Env = append(os.Environ(), "SHARE_TOKEN=", "SHARE_SERVER=", "SHARE_BOOTSTRAP=")
 	stdout, err := d.cmd.StdoutPipe()
 	if err != nil {
@@ -49,7 +60,7 @@ func startDaemon(bin, name, data string, args ...string) (*daemon, error) {
 	if err := d.cmd.Start(); err != nil {
 		return nil, err
 	}
-	go func() { d.cmd.Wait(); close(d.done) }()
+	go func() { d.cmd.Wait(); m.add(kind, d.cmd.ProcessState); close(d.done) }()
 	lines := make(chan string)
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -204,15 +215,18 @@ type metrics map[string]float64
 // sum returns a metric summed over its labels.
 func (m metrics) sum(name string) float64 { return m[name+"|*"] }
 
-// shareCmd runs a client command of the share binary against d and returns
-// its stdout.
-func shareCmd(ctx context.Context, bin string, d *daemon, dir string, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, bin, args...)
+// shareCmd runs cmd, a client command of the share binary against d, and
+// returns its stdout. m counts its cost.
+func shareCmd(cmd *exec.Cmd, m *meter, d *daemon, dir string) (string, error) {
+	args := cmd.Args[1:]
+	orphanSafe(cmd)
 	cmd.Dir = dir
 	cmd.Env = d.env()
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
+	err := cmd.Run()
+	m.add(KindClient, cmd.ProcessState)
+	if err != nil {
 		return "", fmt.Errorf("share %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
 	return strings.TrimSpace(stdout.String()), nil
@@ -229,10 +243,10 @@ type getRun struct {
 	done     chan struct{}
 }
 
-// startGet starts `share get id -o out` against d.
-func startGet(bin string, d *daemon, node int, id, out string, start time.Time, args ...string) (*getRun, error) {
-	g := &getRun{node: node, out: out, done: make(chan struct{})}
-	g.cmd = exec.Command(bin, append([]string{"get", id, "-o", out}, args...)...)
+// startGet starts cmd, a `share get` against d writing to out; m counts its
+// cost.
+func startGet(cmd *exec.Cmd, m *meter, d *daemon, node int, out string, start time.Time) (*getRun, error) {
+	g := &getRun{node: node, out: out, cmd: orphanSafe(cmd), done: make(chan struct{})}
 	g.cmd.Env = d.env()
 	g.cmd.Stderr = &g.stderr
 	if err := g.cmd.Start(); err != nil {
@@ -241,6 +255,7 @@ func startGet(bin string, d *daemon, node int, id, out string, start time.Time, 
 	go func() {
 		err := g.cmd.Wait()
 		g.finished = time.Since(start)
+		m.add(KindClient, g.cmd.ProcessState)
 		if err != nil {
 			g.err = fmt.Errorf("node %d: share get: %v: %s", node, err, strings.TrimSpace(g.stderr.String()))
 		}

@@ -24,7 +24,7 @@ type progress struct {
 	label string
 	gets  []*getRun
 	start time.Time
-	done  int // downloads finished, last reported
+	done  int // downloads ended (finished or failed), last reported
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -90,17 +90,25 @@ func (p *progress) tick() {
 	if p.gets == nil {
 		return
 	}
-	done := 0
+	done, failed := 0, 0
 	for _, g := range p.gets {
 		if !g.running() {
-			done++
+			if g.err != nil {
+				failed++
+			} else {
+				done++
+			}
 		}
 	}
-	if !p.tty && done == p.done {
+	if !p.tty && done+failed == p.done {
 		return
 	}
-	p.done = done
-	p.line(fmt.Sprintf("[%d/%d] %s: %d/%d downloads done, %.1f s", p.index, p.total, p.label, done, len(p.gets), time.Since(p.start).Seconds()), p.tty)
+	p.done = done + failed
+	s := fmt.Sprintf("[%d/%d] %s: %d/%d downloads done", p.index, p.total, p.label, done, len(p.gets))
+	if failed > 0 {
+		s += fmt.Sprintf(", %d failed", failed)
+	}
+	p.line(fmt.Sprintf("%s, %.1f s", s, time.Since(p.start).Seconds()), p.tty)
 }
 
 func (p *progress) end(pt Point) {

@@ -51,16 +51,42 @@ func writeCSV(res *Results, path string) error {
 	}
 	defer f.Close()
 	w := csv.NewWriter(f)
-	w.Write([]string{"scenario", "variant", "mode", "n", "run", "distribution_s", "bound_s", "ratio", "finished", "identical",
+	// An empty cell is a figure that does not exist: a distribution time
+	// (and ratio) when some download did not finish, the fault columns of
+	// other scenarios.
+	w.Write([]string{"scenario", "variant", "mode", "n", "run", "distribution_s", "bound_s", "ratio", "finished", "identical", "corrupt",
 		"source_upload_bytes", "peer_upload_bytes", "chunks_from_seed", "chunks_from_peers", "bad_chunks", "refused",
-		"killed_at_s", "held_at_kill", "finished_without_source", "restarted_at_s", "after_return_s", "error"})
+		"killed_at_s", "held_at_kill", "finished_without_source", "restarted_at_s", "after_return_s",
+		"cpu_s", "cpu_s_per_gib", "peak_rss_source_bytes", "peak_rss_peer_bytes", "peak_rss_client_bytes", "error"})
 	ff := func(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
+	pos := func(v float64) string { // a time or ratio that exists only when positive
+		if v <= 0 || math.IsNaN(v) {
+			return ""
+		}
+		return ff(v)
+	}
 	for _, p := range res.Points {
-		row := []string{p.Scenario, p.Variant, p.Mode, strconv.Itoa(p.N), strconv.Itoa(p.Run), ff(p.Distribution), ff(p.Bound), ff(p.Ratio),
-			strconv.Itoa(p.Finished), strconv.FormatBool(p.Identical), strconv.FormatInt(p.SourceUpload, 10), strconv.FormatInt(p.PeerUpload, 10),
+		row := []string{p.Scenario, p.Variant, p.Mode, strconv.Itoa(p.N), strconv.Itoa(p.Run), pos(p.Distribution), ff(p.Bound), pos(p.Ratio),
+			strconv.Itoa(p.Finished), strconv.Itoa(p.Identical), strconv.Itoa(p.Corrupt), strconv.FormatInt(p.SourceUpload, 10), strconv.FormatInt(p.PeerUpload, 10),
 			strconv.FormatInt(p.FromSource, 10), strconv.FormatInt(p.FromPeers, 10), strconv.FormatInt(p.BadChunks, 10), strconv.Itoa(p.Refused)}
 		if f := p.Fault; f != nil {
-			row = append(row, ff(f.KilledAt), ff(f.HeldAtKill), strconv.Itoa(f.FinishedWithout), ff(f.RestartedAt), ff(f.AfterReturn))
+			after := ""
+			if f.AfterReturn >= 0 {
+				after = ff(f.AfterReturn)
+			}
+			row = append(row, ff(f.KilledAt), ff(f.HeldAtKill), strconv.Itoa(f.FinishedWithout), ff(f.RestartedAt), after)
+		} else {
+			row = append(row, "", "", "", "", "")
+		}
+		if c := p.Cost; c != nil {
+			row = append(row, ff(c.CPU), pos(c.PerGiB))
+			for _, k := range []string{KindSource, KindPeer, KindClient} {
+				if kc := c.Kind(k); kc.Procs > 0 {
+					row = append(row, strconv.FormatInt(kc.PeakRSS, 10))
+				} else {
+					row = append(row, "")
+				}
+			}
 		} else {
 			row = append(row, "", "", "", "", "")
 		}
@@ -118,19 +144,31 @@ func Table(w io.Writer, res *Results) {
 		humanize.IBytes(uint64(f)), humanize.IBytes(uint64(res.ChunkSize)), rate(res.UploadCap), rate(res.DownloadCap))
 	ns := scalingNs(res)
 	if len(ns) > 0 {
-		fmt.Fprintln(w, "\nScaling: distribution time to N downloaders (median of runs [min-max]), bound, ratio; bytes uploaded in copies of F")
+		// The [min-max] columns appear only when some point ran more than once.
+		multi := slices.ContainsFunc(res.Summaries, func(s Summary) bool { return s.Runs > 1 })
+		head := "N\tclient-server\tbound\tratio\tp2p\tbound\tratio\tseed up\tpeers up\t"
+		what := "distribution time to N downloaders"
+		if multi {
+			head = "N\tclient-server\t[min-max]\tbound\tratio\tp2p\t[min-max]\tbound\tratio\tseed up\tpeers up\t"
+			what += " (median of runs [min-max])"
+		}
+		fmt.Fprintf(w, "\nScaling: %s, bound, ratio; bytes uploaded in copies of F\n", what)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "N\tclient-server\t[min-max]\tbound\tratio\tp2p\t[min-max]\tbound\tratio\tseed up\tpeers up\t")
+		fmt.Fprintln(tw, head)
 		for _, n := range ns {
 			cs, _ := res.summary(ScenarioScaling, "", ClientServer, n)
 			pp, _ := res.summary(ScenarioScaling, "", P2P, n)
 			seed, peers := uploads(res.points(ScenarioScaling, "", P2P), n, f)
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", n,
-				secs(cs.Median), spread(cs), secs(cs.Bound), ratio(cs.Ratio),
-				secs(pp.Median), spread(pp), secs(pp.Bound), ratio(pp.Ratio), seed, peers)
+			cols := []string{strconv.Itoa(n), secs(cs.Median), spread(cs), secs(cs.Bound), ratio(cs.Ratio),
+				secs(pp.Median), spread(pp), secs(pp.Bound), ratio(pp.Ratio), seed, peers}
+			if !multi {
+				cols = slices.Delete(slices.Delete(cols, 6, 7), 2, 3)
+			}
+			fmt.Fprintln(tw, strings.Join(cols, "\t")+"\t")
 		}
 		tw.Flush()
 	}
+	costTable(w, res)
 	for _, p := range res.points(ScenarioFault, "half", "") {
 		fmt.Fprintf(w, "\n%s\n", describeFault(p, res))
 	}
@@ -143,17 +181,57 @@ func Table(w io.Writer, res *Results) {
 	for _, p := range res.points(ScenarioChurn, "", "") {
 		fmt.Fprintf(w, "\n%s\n", describeChurn(p, res))
 	}
-	bad := 0
+	bad, finished, identical, downloads := 0, 0, 0, 0
 	for _, p := range res.Points {
-		if !p.Identical {
+		if p.Corrupt > 0 {
 			bad++
 		}
+		finished += p.Finished
+		identical += p.Identical
+		downloads += p.N
 	}
-	if bad == 0 {
-		fmt.Fprintf(w, "\nEvery download that finished was byte-identical to the source (%d points).\n", len(res.Points))
-	} else {
-		fmt.Fprintf(w, "\n%d points had a download that was not byte-identical to the source.\n", bad)
+	switch {
+	case bad > 0:
+		fmt.Fprintf(w, "\n%d points had an output that was not byte-identical to the source.\n", bad)
+	case finished == 0:
+		fmt.Fprintf(w, "\nNo download finished (%d points, %d downloads).\n", len(res.Points), downloads)
+	default:
+		fmt.Fprintf(w, "\n%d of %d downloads finished, and every one was byte-identical to the source (%d identical, %d points).\n",
+			finished, downloads, identical, len(res.Points))
 	}
+}
+
+// costTable writes what each point's processes consumed.
+func costTable(w io.Writer, res *Results) {
+	if !slices.ContainsFunc(res.Summaries, func(s Summary) bool { return s.CPU > 0 }) {
+		return
+	}
+	fmt.Fprintln(w, "\nCost: CPU seconds of every process of the point (user+system, median of runs), per GiB distributed, and the peak RSS of one process of each kind")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "scenario\tmode\tN\tCPU\tCPU/GiB\tsource RSS\tpeer RSS\tclient RSS\t")
+	for _, s := range res.Summaries {
+		sc := s.Scenario
+		if s.Variant != "" {
+			sc += "(" + s.Variant + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%.1f s\t%s\t%s\t%s\t%s\t\n", sc, s.Mode, s.N, s.CPU, perGiB(s.CPUPerGiB),
+			mib(s.PeakRSS[KindSource]), mib(s.PeakRSS[KindPeer]), mib(s.PeakRSS[KindClient]))
+	}
+	tw.Flush()
+}
+
+func perGiB(v float64) string {
+	if v <= 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.1f s", v)
+}
+
+func mib(b int64) string {
+	if b <= 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20))
 }
 
 func spread(s Summary) string {
@@ -228,15 +306,19 @@ func describeFault(p Point, res *Results) string {
 
 func describeBad(p Point, res *Results) string {
 	if p.Mode == ClientServer {
-		return fmt.Sprintf("Hostile, client-server, N=%d: one chunk corrupted on the server's disk: %d/%d clients refused it (a chunk failed verification), and no client kept an unverified byte (identical=%v).",
-			p.N, p.Refused, p.N, p.Identical)
+		kept := "no client kept an unverified byte"
+		if p.Corrupt > 0 {
+			kept = fmt.Sprintf("%d clients kept an output that differs from the source", p.Corrupt)
+		}
+		return fmt.Sprintf("Hostile, client-server, N=%d: one chunk corrupted on the server's disk: %d/%d clients refused it (a chunk failed verification), and %s.",
+			p.N, p.Refused, p.N, kept)
 	}
 	clean := ""
 	if s, ok := res.summary(ScenarioScaling, "", P2P, p.N); ok && s.Median > 0 && p.Distribution > 0 {
 		clean = fmt.Sprintf(", against %.2f s without it (%+.0f%%)", s.Median, 100*(p.Distribution/s.Median-1))
 	}
-	return fmt.Sprintf("Hostile, p2p, N=%d: one peer serves a copy corrupted on its disk (every chunk): %d bad chunks detected and dropped, %d/%d downloads byte-identical (identical=%v), done in %s%s.",
-		p.N, p.BadChunks, p.Finished, p.N, p.Identical, secs(p.Distribution), clean)
+	return fmt.Sprintf("Hostile, p2p, N=%d: one peer serves a copy corrupted on its disk (every chunk): %d bad chunks detected and dropped, %d/%d downloads finished byte-identical, done in %s%s.",
+		p.N, p.BadChunks, p.Identical, p.N, secs(p.Distribution), clean)
 }
 
 func describeChurn(p Point, res *Results) string {

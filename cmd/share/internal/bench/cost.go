@@ -1,0 +1,123 @@
+package bench
+
+import (
+	"os"
+	"sync"
+	"syscall"
+)
+
+// Process kinds whose cost a point reports.
+const (
+	KindSource  = "source"  // the server (client-server) or the seed (p2p), every incarnation
+	KindPeer    = "peer"    // a downloader's `share peer` (and an extra peer: the liar)
+	KindClient  = "client"  // `share get` and `share put`
+	KindTracker = "tracker" // the BitTorrent reference's opentracker
+)
+
+// Cost is what the processes of one point consumed, from the rusage the
+// kernel reports when each exits (wait4): user plus system CPU time, and the
+// peak resident set size (ru_maxrss). Every process the point started is
+// counted, from its start to its exit, daemons included: start-up, DHT
+// bootstrap, the put and the downloads. The harness itself (which hashes each
+// copy to check it) is not.
+type Cost struct {
+	CPU    float64    `json:"cpu_s"`         // CPU seconds of all processes
+	PerGiB float64    `json:"cpu_s_per_gib"` // CPU / GiB distributed (finished downloads × F); 0 if none finished
+	Kinds  []KindCost `json:"kinds"`
+}
+
+// KindCost is the cost of the processes of one kind.
+type KindCost struct {
+	Kind    string  `json:"kind"`
+	Procs   int     `json:"procs"`
+	CPU     float64 `json:"cpu_s"`
+	PeakRSS int64   `json:"peak_rss_bytes"` // the largest peak RSS of one process of the kind
+}
+
+// Kind returns the cost of a kind; a zero KindCost if none ran.
+func (c *Cost) Kind(kind string) KindCost {
+	if c != nil {
+		for _, k := range c.Kinds {
+			if k.Kind == kind {
+				return k
+			}
+		}
+	}
+	return KindCost{Kind: kind}
+}
+
+// meter adds up the rusage of a point's processes as they exit. It is safe
+// for concurrent use; a nil *meter counts nothing.
+type meter struct {
+	mu    sync.Mutex
+	kinds map[string]*KindCost
+}
+
+func newMeter() *meter { return &meter{kinds: map[string]*KindCost{}} }
+
+// add counts an exited process. ps may be nil (a process that never started).
+func (m *meter) add(kind string, ps *os.ProcessState) {
+	if m == nil || ps == nil {
+		return
+	}
+	cpu := (ps.UserTime() + ps.SystemTime()).Seconds()
+	var rss int64
+	if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
+		rss = ru.Maxrss << 10 // Linux reports KiB
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	k := m.kinds[kind]
+	if k == nil {
+		k = &KindCost{Kind: kind}
+		m.kinds[kind] = k
+	}
+	k.Procs++
+	k.CPU += cpu
+	k.PeakRSS = max(k.PeakRSS, rss)
+}
+
+// cost returns the total, with CPU per GiB of the bytes distributed.
+func (m *meter) cost(distributed int64) *Cost {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c := &Cost{}
+	for _, kind := range []string{KindSource, KindPeer, KindClient, KindTracker} {
+		if k := m.kinds[kind]; k != nil {
+			c.Kinds = append(c.Kinds, *k)
+			c.CPU += k.CPU
+		}
+	}
+	if distributed > 0 {
+		c.PerGiB = c.CPU / (float64(distributed) / (1 << 30))
+	}
+	return c
+}
+
+// Peak RSS per process, measured with this harness and rounded up (ru_maxrss
+// in `share bench --mode p2p --scenario scaling --peers 64 --size 16MiB
+// --upload-limit 2MiB/s`: seed 57 MiB, peers up to 81 MiB, clients up to 34
+// MiB; a client-server N=8 run: server 42 MiB, clients 36 MiB): they size the
+// memory a run of N downloaders needs.
+const (
+	rssSource = 64 << 20
+	rssPeer   = 96 << 20
+	rssClient = 40 << 20
+)
+
+// MemoryNeeded estimates the memory a point of n downloaders needs: in p2p a
+// peer and a client per downloader, in client-server a client each, and the
+// source.
+func MemoryNeeded(mode string, n int) int64 {
+	per := int64(rssClient)
+	if mode == P2P {
+		per += rssPeer
+	}
+	return rssSource + int64(n)*per
+}
+
+// MemoryAvailable returns MemAvailable from /proc/meminfo in bytes, or 0 if
+// it cannot be read.
+func MemoryAvailable() int64 {
+	return meminfo("MemAvailable:")
+}
