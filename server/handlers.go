@@ -174,6 +174,10 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // create makes a (partial) share from the manifest in the body. The client
 // then uploads the chunks the share lacks.
 func (s *Server) create(w http.ResponseWriter, r *http.Request) {
+	if r.ContentLength > transfer.MaxManifestSize {
+		writeError(w, fmt.Errorf("%w: manifest of %d bytes, limit %d", transfer.ErrTooLarge, r.ContentLength, transfer.MaxManifestSize))
+		return
+	}
 	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, transfer.MaxManifestSize))
 	if err != nil {
 		writeError(w, err)

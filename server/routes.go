@@ -202,6 +202,15 @@ func (s *Server) observe(next http.Handler) http.Handler {
 		rec := &recorder{ResponseWriter: w, rc: rc, idle: s.opts.TransferIdle}
 		rec.extend()
 		if r.Body != nil && r.Body != http.NoBody {
+			// On a copy of the request: after the handler, net/http looks at
+			// its own request's Body to see whether the body was read. One
+			// not read under "Expect: 100-continue" (a refused upload) is
+			// then answered at once with Connection: close, and neither
+			// "100 Continue" is sent nor a byte of the body read; with the
+			// Body replaced there, it would instead read up to 256 KiB of it
+			// to keep the connection, waiting for a client that waits for
+			// the 100 (curl: --expect100-timeout, 1 s by default).
+			r = r.WithContext(r.Context())
 			r.Body = &idleBody{ReadCloser: r.Body, rc: rc, idle: s.opts.TransferIdle}
 		}
 		next.ServeHTTP(rec, r)

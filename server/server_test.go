@@ -968,3 +968,136 @@ func TestReadsNeverFetch(t *testing.T) {
 		t.Fatalf("get from a server that lacks it: %v", err)
 	}
 }
+
+// countingZeros is an endless body of zeros that counts what is read of it.
+type countingZeros struct{ n atomic.Int64 }
+
+func (c *countingZeros) Read(p []byte) (int, error) {
+	clear(p)
+	c.n.Add(int64(len(p)))
+	return len(p), nil
+}
+
+// TestExpectContinueRefusals: an upload refused before its body is needed
+// is answered at once under "Expect: 100-continue", without "100 Continue",
+// without reading a byte of the body, and on a connection that closes. The
+// client is net/http's, which sends the body only after a 100 or after its
+// ExpectContinueTimeout: a server that waited for the body would see it.
+func TestExpectContinueRefusals(t *testing.T) {
+	const huge = 2 << 30
+	ts := startServer(t, nil, func(o *Options) { o.MaxUploadSize = 1 << 30; o.MaxUploads = 1 })
+	c := ts.client(t, testToken)
+	info, err := c.Upload(context.Background(), "f", strings.NewReader("hello"), 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	share := ts.URL + "/v1/shares/" + info.ID.String()
+	missing := ts.URL + "/v1/shares/bagaaihra2kbpndwhj4e6pjohzqfkt7ynfkibmjrwuq6ks6dqwqeurjbogfda"
+	tests := []struct {
+		name, method, url, token string
+		size                     int64
+		hdr                      []string
+		want                     int
+	}{
+		{"wrong token", "PUT", ts.URL + "/v1/shares/x", "wrong", huge, nil, 401},
+		{"no token", "PUT", ts.URL + "/v1/shares/x", "", huge, nil, 401},
+		{"over --max-upload", "PUT", ts.URL + "/v1/shares/x", testToken, huge, nil, 413},
+		{"bad chunk_size", "PUT", ts.URL + "/v1/shares/x?chunk_size=1", testToken, huge, nil, 400},
+		{"bad name", "PUT", ts.URL + "/v1/shares/%2e%2e", testToken, huge, nil, 400},
+		{"manifest too large", "POST", ts.URL + "/v1/shares", testToken, huge, nil, 413},
+		{"chunk of a share not held", "PUT", missing + "/chunks/0", testToken, 5, nil, 404},
+		{"chunk of the wrong length", "PUT", share + "/chunks/0", testToken, huge, nil, 422},
+		{"chunk held already", "PUT", share + "/chunks/0", testToken, 5, nil, 204},
+		{"cross-site", "DELETE", share, "", 5, []string{"Origin", "http://evil.example"}, 403},
+	}
+	run := func(t *testing.T, method, url, token string, size int64, hdr []string, want int) {
+		t.Helper()
+		body := &countingZeros{}
+		req, _ := http.NewRequest(method, url, io.LimitReader(body, size))
+		req.ContentLength = size
+		req.Header.Set("Expect", "100-continue")
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		if hdr != nil {
+			req.SetBasicAuth("", testToken)
+			req.Header.Set(hdr[0], hdr[1])
+		}
+		hc := &http.Client{Transport: &http.Transport{ExpectContinueTimeout: 30 * time.Second}}
+		defer hc.CloseIdleConnections()
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Fatalf("%d, want %d", resp.StatusCode, want)
+		}
+		if n := body.n.Load(); n != 0 {
+			t.Fatalf("%d body bytes read by the client, want 0", n)
+		}
+		if !resp.Close && size > 0 && want != 204 {
+			t.Fatal("connection kept open with an unread body")
+		}
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { run(t, tt.method, tt.url, tt.token, tt.size, tt.hdr, tt.want) })
+	}
+	t.Run("busy", func(t *testing.T) {
+		// Hold the one upload slot with an upload whose body stalls.
+		pr, pw := io.Pipe()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			req, _ := http.NewRequest("PUT", ts.URL+"/v1/shares/slow", pr)
+			req.ContentLength = 10
+			req.Header.Set("Authorization", "Bearer "+testToken)
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}()
+		pw.Write([]byte("12345"))
+		for len(ts.Server.uploads) == 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+		run(t, "PUT", ts.URL+"/v1/shares/x", testToken, 1<<29, nil, 503)
+		pw.Write([]byte("67890"))
+		pw.Close()
+		<-done
+	})
+	t.Run("disk full", func(t *testing.T) {
+		if os.Geteuid() != 0 {
+			t.Skip("needs root to mount a small tmpfs")
+		}
+		dir := t.TempDir()
+		if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=4m"); err != nil {
+			t.Skipf("mount tmpfs: %v", err)
+		}
+		t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+		st, err := transfer.OpenStore(dir, transfer.StoreOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { st.Close() })
+		full := startServer(t, st, nil)
+		run(t, "PUT", full.URL+"/v1/shares/x", testToken, 64<<20, nil, 507)
+	})
+	// The same with curl, whose --expect100-timeout is how long it waits for
+	// the 100 before it sends anyway.
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		t.Skip("no curl installed")
+	}
+	big := filepath.Join(t.TempDir(), "big")
+	if err := os.WriteFile(big, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(big, huge); err != nil { // sparse: no disk used
+		t.Fatal(err)
+	}
+	out, err := exec.Command(curl, "-s", "-o", "/dev/null", "-w", "%{http_code} %{size_upload}", "--expect100-timeout", "60",
+		"-H", "Authorization: Bearer wrong", "-T", big, ts.URL+"/v1/shares/x").Output()
+	if err != nil || string(out) != "401 0" {
+		t.Fatalf("curl -T of 2 GiB with a wrong token: %q %v, want 401 and 0 bytes sent", out, err)
+	}
+}
