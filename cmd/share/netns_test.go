@@ -4,69 +4,40 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
-	"math/rand/v2"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sharefiles/share/cmd/share/internal/netem"
 )
 
-// netns is a private network of network namespaces: one holding a bridge,
-// one per host, each host with a veth on the bridge and an address in
-// 10.77.0.0/24. Nothing touches the machine's own interfaces.
-type netns struct {
-	t      testing.TB
-	prefix string
-	hosts  []string
-}
-
-func newNetns(t testing.TB, hosts int) *netns {
+// newNetns returns a private network (internal/netem) of hosts, each in
+// its own network namespace with an address in 10.77.0.0/16 on one bridge;
+// nothing touches the machine's own interfaces. It skips without root.
+func newNetns(t testing.TB, hosts int) []*netem.Node {
 	t.Helper()
-	if os.Geteuid() != 0 {
+	n, err := netem.New(netem.Options{})
+	if errors.Is(err, netem.ErrNotRoot) {
 		t.Skip("network namespaces need root; skipping the private-network test")
 	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("no ip(8) (iproute2); skipping the private-network test")
+	if err != nil {
+		t.Fatal(err)
 	}
-	n := &netns{t: t, prefix: fmt.Sprintf("sh%04x", rand.IntN(1<<16))}
-	t.Cleanup(n.destroy)
-	br := n.prefix + "br"
-	n.ip("netns", "add", br)
-	n.ip("-n", br, "link", "add", "br0", "type", "bridge")
-	n.ip("-n", br, "link", "set", "br0", "up")
+	t.Cleanup(func() { n.Close() })
+	var nodes []*netem.Node
 	for k := 1; k <= hosts; k++ {
-		h := fmt.Sprintf("%sh%d", n.prefix, k)
-		n.ip("netns", "add", h)
-		n.hosts = append(n.hosts, h)
-		n.ip("link", "add", fmt.Sprintf("%sv%d", n.prefix, k), "netns", br, "type", "veth", "peer", "name", "eth0", "netns", h)
-		n.ip("-n", br, "link", "set", fmt.Sprintf("%sv%d", n.prefix, k), "master", "br0", "up")
-		n.ip("-n", h, "addr", "add", fmt.Sprintf("10.77.0.%d/24", k), "dev", "eth0")
-		n.ip("-n", h, "link", "set", "eth0", "up")
-		n.ip("-n", h, "link", "set", "lo", "up")
+		d, err := n.AddNode(fmt.Sprintf("h%d", k), netem.Link{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, d)
 	}
-	return n
-}
-
-func (n *netns) ip(args ...string) {
-	n.t.Helper()
-	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-		n.t.Skipf("ip %s: %v %s (no network namespace support?)", strings.Join(args, " "), err, out)
-	}
-}
-
-func (n *netns) destroy() {
-	for _, h := range append(n.hosts, n.prefix+"br") {
-		exec.Command("ip", "netns", "del", h).Run()
-	}
-}
-
-// command returns cmd to run share inside host k's namespace.
-func (n *netns) command(ctx context.Context, k int, args ...string) *exec.Cmd {
-	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.hosts[k], shareBin}, args...)...)
+	return nodes
 }
 
 // TestPeersOnPrivateNetwork runs peers on a private 10.x network, with the
@@ -75,6 +46,7 @@ func (n *netns) command(ctx context.Context, k int, args ...string) *exec.Cmd {
 func TestPeersOnPrivateNetwork(t *testing.T) {
 	const hosts = 3
 	n := newNetns(t, hosts)
+	first := "/ip4/" + n[0].Addr().String() + "/tcp/"
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	type proc struct {
@@ -91,16 +63,16 @@ func TestPeersOnPrivateNetwork(t *testing.T) {
 			// Bootstrap through the first peer's private address.
 			var boot string
 			for _, a := range procs[0].addrs {
-				if strings.HasPrefix(a, "/ip4/10.77.0.1/tcp/") {
+				if strings.HasPrefix(a, first) {
 					boot = a
 				}
 			}
 			if boot == "" {
-				t.Fatalf("first peer has no 10.77.0.1 TCP address: %v", procs[0].addrs)
+				t.Fatalf("first peer has no %s TCP address: %v", n[0].Addr(), procs[0].addrs)
 			}
 			args = append(args, "--bootstrap", boot)
 		}
-		p.cmd = n.command(ctx, k, args...)
+		p.cmd = n[k].CommandContext(ctx, shareBin, args...)
 		p.cmd.Env = cleanEnv(p.data)
 		stdout, _ := p.cmd.StdoutPipe()
 		var stderr bytes.Buffer
@@ -132,7 +104,7 @@ func TestPeersOnPrivateNetwork(t *testing.T) {
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "f.bin"), 6<<20+3, 9)
 	run := func(k int, dir string, args ...string) string {
-		cmd := n.command(ctx, k, args...)
+		cmd := n[k].CommandContext(ctx, shareBin, args...)
 		cmd.Dir = dir
 		cmd.Env = append(cleanEnv(dir), "SHARE_TOKEN="+procs[k].token) // API at 127.0.0.1:7070 inside the namespace
 		out, err := cmd.Output()
@@ -150,7 +122,7 @@ func TestPeersOnPrivateNetwork(t *testing.T) {
 	run(2, out, "get", id)
 	sameFiles(t, filepath.Join(dir, "f.bin"), filepath.Join(out, "f.bin"))
 	// The connection went over the private network.
-	if st := run(2, out, "status"); !strings.Contains(st, "/ip4/10.77.0.") {
-		t.Fatalf("peer 3 has no connection over 10.77.0.0/24:\n%s", st)
+	if st := run(2, out, "status"); !strings.Contains(st, "/ip4/10.77.") {
+		t.Fatalf("peer 3 has no connection over 10.77.0.0/16:\n%s", st)
 	}
 }

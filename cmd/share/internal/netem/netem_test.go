@@ -1,0 +1,369 @@
+package netem
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// newNetwork returns a network with a prefix of its own (so that Cleanup
+// tests never see other tests' networks), closed at the end of the test; it
+// skips without root.
+func newNetwork(t *testing.T, latency bool) *Network {
+	t.Helper()
+	n, err := New(Options{Prefix: testPrefix(), Latency: latency})
+	if errors.Is(err, ErrNotRoot) {
+		t.Skip("netem needs root (network namespaces, veth, qdiscs): run the test as root to check the kernel shaping")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := n.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return n
+}
+
+func testPrefix() string { return fmt.Sprintf("nt%06d", rand.IntN(1e6)) }
+
+func TestAddresses(t *testing.T) {
+	p := netip.MustParsePrefix("10.77.0.0/16")
+	tests := []struct {
+		k    int
+		want string
+		ok   bool
+	}{
+		{1, "10.77.0.1", true},
+		{255, "10.77.0.255", true},
+		{256, "10.77.1.0", true},
+		{65533, "10.77.255.253", true},
+		{65534, "", false}, // kept free (the broadcast address is next)
+		{0, "", false},
+	}
+	for _, tt := range tests {
+		got, ok := nthHost(p, tt.k)
+		if ok != tt.ok || (ok && got.String() != tt.want) {
+			t.Errorf("nthHost(%v, %d) = %v, %v; want %s, %v", p, tt.k, got, ok, tt.want, tt.ok)
+		}
+	}
+}
+
+func TestLinkValidate(t *testing.T) {
+	tests := []struct {
+		l  Link
+		ok bool
+	}{
+		{Link{}, true},
+		{Link{Up: 1 << 20, Down: 8 << 20, Delay: 15 * time.Millisecond, Jitter: time.Millisecond, Loss: 0.001}, true},
+		{Link{Up: -1}, false},
+		{Link{Delay: -time.Millisecond}, false},
+		{Link{Jitter: time.Millisecond}, false}, // jitter without delay
+		{Link{Loss: 1.5}, false},
+		{Link{Delay: time.Minute}, false},
+	}
+	for _, tt := range tests {
+		if err := tt.l.validate(); (err == nil) != tt.ok {
+			t.Errorf("%+v: validate = %v, want ok=%v", tt.l, err, tt.ok)
+		}
+	}
+	if got := RTT(Link{Delay: 7500 * time.Microsecond}, Link{Delay: 7500 * time.Microsecond}); got != 30*time.Millisecond {
+		t.Errorf("RTT = %v, want 30ms", got)
+	}
+}
+
+// goodput is the TCP payload a link of rate bytes/s carries at most: 1448
+// bytes of payload (MSS with timestamps) per 1514-byte Ethernet frame.
+func goodput(rate int64) float64 { return float64(rate) * 1448 / frameBytes }
+
+// TestShapedRateAndDelay checks, iperf-style, that the kernel gives what was
+// asked within 5 %: the rate of a node's upload and of another's download
+// (TCP goodput over a few seconds, after a second of slow start), and the
+// round trip between two delayed nodes (the minimum of a few ping-pongs over
+// TCP: queues empty, as the delay alone).
+func TestShapedRateAndDelay(t *testing.T) {
+	if testing.Short() {
+		t.Skip("measures rates and delays for seconds; not with -short (the race detector slows the delay line)")
+	}
+	n := newNetwork(t, true)
+	t.Logf("delay line: %s", n.DelayLine())
+	const mbit = 1e6 / 8
+	// a and b have delays, c and d rates (a delayed path lengthens TCP's
+	// slow start and its recovery after a queue overflows: measured alone,
+	// each is what was asked).
+	a, err := n.AddNode("a", Link{Delay: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := n.AddNode("b", Link{Delay: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := n.AddNode("c", Link{Down: 8 * mbit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := n.AddNode("d", Link{Up: 20 * mbit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("delay", func(t *testing.T) {
+		want := RTT(a.Link(), b.Link()) // 60 ms
+		got := pingPong(t, a, b, 10)
+		t.Logf("RTT a<->b: %v (asked %v)", got, want)
+		if got < want || float64(got) > 1.05*float64(want) {
+			t.Errorf("RTT %v, want %v within 5 %%", got, want)
+		}
+	})
+	t.Run("upload", func(t *testing.T) {
+		got := throughput(t, d, b, 4*time.Second)
+		want := goodput(d.Link().Up)
+		t.Logf("d -> b: %.3f Mbit/s goodput (asked %.1f Mbit/s up: %.3f Mbit/s of payload)", got*8/1e6, float64(d.Link().Up)*8/1e6, want*8/1e6)
+		if got < 0.95*want || got > 1.05*want {
+			t.Errorf("upload %.0f B/s, want %.0f within 5 %%", got, want)
+		}
+	})
+	t.Run("download", func(t *testing.T) {
+		got := throughput(t, d, c, 4*time.Second)
+		want := goodput(c.Link().Down)
+		t.Logf("d -> c: %.3f Mbit/s goodput (asked %.1f Mbit/s down: %.3f Mbit/s of payload)", got*8/1e6, float64(c.Link().Down)*8/1e6, want*8/1e6)
+		if got < 0.95*want || got > 1.05*want {
+			t.Errorf("download %.0f B/s, want %.0f within 5 %%", got, want)
+		}
+	})
+	t.Run("relink", func(t *testing.T) {
+		if err := a.SetLink(Link{Delay: 40 * time.Millisecond}); err != nil {
+			t.Fatal(err)
+		}
+		want := RTT(a.Link(), b.Link()) // 100 ms
+		if got := pingPong(t, a, b, 5); got < want || float64(got) > 1.05*float64(want) {
+			t.Errorf("after SetLink: RTT %v, want %v", got, want)
+		}
+	})
+}
+
+// pingPong returns the least round trip of one byte over TCP from a to b.
+func pingPong(t *testing.T, a, b *Node, rounds int) time.Duration {
+	t.Helper()
+	ln, err := b.Listen("tcp", net.JoinHostPort(b.Addr().String(), "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(c, c)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := a.DialContext(ctx, "tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetNoDelay(true)
+	best := time.Duration(1 << 62)
+	buf := make([]byte, 1)
+	for range rounds {
+		start := time.Now()
+		if _, err := c.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			t.Fatal(err)
+		}
+		best = min(best, time.Since(start))
+	}
+	return best
+}
+
+// throughput sends from a to b for d and returns the bytes per second b
+// received after the first second.
+func throughput(t *testing.T, from, to *Node, d time.Duration) float64 {
+	t.Helper()
+	ln, err := to.Listen("tcp", net.JoinHostPort(to.Addr().String(), "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type mark struct {
+		at time.Time
+		n  int64
+	}
+	res := make(chan []mark, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			res <- nil
+			return
+		}
+		defer c.Close()
+		var marks []mark
+		var total int64
+		buf := make([]byte, 64<<10)
+		for {
+			k, err := c.Read(buf)
+			total += int64(k)
+			marks = append(marks, mark{time.Now(), total})
+			if err != nil {
+				res <- marks
+				return
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
+	defer cancel()
+	c, err := from.DialContext(ctx, "tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	c.SetWriteDeadline(start.Add(d))
+	buf := make([]byte, 64<<10)
+	for time.Since(start) < d {
+		if _, err := c.Write(buf); err != nil {
+			break
+		}
+	}
+	c.Close()
+	marks := <-res
+	// The rate between the first mark after 1 s and the last before d:
+	// what was in flight at the close is not counted.
+	i := slices.IndexFunc(marks, func(m mark) bool { return m.at.Sub(start) >= time.Second })
+	j := slices.IndexFunc(marks, func(m mark) bool { return m.at.Sub(start) >= d })
+	if i < 0 || j <= i {
+		t.Fatalf("too few bytes arrived: %d reads", len(marks))
+	}
+	return float64(marks[j].n-marks[i].n) / marks[j].at.Sub(marks[i].at).Seconds()
+}
+
+// TestCommand runs a process inside a node: it sees the node's address,
+// and its PID is the program's own.
+func TestCommand(t *testing.T) {
+	n := newNetwork(t, false)
+	a, err := n.AddNode("a", Link{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := a.Command("ip", "-4", "-o", "addr", "show", "dev", "eth0").CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if !strings.Contains(string(out), a.Addr().String()+"/16") {
+		t.Errorf("eth0 in node a: %s; want %v/16", out, a.Addr())
+	}
+	cmd := a.Command("sh", "-c", "echo $$; exec sleep 30")
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(stdout).ReadString('\n')
+	if strings.TrimSpace(line) != fmt.Sprint(cmd.Process.Pid) {
+		t.Errorf("the shell's PID %q is not the command's %d", line, cmd.Process.Pid)
+	}
+	// Close kills what is left in the namespaces.
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err == nil {
+		t.Errorf("sleep survived Close")
+	}
+	if _, err := os.Stat(nsDir + "/" + a.Namespace()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("namespace %s left after Close: %v", a.Namespace(), err)
+	}
+}
+
+// TestCleanupStale kills a process that owns a network (as kill -9 of a
+// bench would), and checks that Cleanup removes its namespaces and the
+// process left in one, and leaves a live owner's network alone.
+func TestCleanupStale(t *testing.T) {
+	if os.Getenv("NETEM_TEST_OWNER") != "" {
+		return // the child's part runs in TestMain
+	}
+	live := newNetwork(t, false)
+	if _, err := live.AddNode("a", Link{}); err != nil {
+		t.Fatal(err)
+	}
+	prefix := strings.SplitN(live.Name(), "-", 2)[0]
+	child := exec.Command(os.Args[0], "-test.run=^TestCleanupStale$")
+	child.Env = append(os.Environ(), "NETEM_TEST_OWNER="+prefix)
+	stdout, _ := child.StdoutPipe()
+	child.Stderr = os.Stderr
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		child.Process.Kill()
+		child.Wait()
+		t.Fatalf("child: %v", err)
+	}
+	stale := strings.TrimSpace(line)
+	child.Process.Kill()
+	child.Wait()
+	if _, err := os.Stat(nsDir + "/" + stale + "-hub"); err != nil {
+		t.Fatalf("the killed owner's hub namespace is not there: %v", err)
+	}
+	c, err := Cleanup(prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("cleaned: %s", c)
+	if len(c.Namespaces) != 3 || len(c.Killed) != 1 || !strings.Contains(c.Killed[0], "sleep") {
+		t.Errorf("cleaned %v, killed %v; want the hub and 2 nodes, and one sleep", c.Namespaces, c.Killed)
+	}
+	for _, ns := range c.Namespaces {
+		if !strings.HasPrefix(ns, stale) {
+			t.Errorf("cleaned %s, not of the dead owner", ns)
+		}
+	}
+	for _, d := range append(live.Nodes(), live.hub) {
+		if _, err := os.Stat(nsDir + "/" + d.Namespace()); err != nil {
+			t.Errorf("the live network lost %s: %v", d.Namespace(), err)
+		}
+	}
+}
+
+// TestMain runs the owner of TestCleanupStale's stale network: it builds a
+// network with two nodes, leaves a process in one, prints the network's
+// name and waits to be killed.
+func TestMain(m *testing.M) {
+	if prefix := os.Getenv("NETEM_TEST_OWNER"); prefix != "" {
+		n, err := New(Options{Prefix: prefix, Latency: true})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		n.AddNode("a", Link{Up: 1 << 20, Delay: time.Millisecond})
+		b, _ := n.AddNode("b", Link{})
+		// The shell prints once it runs inside the namespace (ip has
+		// entered it): only then is the leftover there to be found.
+		cmd := b.Command("sh", "-c", "echo in; exec sleep 600")
+		out, _ := cmd.StdoutPipe()
+		if err := cmd.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		bufio.NewReader(out).ReadString('\n')
+		fmt.Println(n.Name())
+		time.Sleep(10 * time.Minute)
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
