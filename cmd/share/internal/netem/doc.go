@@ -6,7 +6,7 @@
 //
 // # Topology
 //
-//	hub namespace:   br0 (a bridge, Options.Subnet's last host address)
+//	hub namespace:   br0 (a bridge; or the delay-line switch, below)
 //	                  ├── n1 ═══ veth ═══ eth0  node 1's namespace (10.77.0.1)
 //	                  ├── n2 ═══ veth ═══ eth0  node 2's namespace (10.77.0.2)
 //	                  └── ...
@@ -17,7 +17,9 @@
 // and bridge with it. Addresses come from Options.Subnet (default
 // 10.77.0.0/16), node k getting the k-th host address in order of AddNode;
 // the subnet is private to the run (no route leads out of it), so two runs
-// may use the same one.
+// may use the same one. IPv6 is off in every namespace. A process that must
+// reach every node (a tracker, a rendezvous) runs on a node of its own with
+// an unshaped link.
 //
 // # Shaping
 //
@@ -25,19 +27,28 @@
 // (the kernel shapes only what a device sends): on the node's eth0 for what
 // it uploads (Link.Up) and on the hub's end for what it downloads
 // (Link.Down). Each end gets an HTB qdisc whose one class has the rate as
-// its rate and ceiling, with a netem qdisc below it for Delay, Jitter and
-// Loss (the layout Mininet's TCLink uses). netem delays every packet by Delay
-// on each end, so a packet from node A to node B is delayed by A's Delay (A's
-// upload) plus B's Delay (B's download), and the round trip between A and B
-// is 2 × (A.Delay + B.Delay): two nodes of Delay 7.5 ms have a 30 ms RTT.
-// Loss is applied on each end likewise. The rate counts whole Ethernet
-// frames (HTB charges skb->len, headers included): TCP over IPv4 with
-// timestamps carries at most 1448 bytes of payload per 1514-byte frame, so
-// TCP goodput is at most 95.6 % of the rate. Segmentation offload (GSO) is
-// turned off on both ends, so loss and queueing act on single packets as on
-// a real link. The queue of each end holds Link.Queue worth of packets at
-// its rate (default 100 ms, at least 64 packets) besides those in flight in
-// the delay line; a full queue drops, as a router's would.
+// its rate and ceiling (the layout Mininet's TCLink uses). The rate counts
+// whole Ethernet frames (HTB charges skb->len, headers included): TCP over
+// IPv4 with timestamps carries at most 1448 bytes of payload per 1514-byte
+// frame, so TCP goodput is at most 95.6 % of the rate. Segmentation offload
+// (GSO) is turned off on both ends, so loss and queueing act on single
+// packets as on a real link. Each end queues Link.Queue worth of packets at
+// its rate (default 100 ms, at least 64 packets); a full queue drops, as a
+// router's would.
+//
+// Delay, Jitter and Loss need Options.Latency. A packet from node A to
+// node B is delayed by A's Delay plus B's Delay, so the round trip between
+// A and B is 2 × (A.Delay + B.Delay): two nodes of Delay 7.5 ms have a 30 ms
+// RTT; loss applies likewise on both links. Where the kernel has the netem
+// qdisc, a netem qdisc below each HTB class adds them (DelayNetem). Where it
+// has none (kernels built without CONFIG_NET_SCH_NETEM, as the 6.18
+// Firecracker kernel this project's machines run), the hub has no bridge:
+// a switch in the calling process joins the hub ends (AF_PACKET sockets,
+// frames forwarded by destination MAC) and holds each frame until its
+// release time before sending it on (DelayUserspace). The rates stay the
+// kernel's in both cases; the switch costs CPU in the calling process (one
+// receive and one send per frame) and adds its scheduling latency (about
+// 1 ms on a loaded 2-core machine) to the delay.
 //
 // # Running processes in a node
 //
