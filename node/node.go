@@ -320,6 +320,17 @@ func (n *Node) Remove(id transfer.ID) error {
 	return n.store.Remove(id)
 }
 
+// LocalCopy tells a client on this machine where the store keeps a share
+// (the local API's GET /v1/shares/{id}/local), so that it links or copies
+// the files itself instead of receiving them again.
+func (n *Node) LocalCopy(id transfer.ID) (transfer.LocalCopy, error) {
+	sh, err := n.store.Get(id)
+	if err != nil {
+		return transfer.LocalCopy{}, err
+	}
+	return sh.LocalCopy()
+}
+
 // WaitHave lets the API's long poll wait for the swarm download's chunks.
 func (n *Node) WaitHave(ctx context.Context, id transfer.ID, chunks int, known uint32) (transfer.Bitfield, error) {
 	return n.store.WaitHave(ctx, id, chunks, known)

@@ -427,11 +427,33 @@ func (c *Client) holds(ctx context.Context, id transfer.ID) (bool, error) {
 	return false, err
 }
 
+// LocalCopy implements transfer.LocalSource: where a peer on this machine
+// keeps share id (GET /v1/shares/{id}/local).
+func (c *Client) LocalCopy(ctx context.Context, id transfer.ID) (transfer.LocalCopy, error) {
+	var lc transfer.LocalCopy
+	err := c.getJSON(ctx, sharePath(id, "local"), &lc)
+	return lc, err
+}
+
+var _ transfer.LocalSource = (*Client)(nil)
+
+// Local reports whether the client talks to a daemon on this machine's
+// loopback, which may keep shares on this machine's disks.
+func (c *Client) Local() bool {
+	ip := net.ParseIP(c.base.Hostname())
+	return c.base.Hostname() == "localhost" || (ip != nil && ip.IsLoopback())
+}
+
 // Get downloads share id into opts.Out (see transfer.Get), resuming an
 // interrupted download of the same output. If the server does not hold the
 // share and is a peer, it asks the peer to fetch it first (Fetch), then
-// takes the chunks as the peer stores them.
+// takes the chunks as the peer stores them; from a peer on this machine, it
+// makes the output from the peer's own copy (transfer.LocalSource) unless
+// opts.Local is already set.
 func (c *Client) Get(ctx context.Context, id transfer.ID, opts transfer.GetOptions) (string, transfer.Stats, error) {
+	if opts.Local == nil && c.Local() {
+		opts.Local = c
+	}
 	held, err := c.holds(ctx, id)
 	if err != nil {
 		return "", transfer.Stats{}, err

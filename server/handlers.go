@@ -8,6 +8,7 @@ import (
 	"html/template"
 	"io"
 	"mime"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -400,6 +401,45 @@ func (s *Server) have(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Length", strconv.Itoa(len(bf.Bytes())))
 	w.Header().Set("Cache-Control", "no-store")
 	w.Write(bf.Bytes())
+}
+
+// local answers where the backend keeps a share on this machine
+// (transfer.LocalCopy), to a client on this machine only: a path is of no
+// use elsewhere. It needs the token even with PublicRead. Nothing is read or
+// written for the client: it opens the files itself, with its own
+// permissions.
+func (s *Server) local(w http.ResponseWriter, r *http.Request) {
+	if !loopback(r.RemoteAddr) {
+		writeError(w, fmt.Errorf("%w: the local route answers clients on this machine only", ErrForbidden))
+		return
+	}
+	id, err := transfer.ParseID(r.PathValue("id"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	lb, ok := s.opts.Backend.(LocalBackend)
+	if !ok {
+		writeError(w, fmt.Errorf("%w: a server's clients download its shares over HTTP (a 'share peer' tells where its copy is)", ErrNotSupported))
+		return
+	}
+	lc, err := lb.LocalCopy(id)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusOK, lc)
+}
+
+// loopback reports whether a request's remote address is on loopback.
+func loopback(remote string) bool {
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // chunkFromPath resolves the {id} and {n} path elements.

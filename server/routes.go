@@ -46,6 +46,7 @@ func (s *Server) routes() http.Handler {
 	handle("GET /v1/shares/{id}/chunks/{n}", read, s.getChunk)
 	handle("PUT /v1/shares/{id}/chunks/{n}", write, s.putChunk)
 	handle("POST /v1/shares/{id}/fetch", write, s.fetch)
+	handle("GET /v1/shares/{id}/local", write, s.local)
 	return s.observe(s.checkHost(sanitize(mux)))
 }
 

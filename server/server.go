@@ -42,6 +42,15 @@ type Fetcher interface {
 	Fetch(ctx context.Context, id transfer.ID) (*transfer.Share, error)
 }
 
+// LocalBackend is an optional Backend ability: telling a client on this
+// machine where the backend keeps a share's files, so that the client makes
+// its output from them (hard link, reflink or in-kernel copy, with its own
+// permissions) instead of receiving every byte again. A peer has it; a
+// server does not, so that its clients always measure the transfer.
+type LocalBackend interface {
+	LocalCopy(id transfer.ID) (transfer.LocalCopy, error)
+}
+
 // Statuser is an optional Backend ability: GET /v1/status answers its
 // Status as JSON.
 type Statuser interface {

@@ -1101,3 +1101,89 @@ func TestExpectContinueRefusals(t *testing.T) {
 		t.Fatalf("curl -T of 2 GiB with a wrong token: %q %v, want 401 and 0 bytes sent", out, err)
 	}
 }
+
+// localStore is a backend that tells where it keeps shares, as a peer does.
+type localStore struct{ *transfer.Store }
+
+func (l localStore) LocalCopy(id transfer.ID) (transfer.LocalCopy, error) {
+	sh, err := l.Get(id)
+	if err != nil {
+		return transfer.LocalCopy{}, err
+	}
+	return sh.LocalCopy()
+}
+
+// TestLocalRoute: the local route answers a loopback client with the token
+// (even with --public-read), nobody else; a server does not have it; a
+// client of a backend that has it makes its output from the backend's copy.
+func TestLocalRoute(t *testing.T) {
+	st, err := transfer.OpenStore(t.TempDir(), transfer.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	content := transfertest.Bytes(3, 3<<20+7)
+	sh, err := st.Import(context.Background(), "f.bin", bytes.NewReader(content), transfer.ImportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := startServer(t, st, func(o *Options) { o.Backend = localStore{st}; o.PublicRead = true })
+	server := startServer(t, nil, func(o *Options) { o.PublicRead = true })
+	path := "/v1/shares/" + sh.ID().String() + "/local"
+	other := filepath.Join(t.TempDir(), "other")
+	os.WriteFile(other, []byte("not held"), 0o644)
+	om, err := transfer.BuildManifest(context.Background(), other, transfer.BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, url, token string
+		status           int
+	}{
+		{"token", peer.URL + path, testToken, 200},
+		{"no token", peer.URL + path, "", 401},
+		{"unknown share", peer.URL + "/v1/shares/" + om.ID().String() + "/local", testToken, 404},
+		{"server", server.URL + path, testToken, 501},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := request(t, "GET", tc.url, tc.token, nil)
+			body := readBody(t, resp)
+			if resp.StatusCode != tc.status {
+				t.Fatalf("%d %s, want %d", resp.StatusCode, body, tc.status)
+			}
+			if tc.status != 200 {
+				return
+			}
+			var lc transfer.LocalCopy
+			if err := json.Unmarshal(body, &lc); err != nil || lc.Data != sh.DataPath() || !lc.Complete || lc.Ino == 0 {
+				t.Fatalf("answer %s (%v), want %s complete", body, err, sh.DataPath())
+			}
+		})
+	}
+	t.Run("not loopback", func(t *testing.T) {
+		req := httptest.NewRequest("GET", path, nil)
+		req.Host = "127.0.0.1"
+		req.RemoteAddr = "192.0.2.7:40000"
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		rec := httptest.NewRecorder()
+		peer.Server.Handler().ServeHTTP(rec, req)
+		if rec.Code != http.StatusForbidden || strings.Contains(rec.Body.String(), sh.Dir()) {
+			t.Fatalf("%d %s, want 403 without the path", rec.Code, rec.Body)
+		}
+	})
+	t.Run("client", func(t *testing.T) {
+		out := filepath.Join(t.TempDir(), "copy.bin")
+		_, stats, err := peer.client(t, testToken).Get(context.Background(), sh.ID(), transfer.GetOptions{Out: out})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := os.ReadFile(out)
+		if stats.Local != transfer.CloneHardlink || !bytes.Equal(got, content) {
+			t.Fatalf("made by %v, %d bytes; want a hard link of the %d bytes", stats.Local, len(got), len(content))
+		}
+		_, stats, err = server.client(t, testToken).Get(context.Background(), sh.ID(), transfer.GetOptions{Out: out + ".2"})
+		if !errors.Is(err, transfer.ErrNotFound) || stats.Local != transfer.CloneNone {
+			t.Fatalf("from a server without the share: %v, %v", err, stats.Local)
+		}
+	})
+}

@@ -82,6 +82,9 @@ type Stats struct {
 	BadChunks  int   // chunks that failed verification, from any source
 	Elapsed    time.Duration
 	Sources    map[string]SourceStats
+	// Local is how Get made its output from a local daemon's copy of the
+	// share (see LocalSource); CloneNone when it downloaded the chunks.
+	Local CloneMethod
 }
 
 // Download fetches the missing chunks of a share from its sources. Create it

@@ -20,6 +20,11 @@ type GetOptions struct {
 	// download is open, with the bytes already held from an earlier run.
 	Started  func(m *Manifest, held int64)
 	Download DownloadOptions
+	// Local, if set, may keep the share on this machine (a peer's local
+	// API): Get then makes its output from that copy, without receiving
+	// the bytes again (see LocalSource), and downloads from sources only
+	// when it cannot.
+	Local LocalSource
 }
 
 // Get downloads share id from sources to a file or directory (see
@@ -41,6 +46,14 @@ func Get(ctx context.Context, id ID, opts GetOptions, sources ...Source) (string
 		return "", Stats{}, fmt.Errorf("%s: %w (use --force to replace it)", out, ErrExists)
 	}
 	partial := filepath.Join(filepath.Dir(out), "."+filepath.Base(out)+".share-partial")
+	if opts.Local != nil {
+		if stats, ok, err := getLocal(ctx, m, out, partial, opts); ok {
+			if err != nil {
+				return "", stats, err
+			}
+			return out, stats, nil
+		}
+	}
 	sh, err := openPartial(partial, m)
 	if err != nil {
 		return "", Stats{}, err
@@ -93,8 +106,10 @@ func openPartial(dir string, m *Manifest) (*Share, error) {
 		return sh, nil
 	case err == nil:
 		sh.Close()
-		fallthrough
-	case !errors.Is(err, os.ErrNotExist):
+	}
+	// Another share's download, or what a killed local copy left (see
+	// getLocal): start afresh.
+	if _, err := os.Lstat(dir); err == nil {
 		if err := os.RemoveAll(dir); err != nil {
 			return nil, err
 		}

@@ -91,7 +91,10 @@ func (t *tree) create() error {
 		if err != nil {
 			return err
 		}
-		err = allocate(h, f.Size)
+		err = checkUnlinked(h)
+		if err == nil {
+			err = allocate(h, f.Size)
+		}
 		if cerr := h.Close(); err == nil {
 			err = cerr
 		}
@@ -148,8 +151,25 @@ func (t *tree) handle(k int) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkUnlinked(h); err != nil {
+		h.Close()
+		return nil, err
+	}
 	t.open[k] = h
 	return h, nil
+}
+
+// checkUnlinked returns ErrLinked if h, opened for writing, has other hard
+// links: another name (a user's file) would see every write.
+func checkUnlinked(h *os.File) error {
+	fi, err := h.Stat()
+	if err != nil {
+		return err
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink > 1 {
+		return fmt.Errorf("%s: %d links: %w", h.Name(), st.Nlink, ErrLinked)
+	}
+	return nil
 }
 
 // directHandle returns an O_DIRECT write handle for file k, or nil if the
@@ -174,6 +194,10 @@ func (t *tree) directHandle(k int) *os.File {
 	if err != nil {
 		t.noDirect = true
 		return nil
+	}
+	if checkUnlinked(h) != nil {
+		h.Close()
+		return nil // handle reports it
 	}
 	t.direct[k] = h
 	return h

@@ -65,7 +65,7 @@ func runGet(ctx context.Context, o getOptions, stdout, stderr io.Writer) error {
 		return err
 	}
 	var b *bar
-	out, _, err := c.Get(ctx, id, transfer.GetOptions{
+	out, stats, err := c.Get(ctx, id, transfer.GetOptions{
 		Out:   o.out,
 		Force: o.force,
 		Started: func(m *transfer.Manifest, held int64) {
@@ -95,6 +95,15 @@ func runGet(ctx context.Context, o getOptions, stdout, stderr io.Writer) error {
 		return hint(err, &o.client)
 	}
 	b.finish()
+	if stats.Local != transfer.CloneNone {
+		fmt.Fprintf(stderr, "share: made from the local peer's copy (%s)%s\n", stats.Local, localNote[stats.Local])
+	}
 	fmt.Fprintln(stdout, out)
 	return nil
+}
+
+// localNote says what a user should know of an output made from a local
+// peer's copy.
+var localNote = map[transfer.CloneMethod]string{
+	transfer.CloneHardlink: ": the output shares its inode with the peer's copy; edit a copy, not in place",
 }

@@ -234,3 +234,39 @@ func TestBootstrapFile(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestGetThroughLocalPeer: share get against a peer on this machine makes
+// its output from the peer's verified copy: a hard link on the same file
+// system (said on stderr), a copy on another (tmpfs); both byte-identical.
+func TestGetThroughLocalPeer(t *testing.T) {
+	first := startPeer(t, "")
+	second := startPeer(t, "", "--bootstrap", first.Addrs[0])
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "f.bin"), 5<<20+3, 11)
+	r := share(t, dir, first.env(), "put", "f.bin")
+	if r.code != 0 {
+		t.Fatalf("put: %s", r.stderr)
+	}
+	id := strings.TrimSpace(r.stdout)
+	out := t.TempDir()
+	r = share(t, out, second.env(), "get", id, "-o", "copy.bin")
+	if r.code != 0 {
+		t.Fatalf("get: %s\n%s", r.stderr, second.log.w)
+	}
+	sameFiles(t, filepath.Join(dir, "f.bin"), filepath.Join(out, "copy.bin"))
+	if !strings.Contains(r.stderr, "hard link") || !strings.Contains(r.stderr, "edit a copy, not in place") {
+		t.Fatalf("stderr does not say how the output was made: %q", r.stderr)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(out, "copy.bin"), &st); err != nil || st.Nlink != 2 {
+		t.Fatalf("output: %v, %d links; want the peer's file", err, st.Nlink)
+	}
+	if shm, err := os.MkdirTemp("/dev/shm", "share-test-"); err == nil {
+		defer os.RemoveAll(shm)
+		r = share(t, shm, second.env(), "get", id, "-o", "copy.bin")
+		if r.code != 0 || !strings.Contains(r.stderr, "copy") {
+			t.Fatalf("get to tmpfs: %d %s", r.code, r.stderr)
+		}
+		sameFiles(t, filepath.Join(dir, "f.bin"), filepath.Join(shm, "copy.bin"))
+	}
+}
