@@ -31,6 +31,7 @@ var (
 	_ server.Fetcher      = (*node.Node)(nil) // GET of a share it lacks fetches it from the swarm
 	_ server.Statuser     = (*node.Node)(nil) // GET /v1/status
 	_ transfer.HaveWaiter = (*node.Node)(nil) // the have route's long poll
+	_ server.LocalBackend = (*node.Node)(nil) // GET /v1/shares/{id}/local: share get on this machine uses the peer's copy
 )
 
 type peerOptions struct {
