@@ -31,6 +31,10 @@ type benchOptions struct {
 	downtime      time.Duration
 	runs          int
 	out           string
+	net           string
+	serverLink    string
+	reference     string
+	netSeed       uint64
 }
 
 func newBenchCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -38,12 +42,25 @@ func newBenchCmd(stdout, stderr io.Writer) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure client-server against peer-to-peer on the same work",
-		Long: `Measure share's two modes on the same work with real processes on loopback:
-one server or seed distributes an F-byte file to N downloaders, every process
-capped at the same upload rate. Scenarios: scaling (N = each of --peers), fault
-(the server or seed is killed mid-way), bad-peer (corrupted chunks), churn
-(peers leave when done). Prints a table and writes results.json, results.csv,
-chart.svg and report.md to --out. --quick finishes in about a minute.`,
+		Long: `Measure share's two modes on the same work with real processes: one server
+or seed distributes an F-byte file to N downloaders. Scenarios: scaling (N =
+each of --peers), fault (the server or seed is killed mid-way), bad-peer
+(corrupted chunks), churn (peers leave when done), rtt (N=16 at RTT 0, 20 and
+80 ms; emulated networks only). Prints a table and writes results.json,
+results.csv, chart.svg and report.md to --out. --quick finishes in about a
+minute.
+
+--net loopback (the default) runs every process on loopback, every process
+capping its own upload at --upload-limit. --net lan, dsl, mixed or a YAML or
+JSON file (as root) gives each process a network namespace of its own and a
+link shaped by the kernel: lan 1 Gbit/s, 0.5 ms RTT; dsl 50 Mbit/s down, 10
+Mbit/s up, 30 ms RTT, 0.1 % loss; mixed a seeded draw of fibre 300/300, cable
+200/20 and dsl 16/1 Mbit/s with 10-60 ms RTT (the seed on fibre). A file:
+
+` + bench.ProfileExample + `
+--reference bittorrent runs aria2c leechers and a seeder with a local
+opentracker on the same nodes, links, file and N (apt-get install -y aria2
+opentracker mktorrent).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runBench(cmd.Context(), o, cmd.Flags().Changed, stdout, stderr)
@@ -56,12 +73,16 @@ chart.svg and report.md to --out. --quick finishes in about a minute.`,
 	f.Var(&o.uploadLimit, "upload-limit", "upload cap of every process")
 	f.Var(&o.downloadLimit, "download-limit", "download cap of every downloader")
 	f.StringVar(&o.chunkSize, "chunk-size", "1MiB", "chunk size")
-	f.StringVar(&o.scenario, "scenario", "all", "scaling, fault, bad-peer, churn, or all (comma separated)")
+	f.StringVar(&o.scenario, "scenario", "all", "scaling, fault, bad-peer, churn, rtt, or all (comma separated; all has rtt only on an emulated network)")
 	f.StringVar(&o.mode, "mode", "both", "client-server, p2p, or both")
 	f.IntVar(&o.scenarioPeers, "scenario-peers", 8, "the N of the fault, bad-peer and churn scenarios")
 	f.DurationVar(&o.downtime, "downtime", 10*time.Second, "fault: how long the server or seed stays down")
 	f.IntVar(&o.runs, "runs", 1, "runs of each point; the table shows the median and the spread")
 	f.StringVar(&o.out, "out", "bench-results", "directory for results.json, results.csv, chart.svg and report.md")
+	f.StringVar(&o.net, "net", bench.NetLoopback, "network: loopback, lan, dsl, mixed, or a YAML/JSON profile file (all but loopback need root)")
+	f.StringVar(&o.serverLink, "server-link", "", "emulated networks: the class of the server's link (default: the seed's)")
+	f.StringVar(&o.reference, "reference", "", "bittorrent: also run aria2c and opentracker on the same work")
+	f.Uint64Var(&o.netSeed, "net-seed", 1, "seeds the draw of each downloader's link (mixed and files with several peer classes)")
 	return cmd
 }
 
@@ -80,6 +101,10 @@ func runBench(ctx context.Context, o benchOptions, changed func(string) bool, st
 		if !changed("downtime") {
 			o.downtime = 3 * time.Second
 		}
+	}
+	rttPeers := 16
+	if o.quick {
+		rttPeers = o.scenarioPeers
 	}
 	size, err := transfer.ParseSize(o.size)
 	if err != nil || size <= 0 {
@@ -106,6 +131,19 @@ func runBench(ctx context.Context, o benchOptions, changed func(string) bool, st
 	}
 	if o.uploadLimit <= 0 {
 		return usageError{fmt.Errorf("--upload-limit: the bounds need an upload cap")}
+	}
+	var prof *bench.Profile
+	switch o.net {
+	case bench.NetLoopback, "":
+	case bench.NetLAN, bench.NetDSL, bench.NetMixed:
+		prof, _ = bench.BuiltinProfile(o.net, o.netSeed)
+	default:
+		if prof, err = bench.LoadProfile(o.net, o.netSeed); err != nil {
+			return usageError{fmt.Errorf("--net: %w", err)}
+		}
+	}
+	if o.serverLink != "" && prof == nil {
+		return usageError{fmt.Errorf("--server-link needs an emulated network (--net)")}
 	}
 	if o.runs < 1 || o.scenarioPeers < 1 || o.scenarioPeers > maxPeers {
 		return usageError{fmt.Errorf("--runs and --scenario-peers must be positive (at most %d peers)", maxPeers)}
@@ -134,6 +172,10 @@ func runBench(ctx context.Context, o benchOptions, changed func(string) bool, st
 		Out:           out,
 		Progress:      stderr,
 		Command:       "share " + strings.Join(os.Args[1:], " "),
+		Net:           prof,
+		ServerLink:    o.serverLink,
+		Reference:     o.reference,
+		RTTPeers:      rttPeers,
 	})
 	if err != nil {
 		return err

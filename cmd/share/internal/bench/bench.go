@@ -10,6 +10,7 @@ import (
 	"io"
 	"math"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +21,8 @@ import (
 	"time"
 
 	"github.com/zeebo/blake3"
+
+	"github.com/sharefiles/share/cmd/share/internal/netem"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -29,15 +32,21 @@ const (
 	ScenarioFault   = "fault"    // the server or seed is killed mid-way, and comes back
 	ScenarioBadPeer = "bad-peer" // a peer (or the server) serves corrupted chunks
 	ScenarioChurn   = "churn"    // peers leave as soon as they finish
+	ScenarioRTT     = "rtt"      // N downloaders at several round-trip times (emulated networks only)
 )
 
-// AllScenarios in the order they run.
-var AllScenarios = []string{ScenarioScaling, ScenarioFault, ScenarioBadPeer, ScenarioChurn}
+// AllScenarios in the order they run. "all" runs these but rtt, which
+// needs an emulated network.
+var AllScenarios = []string{ScenarioScaling, ScenarioFault, ScenarioBadPeer, ScenarioChurn, ScenarioRTT}
+
+// RTTs are the round-trip times of the rtt scenario.
+var RTTs = []time.Duration{0, 20 * time.Millisecond, 80 * time.Millisecond}
 
 // Modes.
 const (
 	ClientServer = "client-server"
 	P2P          = "p2p"
+	BitTorrent   = "bittorrent" // the reference: aria2c leechers and seeder, opentracker
 )
 
 // Options configures a benchmark run. Binary, Size, Peers, UploadCap, Runs
@@ -58,6 +67,13 @@ type Options struct {
 	Work          string        // where clusters keep their data; "": a temporary directory
 	Progress      io.Writer     // live progress; nil: none
 	Command       string        // the command line, for the report
+	// Net is the emulated network (root only); nil: loopback, rates
+	// capped by share's own --upload-limit and --download-limit.
+	// UploadCap and DownloadCap are then unused: the links are the caps.
+	Net        *Profile
+	ServerLink string // class of the server's link; "": the seed's
+	Reference  string // "bittorrent": run the BitTorrent reference too; "": none
+	RTTPeers   int    // the N of the rtt scenario; 0: 16
 }
 
 // Point is one run of one scenario in one mode.
@@ -76,7 +92,10 @@ type Point struct {
 	Identical    int       `json:"identical"`     // finished copies byte-identical to the source
 	Corrupt      int       `json:"corrupt"`       // outputs that differ from the source (a finished copy, or one a failed download left)
 	Bound        float64   `json:"bound_s"`
-	Ratio        float64   `json:"ratio"` // Distribution / Bound
+	BoundTerm    string    `json:"bound_term"`            // the term of the max that binds: "N·F/u_s", "F/d_min", "F/u_s", "N·F/(u_s+Σu_i)"
+	RTT          float64   `json:"rtt_s,omitempty"`       // emulated: the largest RTT between the source and a downloader
+	TCPStart     float64   `json:"tcp_start_s,omitempty"` // emulated: slow start from 10 segments to the bottleneck's window, in RTTs
+	Ratio        float64   `json:"ratio"`                 // Distribution / Bound
 	SourceUpload int64     `json:"source_upload_bytes"`
 	PeerUpload   int64     `json:"peer_upload_bytes"`
 	FromSource   int64     `json:"chunks_from_seed"`
@@ -131,8 +150,15 @@ type Results struct {
 	ChunkSize   int64     `json:"chunk_size_bytes"`
 	UploadCap   int64     `json:"upload_cap_bytes_per_s"`
 	DownloadCap int64     `json:"download_cap_bytes_per_s"`
-	Points      []Point   `json:"points"`
-	Summaries   []Summary `json:"summaries"`
+	// Network: "loopback" or the profile's name; Enforcement says what
+	// enforced the rates (and delays); Links lists each node's link.
+	Network     string            `json:"network"`
+	Enforcement string            `json:"enforcement"`
+	Profile     *Profile          `json:"profile,omitempty"`
+	Links       map[string]string `json:"links,omitempty"`
+	Cleaned     string            `json:"cleaned,omitempty"` // what the start removed of killed runs
+	Points      []Point           `json:"points"`
+	Summaries   []Summary         `json:"summaries"`
 }
 
 // Bound returns the lower bound on the distribution time of F bytes to n
@@ -140,15 +166,37 @@ type Results struct {
 // client-server max(N F/u_s, F/d_min); P2P max(F/u_s, F/d_min, N F/(u_s +
 // sum u_i)), with u_s = u_i = u.
 func Bound(mode string, n int, f, u, d int64) float64 {
-	fl, ul := float64(f), float64(u)
-	down := 0.0
-	if d > 0 {
-		down = fl / float64(d)
+	b, _ := BoundOf(mode, n, f, u, d, int64(n)*u)
+	return b
+}
+
+// BoundOf returns the lower bound with each node's own capacities (Kurose
+// and Ross, Computer Networking, 2.5): us the source's upload, dmin the
+// smallest download of the n downloaders (0: none), sumU the sum of their
+// uploads; and the term of the max that binds. Client-server: max(N F/u_s,
+// F/d_min); P2P (and BitTorrent): max(F/u_s, F/d_min, N F/(u_s + Σu_i)).
+func BoundOf(mode string, n int, f, us, dmin, sumU int64) (float64, string) {
+	fl := float64(f)
+	type term struct {
+		v    float64
+		name string
 	}
+	var ts []term
 	if mode == ClientServer {
-		return max(float64(n)*fl/ul, down)
+		ts = append(ts, term{float64(n) * fl / float64(us), "N·F/u_s"})
+	} else {
+		ts = append(ts, term{fl / float64(us), "F/u_s"}, term{float64(n) * fl / float64(us+sumU), "N·F/(u_s+Σu_i)"})
 	}
-	return max(fl/ul, down, float64(n)*fl/(ul+float64(n)*ul))
+	if dmin > 0 {
+		ts = append(ts, term{fl / float64(dmin), "F/d_min"})
+	}
+	best := ts[0]
+	for _, t := range ts[1:] {
+		if t.v > best.v*(1+1e-9) {
+			best = t
+		}
+	}
+	return best.v, best.name
 }
 
 // bencher runs the scenarios of one benchmark.
@@ -161,18 +209,33 @@ type bencher struct {
 	res     *Results
 	prog    *progress
 	usage   *meter // the cost of the point being run
+
+	// An emulated network (nil: loopback), its nodes by name, and an
+	// HTTP client per node for the APIs of the daemons on it.
+	net     *netem.Network
+	nodes   map[string]*netem.Node
+	clients map[string]*http.Client
+	torrent *torrent // the BitTorrent reference's torrent, made once
 }
 
-// Run runs the benchmark and writes its results to opts.Out.
+// Run runs the benchmark and writes its results to opts.Out. With an
+// emulated network it first removes what killed runs left (namespaces of
+// dead owners, their work directories and processes) and says so in
+// Results.Cleaned; its own network is removed on return, also when ctx is
+// cancelled (Ctrl-C) or a point fails.
 func Run(ctx context.Context, opts Options) (*Results, error) {
 	if opts.Binary == "" || opts.Size <= 0 || len(opts.Peers) == 0 || opts.UploadCap <= 0 || opts.Runs < 1 || opts.Out == "" {
 		return nil, errors.New("bench: Binary, Size, Peers, UploadCap, Runs and Out are required")
 	}
 	opts.ScenarioPeers = cmp.Or(opts.ScenarioPeers, 8)
+	opts.RTTPeers = cmp.Or(opts.RTTPeers, 16)
 	opts.Downtime = cmp.Or(opts.Downtime, 10*time.Second)
 	opts.ChunkSize = cmp.Or(opts.ChunkSize, 1<<20)
 	if opts.Scenarios == nil {
-		opts.Scenarios = AllScenarios
+		opts.Scenarios = AllScenarios[:len(AllScenarios)-1]
+		if opts.Net != nil {
+			opts.Scenarios = AllScenarios
+		}
 	}
 	if opts.Modes == nil {
 		opts.Modes = []string{ClientServer, P2P}
@@ -182,29 +245,59 @@ func Run(ctx context.Context, opts Options) (*Results, error) {
 			return nil, fmt.Errorf("bench: unknown mode %q (want %s or %s)", m, ClientServer, P2P)
 		}
 	}
+	switch opts.Reference {
+	case "":
+	case BitTorrent:
+		if err := checkBitTorrent(); err != nil {
+			return nil, err
+		}
+		opts.Modes = append(slices.Clone(opts.Modes), BitTorrent)
+	default:
+		return nil, fmt.Errorf("bench: unknown reference %q (want %s)", opts.Reference, BitTorrent)
+	}
 	for _, s := range opts.Scenarios {
 		if !slices.Contains(AllScenarios, s) {
 			return nil, fmt.Errorf("bench: unknown scenario %q (want %s)", s, strings.Join(AllScenarios, ", "))
+		}
+		if s == ScenarioRTT && opts.Net == nil {
+			return nil, fmt.Errorf("bench: the rtt scenario needs an emulated network (--net lan, dsl, mixed or a file)")
+		}
+	}
+	if opts.Net != nil && opts.ServerLink != "" {
+		if _, ok := opts.Net.Class(opts.ServerLink); !ok {
+			return nil, fmt.Errorf("bench: --server-link %q: the profile has no such class (it has %s)", opts.ServerLink, classNames(opts.Net))
 		}
 	}
 	if err := os.MkdirAll(opts.Out, 0o755); err != nil {
 		return nil, err
 	}
+	b := &bencher{opts: opts, name: "bench.bin"}
+	b.res = &Results{
+		Command: opts.Command, Machine: readMachine(opts.Binary), Started: time.Now().UTC(),
+		Size: opts.Size, ChunkSize: opts.ChunkSize, UploadCap: opts.UploadCap, DownloadCap: opts.DownloadCap,
+		Network: NetLoopback, Enforcement: "share's own --upload-limit and --download-limit (token buckets in each process)",
+	}
+	b.res.Cleaned = cleanStale()
 	work := opts.Work
 	if work == "" {
 		var err error
-		if work, err = os.MkdirTemp("", "share-bench-"); err != nil {
+		if work, err = os.MkdirTemp("", fmt.Sprintf("%s%d-", workPrefix, os.Getpid())); err != nil {
 			return nil, err
 		}
 		defer os.RemoveAll(work)
 	}
-	b := &bencher{opts: opts, work: work, name: "bench.bin"}
-	b.res = &Results{
-		Command: opts.Command, Machine: readMachine(opts.Binary), Started: time.Now().UTC(),
-		Size: opts.Size, ChunkSize: opts.ChunkSize, UploadCap: opts.UploadCap, DownloadCap: opts.DownloadCap,
+	b.work = work
+	if opts.Net != nil {
+		if err := b.startNetwork(); err != nil {
+			return nil, err
+		}
+		defer b.net.Close()
 	}
 	b.prog = newProgress(opts.Progress, b.plan())
 	defer b.prog.close()
+	if b.res.Cleaned != "" {
+		b.prog.note("cleaned what killed runs left: " + b.res.Cleaned)
+	}
 	if err := b.makeSource(); err != nil {
 		return nil, err
 	}
@@ -243,9 +336,17 @@ func (b *bencher) allPoints(sc string) []Point {
 	switch sc {
 	case ScenarioScaling:
 		var ps []Point
-		for _, mode := range []string{ClientServer, P2P} {
+		for _, mode := range []string{ClientServer, P2P, BitTorrent} {
 			for _, n := range b.opts.Peers {
 				ps = append(ps, Point{Scenario: sc, Mode: mode, N: n})
+			}
+		}
+		return ps
+	case ScenarioRTT:
+		var ps []Point
+		for _, rtt := range RTTs {
+			for _, mode := range []string{ClientServer, P2P, BitTorrent} {
+				ps = append(ps, Point{Scenario: sc, Variant: rttVariant(rtt), Mode: mode, N: b.opts.RTTPeers})
 			}
 		}
 		return ps
@@ -310,10 +411,33 @@ type cluster struct {
 	srcArg []string  // how the source was started, to restart it
 }
 
-// command returns the command that runs the share binary with args for the
-// node called name.
+// command returns the command that runs the share binary with args on the
+// node of the process called name (loopback: this machine).
 func (c *cluster) command(name string, args ...string) *exec.Cmd {
+	if c.b.net != nil {
+		return c.b.nodes[nodeOf(name)].Command(c.b.opts.Binary, args...)
+	}
 	return exec.Command(c.b.opts.Binary, args...)
+}
+
+// start starts a daemon of the cluster on its node.
+func (c *cluster) start(name, kind, data string, args []string) (*daemon, error) {
+	d, err := startDaemon(c.command(name, args...), c.b.usage, kind, name, data)
+	if err != nil {
+		return nil, err
+	}
+	if c.b.net != nil {
+		d.http = c.b.httpClient(nodeOf(name))
+	}
+	return d, nil
+}
+
+// listenIP is the address a daemon of the cluster listens on: its node's.
+func (c *cluster) listenIP(name string) string {
+	if c.b.net != nil {
+		return c.b.nodes[nodeOf(name)].Addr().String()
+	}
+	return "127.0.0.1"
 }
 
 // cancelled is a context that is done: waiting on it kills.
@@ -323,7 +447,12 @@ var cancelled = func() context.Context {
 	return ctx
 }()
 
+// capArgs are the rate caps share enforces itself: on loopback only (an
+// emulated network's links are the caps).
 func (b *bencher) capArgs() []string {
+	if b.net != nil {
+		return nil
+	}
 	args := []string{"--upload-limit", strconv.FormatInt(b.opts.UploadCap, 10)}
 	if b.opts.DownloadCap > 0 {
 		args = append(args, "--download-limit", strconv.FormatInt(b.opts.DownloadCap, 10))
@@ -336,8 +465,8 @@ func (b *bencher) startCluster(p Point) (*cluster, error) {
 	c := &cluster{b: b, mode: p.Mode, n: p.N, dir: filepath.Join(b.work, fmt.Sprintf("%s%s-%s-n%d-r%d", p.Scenario, p.Variant, p.Mode, p.N, p.Run))}
 	if p.Mode == ClientServer {
 		data := filepath.Join(c.dir, "server")
-		c.srcArg = append([]string{"serve", "--data", data, "--listen", "127.0.0.1:0", "--log-level", "warn", "--grace", "1s"}, b.capArgs()...)
-		d, err := startDaemon(c.command("server", c.srcArg...), b.usage, KindSource, "server", data)
+		c.srcArg = append([]string{"serve", "--data", data, "--listen", c.listenIP("server") + ":0", "--log-level", "warn", "--grace", "1s"}, b.capArgs()...)
+		d, err := c.start("server", KindSource, data, c.srcArg)
 		if err != nil {
 			return nil, err
 		}
@@ -372,7 +501,7 @@ func (b *bencher) startCluster(p Point) (*cluster, error) {
 // CPU on loopback; see node.tcpFirst).
 func (c *cluster) startPeer(name string, extra []string) (*daemon, error) {
 	data := filepath.Join(c.dir, name)
-	args := append([]string{"peer", "--data", data, "--listen", "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0", "--log-level", "warn", "--grace", "1s"}, c.b.capArgs()...)
+	args := append([]string{"peer", "--data", data, "--listen", "/ip4/" + c.listenIP(name) + "/tcp/0", "--api", "127.0.0.1:0", "--log-level", "warn", "--grace", "1s"}, c.b.capArgs()...)
 	args = append(args, extra...)
 	if name == "seed" {
 		c.srcArg = slices.Clone(args)
@@ -381,7 +510,7 @@ func (c *cluster) startPeer(name string, extra []string) (*daemon, error) {
 	if name == "seed" {
 		kind = KindSource
 	}
-	return startDaemon(c.command(name, args...), c.b.usage, kind, name, data)
+	return c.start(name, kind, data, args)
 }
 
 // tcpAddr returns the TCP listen address (/ip4/.../tcp/PORT) of a peer.
@@ -396,7 +525,7 @@ func tcpAddr(addrs []string) string {
 
 // restartSource starts the server or seed again, on its data and address.
 func (c *cluster) restartSource() error {
-	d, err := startDaemon(c.command(c.source.name, c.srcArg...), c.b.usage, KindSource, c.source.name, c.source.data)
+	d, err := c.start(c.source.name, KindSource, c.source.data, c.srcArg)
 	if err != nil {
 		return err
 	}
@@ -484,13 +613,13 @@ func (c *cluster) downloads(id string, start time.Time, stall time.Duration) ([]
 			return nil, err
 		}
 		args := []string{"--stall-timeout", stall.String()}
-		d := c.source
+		d, where := c.source, fmt.Sprintf("client%d", k+1)
 		if c.mode == P2P {
-			d = c.peers[k]
-		} else if c.b.opts.DownloadCap > 0 {
+			d, where = c.peers[k], c.peers[k].name
+		} else if c.b.opts.DownloadCap > 0 && c.b.net == nil {
 			args = append(args, "--download-limit", strconv.FormatInt(c.b.opts.DownloadCap, 10))
 		}
-		g, err := startGet(c.command(d.name, append([]string{"get", id, "-o", out}, args...)...), c.b.usage, d, k+1, out, start)
+		g, err := startGet(c.command(where, append([]string{"get", id, "-o", out}, args...)...), c.b.usage, d, k+1, out, start)
 		if err != nil {
 			for _, g := range gets[:k] {
 				g.wait(cancelled)
@@ -504,16 +633,23 @@ func (c *cluster) downloads(id string, start time.Time, stall time.Duration) ([]
 
 // runPoint runs one point, never failing: errors go into the point.
 func (b *bencher) runPoint(ctx context.Context, p Point) Point {
-	p.Bound = Bound(p.Mode, p.N, b.opts.Size, b.opts.UploadCap, b.opts.DownloadCap)
 	p.Distribution = -1
 	b.usage = newMeter()
 	var err error
-	switch p.Scenario {
-	case ScenarioScaling, ScenarioChurn:
+	if b.net != nil {
+		err = b.linkPoint(&p)
+	} else {
+		p.Bound, p.BoundTerm = BoundOf(p.Mode, p.N, b.opts.Size, b.opts.UploadCap, b.opts.DownloadCap, int64(p.N)*b.opts.UploadCap)
+	}
+	switch {
+	case err != nil:
+	case p.Mode == BitTorrent:
+		err = b.bittorrent(ctx, &p)
+	case p.Scenario == ScenarioScaling || p.Scenario == ScenarioChurn || p.Scenario == ScenarioRTT:
 		err = b.distribute(ctx, &p)
-	case ScenarioFault:
+	case p.Scenario == ScenarioFault:
 		err = b.fault(ctx, &p)
-	case ScenarioBadPeer:
+	case p.Scenario == ScenarioBadPeer:
 		err = b.badPeer(ctx, &p)
 	}
 	if err != nil {

@@ -25,9 +25,10 @@ type daemon struct {
 	kind  string // KindSource or KindPeer
 	cmd   *exec.Cmd
 	data  string
-	api   string   // base URL of its HTTP API
-	token string   // API token
-	addrs []string // a peer's full multiaddrs
+	api   string       // base URL of its HTTP API
+	token string       // API token
+	addrs []string     // a peer's full multiaddrs
+	http  *http.Client // reaches its API; nil: httpClient (loopback)
 	done  chan struct{}
 	log   *bytes.Buffer // stderr, for failures
 	mu    sync.Mutex
@@ -170,7 +171,11 @@ func (d *daemon) get(ctx context.Context, path string) (*http.Response, error) {
 		return nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+d.token)
-	resp, err := httpClient.Do(req)
+	hc := d.http
+	if hc == nil {
+		hc = httpClient
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, err
 	}

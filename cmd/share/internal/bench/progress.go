@@ -74,6 +74,16 @@ func (p *progress) begin(pt Point) {
 	p.line(fmt.Sprintf("[%d/%d] %s: starting the cluster", p.index, p.total, p.label), false)
 }
 
+// note prints a line that is not about a point.
+func (p *progress) note(s string) {
+	if p.w == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.line(s, false)
+}
+
 // track follows a point's downloads.
 func (p *progress) track(gets []*getRun, start time.Time) {
 	if p.w == nil {
