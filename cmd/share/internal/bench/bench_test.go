@@ -3,12 +3,15 @@ package bench
 import (
 	"encoding/csv"
 	"encoding/json"
+	"fmt"
 	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestBounds(t *testing.T) {
@@ -56,10 +59,7 @@ func TestQuickRun(t *testing.T) {
 		t.Skip("set SHARE_BENCH=1 to run share bench --quick (about a minute)")
 	}
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "share")
-	if out, err := exec.Command("go", "build", "-o", bin, "../..").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildShare(t, dir)
 	outDir := filepath.Join(dir, "results")
 	cmd := exec.Command(bin, "bench", "--quick", "--out", outDir)
 	cmd.Stderr = os.Stderr
@@ -207,5 +207,113 @@ func TestMeter(t *testing.T) {
 	}
 	if c.Kind(KindPeer).Procs != 0 {
 		t.Errorf("a nil process state was counted")
+	}
+}
+
+// buildShare builds the share binary into dir.
+func buildShare(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "share")
+	if out, err := exec.Command("go", "build", "-o", bin, "../..").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestEmulatedRun runs share bench on the emulated dsl network with the
+// BitTorrent reference, as CI does, and checks every copy of every mode
+// arrived byte-identical, and that nothing of the network is left. It
+// needs root and the reference's tools, and takes a few minutes, so it runs
+// only with SHARE_BENCH_NET=1.
+func TestEmulatedRun(t *testing.T) {
+	if os.Getenv("SHARE_BENCH_NET") == "" {
+		t.Skip("set SHARE_BENCH_NET=1 (as root, with aria2, opentracker and mktorrent) to run share bench --net dsl --reference bittorrent")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("share bench --net needs root")
+	}
+	dir := t.TempDir()
+	bin := buildShare(t, dir)
+	outDir := filepath.Join(dir, "results")
+	cmd := exec.Command(bin, "bench", "--net", "dsl", "--size", "4MiB", "--peers", "2,4", "--scenario", "scaling", "--reference", "bittorrent", "--out", outDir)
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.Output()
+	t.Logf("%s", stdout)
+	if err != nil {
+		t.Fatalf("share bench: %v", err)
+	}
+	var res Results
+	b, err := os.ReadFile(filepath.Join(outDir, ResultsJSON))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &res); err != nil {
+		t.Fatal(err)
+	}
+	modes := map[string]int{}
+	for _, p := range res.Points {
+		modes[p.Mode]++
+		if p.Identical != p.N || p.Corrupt != 0 || p.Error != "" {
+			t.Errorf("%s N=%d: %d of %d identical, %d corrupt, %q", p.Mode, p.N, p.Identical, p.N, p.Corrupt, p.Error)
+		}
+		if p.Distribution < p.Bound || p.BoundTerm == "" || p.RTT < 0.029 {
+			t.Errorf("%s N=%d: %.2f s against a bound of %.2f s (%s), RTT %v", p.Mode, p.N, p.Distribution, p.Bound, p.BoundTerm, p.RTT)
+		}
+	}
+	if modes[ClientServer] != 2 || modes[P2P] != 2 || modes[BitTorrent] != 2 {
+		t.Errorf("points per mode: %v", modes)
+	}
+	if !strings.Contains(res.Enforcement, "HTB") || res.Network != NetDSL {
+		t.Errorf("network %q, enforcement %q", res.Network, res.Enforcement)
+	}
+	svg, _ := os.ReadFile(filepath.Join(outDir, ChartSVG))
+	if strings.Count(string(svg), "<polyline") != 5 || !strings.Contains(string(svg), "BitTorrent") {
+		t.Errorf("chart.svg lacks the BitTorrent line")
+	}
+	if left, _ := filepath.Glob(fmt.Sprintf("/run/netns/%s-%d-*", netPrefix, cmd.Process.Pid)); len(left) > 0 {
+		t.Errorf("the run left namespaces: %v", left)
+	}
+}
+
+// TestKilledRunIsCleaned kills (SIGKILL) a bench on an emulated network
+// while its cluster runs, and checks that the next start removes what it
+// left and says so. Root only, with SHARE_BENCH_NET=1.
+func TestKilledRunIsCleaned(t *testing.T) {
+	if os.Getenv("SHARE_BENCH_NET") == "" || os.Geteuid() != 0 {
+		t.Skip("set SHARE_BENCH_NET=1 and run as root to kill an emulated bench and check the cleanup")
+	}
+	dir := t.TempDir()
+	bin := buildShare(t, dir)
+	first := exec.Command(bin, "bench", "--net", "dsl", "--size", "16MiB", "--peers", "4", "--scenario", "scaling", "--mode", "p2p", "--out", filepath.Join(dir, "r1"))
+	if err := first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pattern := fmt.Sprintf("/run/netns/%s-%d-*", netPrefix, first.Process.Pid)
+	var left []string
+	for range 600 {
+		if left, _ = filepath.Glob(pattern); len(left) >= 6 { // hub, src, d1..d4
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second) // the daemons run
+	first.Process.Kill()
+	first.Wait()
+	if len(left) < 6 {
+		t.Fatalf("the first run made %d namespaces: %v", len(left), left)
+	}
+	second := exec.Command(bin, "bench", "--net", "dsl", "--size", "1MiB", "--peers", "1", "--scenario", "scaling", "--mode", "p2p", "--out", filepath.Join(dir, "r2"))
+	out, err := second.CombinedOutput()
+	if err != nil {
+		t.Fatalf("second run: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "cleaned what killed runs left") || !strings.Contains(string(out), "namespaces of dead runs") {
+		t.Errorf("the second run did not say what it cleaned:\n%s", out)
+	}
+	if still, _ := filepath.Glob(pattern); len(still) > 0 {
+		t.Errorf("namespaces of the killed run remain: %v", still)
+	}
+	if procs, _ := exec.Command("pgrep", "-f", "share-bench-"+strconv.Itoa(first.Process.Pid)).Output(); len(procs) > 0 {
+		t.Errorf("processes of the killed run remain: %s", procs)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"html"
 	"math"
+	"slices"
 	"strings"
 
 	"github.com/dustin/go-humanize"
@@ -23,6 +24,9 @@ func Chart(res *Results) string {
 	b.WriteString(`<rect width="100%" height="100%" fill="white"/>` + "\n")
 	title := fmt.Sprintf("Distribution of a %s file to N downloaders, every upload capped at %s",
 		humanize.IBytes(uint64(res.Size)), rate(res.UploadCap))
+	if res.emulated() {
+		title = fmt.Sprintf("Distribution of a %s file to N downloaders, network %s", humanize.IBytes(uint64(res.Size)), res.Network)
+	}
 	fmt.Fprintf(&b, `<text x="%d" y="28" font-size="15" font-weight="bold">%s</text>`+"\n", left, html.EscapeString(title))
 	if len(ns) == 0 {
 		b.WriteString(`<text x="70" y="120">no scaling scenario in this run</text></svg>` + "\n")
@@ -37,6 +41,10 @@ func Chart(res *Results) string {
 		{ClientServer, "client-server bound", "#1f77b4", true},
 		{P2P, "peer-to-peer", "#d62728", false},
 		{P2P, "peer-to-peer bound", "#d62728", true},
+	}
+	if slices.ContainsFunc(res.Summaries, func(s Summary) bool { return s.Scenario == ScenarioScaling && s.Mode == BitTorrent }) {
+		// The reference's bound is the P2P bound: its line alone.
+		all = append(all, series{BitTorrent, "BitTorrent (aria2)", "#2ca02c", false})
 	}
 	value := func(s series, n int) (v, lo, hi float64, ok bool) {
 		sum, found := res.summary(ScenarioScaling, "", s.mode, n)

@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -18,8 +19,17 @@ func Report(w io.Writer, res *Results) {
 	fmt.Fprintf(w, "- Command: `%s`\n", res.Command)
 	fmt.Fprintf(w, "- Machine: %s, %d cores, %.0f GiB, %s, %s, %s\n", m.CPU, m.Cores, m.MemoryGiB, m.Kernel, m.Go, m.ShareVersion)
 	fmt.Fprintf(w, "- Run: %s, %s\n", res.Started.Format(time.RFC3339), time.Duration(res.Elapsed*float64(time.Second)).Round(time.Second))
-	fmt.Fprintf(w, "- Every daemon is a real `share serve` or `share peer` process on loopback and every download a real `share get`; every upload is capped at %s (download cap: %s), so loopback behaves like a network of equal links.\n",
-		rate(res.UploadCap), rate(res.DownloadCap))
+	if res.emulated() {
+		fmt.Fprintf(w, "- Every daemon is a real `share serve` or `share peer` process and every download a real `share get`, each node in a network namespace of its own, joined to the others by a veth pair and a link shaped as the `%s` profile says: %s. Rates are enforced by %s; share's own `--upload-limit` is not used.\n",
+			res.Network, linkSummary(res), res.Enforcement)
+		fmt.Fprintf(w, "- Rates count whole Ethernet frames: TCP carries at most 1448 bytes of payload per 1514-byte frame (95.6 %% of the rate), which the bounds do not deduct.\n")
+	} else {
+		fmt.Fprintf(w, "- Every daemon is a real `share serve` or `share peer` process on loopback and every download a real `share get`; every upload is capped at %s (download cap: %s), so loopback behaves like a network of equal links.\n",
+			rate(res.UploadCap), rate(res.DownloadCap))
+	}
+	if slices.ContainsFunc(res.Summaries, func(s Summary) bool { return s.Mode == BitTorrent }) {
+		fmt.Fprintf(w, "- Reference: BitTorrent, aria2c leechers and an aria2c seeder with a local opentracker, on the same nodes, links, file and N (256 KiB pieces, no DHT, peer exchange on); its time is until the last leecher has every piece verified, and every copy is compared with the source.\n")
+	}
 	fmt.Fprintf(w, "- Bounds (Kurose and Ross, *Computer Networking*, 2.5): client-server D ≥ max(N·F/u_s, F/d_min); P2P D ≥ max(F/u_s, F/d_min, N·F/(u_s + Σu_i)).\n\n")
 	fmt.Fprintf(w, "![distribution time against N](%s)\n\n", ChartSVG)
 	fmt.Fprintf(w, "```\n")

@@ -140,9 +140,18 @@ func (res *Results) summary(sc, variant, mode string, n int) (Summary, bool) {
 // Table writes the human summary of a run.
 func Table(w io.Writer, res *Results) {
 	f := res.Size
-	fmt.Fprintf(w, "F = %s, chunks of %s, every upload capped at %s, download cap %s\n",
-		humanize.IBytes(uint64(f)), humanize.IBytes(uint64(res.ChunkSize)), rate(res.UploadCap), rate(res.DownloadCap))
+	if res.emulated() {
+		fmt.Fprintf(w, "F = %s, chunks of %s, network %s: %s\nRates enforced by %s.\n",
+			humanize.IBytes(uint64(f)), humanize.IBytes(uint64(res.ChunkSize)), res.Network, linkSummary(res), res.Enforcement)
+	} else {
+		fmt.Fprintf(w, "F = %s, chunks of %s, every upload capped at %s, download cap %s\n",
+			humanize.IBytes(uint64(f)), humanize.IBytes(uint64(res.ChunkSize)), rate(res.UploadCap), rate(res.DownloadCap))
+	}
+	if res.Cleaned != "" {
+		fmt.Fprintf(w, "Cleaned at the start (left by killed runs): %s\n", res.Cleaned)
+	}
 	ns := scalingNs(res)
+	bt := slices.ContainsFunc(res.Summaries, func(s Summary) bool { return s.Mode == BitTorrent })
 	if len(ns) > 0 {
 		// The [min-max] columns appear only when some point ran more than once.
 		multi := slices.ContainsFunc(res.Summaries, func(s Summary) bool { return s.Runs > 1 })
@@ -151,6 +160,9 @@ func Table(w io.Writer, res *Results) {
 		if multi {
 			head = "N\tclient-server\t[min-max]\tbound\tratio\tp2p\t[min-max]\tbound\tratio\tseed up\tpeers up\t"
 			what += " (median of runs [min-max])"
+		}
+		if bt {
+			head += "bittorrent\tratio\tbt÷p2p\t"
 		}
 		fmt.Fprintf(w, "\nScaling: %s, bound, ratio; bytes uploaded in copies of F\n", what)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -164,10 +176,16 @@ func Table(w io.Writer, res *Results) {
 			if !multi {
 				cols = slices.Delete(slices.Delete(cols, 6, 7), 2, 3)
 			}
+			if bt {
+				b, _ := res.summary(ScenarioScaling, "", BitTorrent, n)
+				cols = append(cols, secs(b.Median), ratio(b.Ratio), speedup(pp.Median, b.Median))
+			}
 			fmt.Fprintln(tw, strings.Join(cols, "\t")+"\t")
 		}
 		tw.Flush()
+		boundNotes(w, res, ScenarioScaling)
 	}
+	rttTable(w, res)
 	costTable(w, res)
 	for _, p := range res.points(ScenarioFault, "half", "") {
 		fmt.Fprintf(w, "\n%s\n", describeFault(p, res))
@@ -328,4 +346,115 @@ func describeChurn(p Point, res *Results) string {
 	}
 	return fmt.Sprintf("Churn, p2p, N=%d: every peer left as soon as it finished: all done in %s (%s the bound)%s. Client-server clients never upload, so leaving changes nothing there.",
 		p.N, secs(p.Distribution), ratio(p.Ratio), clean)
+}
+
+// emulated reports whether the run was on an emulated network.
+func (res *Results) emulated() bool { return res.Network != "" && res.Network != NetLoopback }
+
+// linkSummary lists the distinct links of the run's nodes.
+func linkSummary(res *Results) string {
+	count := map[string]int{}
+	var order []string
+	names := make([]string, 0, len(res.Links))
+	for n := range res.Links {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		if n == nodeSource {
+			continue
+		}
+		l := res.Links[n]
+		if count[l] == 0 {
+			order = append(order, l)
+		}
+		count[l]++
+	}
+	var parts []string
+	for _, l := range order {
+		parts = append(parts, fmt.Sprintf("%d× %s", count[l], l))
+	}
+	if src, ok := res.Links[nodeSource]; ok {
+		return fmt.Sprintf("source %s; other nodes: %s", src, strings.Join(parts, "; "))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// speedup is how much faster a is than b ("1.25x" when a takes 80 % of b).
+func speedup(a, b float64) string {
+	if a <= 0 || b <= 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.2fx", b/a)
+}
+
+// boundNotes says, for each point of a scenario, which term of each bound
+// binds and, on an emulated network, the latency beside it.
+func boundNotes(w io.Writer, res *Results, sc string) {
+	type key struct {
+		variant, mode string
+		n             int
+	}
+	seen := map[key]bool{}
+	var lines []string
+	for _, p := range res.Points {
+		k := key{p.Variant, p.Mode, p.N}
+		if p.Scenario != sc || seen[k] || p.BoundTerm == "" {
+			continue
+		}
+		seen[k] = true
+		l := fmt.Sprintf("  %s N=%d", p.Mode, p.N)
+		if p.Variant != "" {
+			l = fmt.Sprintf("  %s %s N=%d", p.Variant, p.Mode, p.N)
+		}
+		l += fmt.Sprintf(": bound %s = %s", secs(p.Bound), p.BoundTerm)
+		if p.RTT > 0 {
+			l += fmt.Sprintf(" (+ 1 RTT %.0f ms, + TCP start-up ≈ %.0f ms)", 1000*p.RTT, 1000*p.TCPStart)
+		}
+		lines = append(lines, l)
+	}
+	if len(lines) == 0 || !res.emulated() {
+		return
+	}
+	fmt.Fprintf(w, "\nBinding term of each bound (Kurose-Ross, each node's own u_i and d_i); latency noted beside it:\n%s\n", strings.Join(lines, "\n"))
+}
+
+// rttTable writes the rtt scenario: each mode at each RTT.
+func rttTable(w io.Writer, res *Results) {
+	var variants []string
+	for _, s := range res.Summaries {
+		if s.Scenario == ScenarioRTT && !slices.Contains(variants, s.Variant) {
+			variants = append(variants, s.Variant)
+		}
+	}
+	if len(variants) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\nRound trips: distribution time at each RTT between nodes, same rates; ratio to the bound")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "RTT\tN\tp2p bound\tclient-server\tratio\tp2p\tratio\tbittorrent\tratio\t")
+	for _, v := range variants {
+		var n int
+		var bound float64
+		cols := []string{}
+		for _, mode := range []string{ClientServer, P2P, BitTorrent} {
+			var sum Summary
+			for _, s := range res.Summaries {
+				if s.Scenario == ScenarioRTT && s.Variant == v && s.Mode == mode {
+					sum, n = s, s.N
+					if mode == P2P {
+						bound = s.Bound
+					}
+				}
+			}
+			if sum.Mode == "" {
+				cols = append(cols, "—", "—")
+				continue
+			}
+			cols = append(cols, secs(sum.Median), ratio(sum.Ratio))
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t\n", strings.TrimPrefix(v, "rtt="), n, secs(bound), strings.Join(cols, "\t"))
+	}
+	tw.Flush()
+	boundNotes(w, res, ScenarioRTT)
 }

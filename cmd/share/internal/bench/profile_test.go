@@ -1,0 +1,117 @@
+package bench
+
+import (
+	"math"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestBoundOf(t *testing.T) {
+	const mib = 1 << 20
+	tests := []struct {
+		mode           string
+		n              int
+		f, us, dmin, u int64
+		want           float64
+		term           string
+	}{
+		{ClientServer, 4, 16 * mib, 2 * mib, 8 * mib, 0, 32, "N·F/u_s"},
+		{ClientServer, 1, 16 * mib, 8 * mib, 2 * mib, 0, 8, "F/d_min"},
+		{P2P, 4, 16 * mib, 2 * mib, 8 * mib, 4 * 2 * mib, 8, "F/u_s"},
+		{P2P, 16, 16 * mib, 8 * mib, 0, 16 * mib / 8, 25.6, "N·F/(u_s+Σu_i)"}, // 16 peers upload 2 MiB/s in all
+		{BitTorrent, 2, 16 * mib, 8 * mib, 1 * mib, 16 * mib, 16, "F/d_min"},
+	}
+	for _, tt := range tests {
+		got, term := BoundOf(tt.mode, tt.n, tt.f, tt.us, tt.dmin, tt.u)
+		if math.Abs(got-tt.want) > 1e-9 || term != tt.term {
+			t.Errorf("BoundOf(%s, %d, ...) = %v %q, want %v %q", tt.mode, tt.n, got, term, tt.want, tt.term)
+		}
+	}
+}
+
+func TestProfiles(t *testing.T) {
+	dsl, _ := BuiltinProfile(NetDSL, 1)
+	l := dsl.Downloader(3).Link()
+	if l.Up != 10*mbitps || l.Down != 50*mbitps || l.Delay != 7500*time.Microsecond || math.Abs((1-(1-l.Loss)*(1-l.Loss))-0.001) > 1e-12 {
+		t.Errorf("dsl link %+v: want 10/50 Mbit/s, 7.5 ms each way (30 ms RTT), 0.1 %% loss between two nodes", l)
+	}
+	mixed, _ := BuiltinProfile(NetMixed, 7)
+	seen := map[string]bool{}
+	for k := 1; k <= 64; k++ {
+		c := mixed.Downloader(k)
+		seen[c.Name] = true
+		if c.RTT < 10*time.Millisecond || c.RTT > 60*time.Millisecond {
+			t.Errorf("mixed node %d: RTT %v outside 10-60 ms", k, c.RTT)
+		}
+		if again := mixed.Downloader(k); again != c {
+			t.Errorf("mixed node %d: drawn twice differently: %v, %v", k, c, again)
+		}
+	}
+	if len(seen) != 3 {
+		t.Errorf("64 mixed nodes drew only %v", seen)
+	}
+	other, _ := BuiltinProfile(NetMixed, 8)
+	same := 0
+	for k := 1; k <= 64; k++ {
+		if other.Downloader(k) == mixed.Downloader(k) {
+			same++
+		}
+	}
+	if same == 64 {
+		t.Errorf("another seed drew the same links")
+	}
+}
+
+func TestProfileFile(t *testing.T) {
+	p, err := parseProfile("example", []byte(ProfileExample), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	home, ok := p.Class("home")
+	if !ok || home.Up != 10*mbitps || home.Down != 50*mbitps || home.RTT != 30*time.Millisecond || home.Jitter != time.Millisecond || home.Loss != 0.001 {
+		t.Errorf("home = %+v", home)
+	}
+	if p.Seed != "office" || len(p.Peers) != 3 || !p.Latency() {
+		t.Errorf("profile %+v", p)
+	}
+	json := `{"classes": {"a": {"up": "1MiB/s", "down": "8MiB/s", "delay": "5ms"}}}`
+	p, err = parseProfile("json", []byte(json), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := p.Downloader(1); a.RTT != 20*time.Millisecond || a.Up != 1<<20 || p.Seed != "a" {
+		t.Errorf("json profile: %+v, seed %q", a, p.Seed)
+	}
+	for _, bad := range []struct{ doc, want string }{
+		{`classes: {a: {up: fast}}`, "up"},
+		{`classes: {a: {up: 1MiB/s, rtt: 4ms, delay: 1ms}}`, "not both"},
+		{`classes: {a: {up: 1MiB/s, loss: 150%}}`, "loss"},
+		{`classes: {a: {down: 1MiB/s}}`, "upload rate"},
+		{`classes: {a: {up: 1MiB/s}}` + "\nseed: b", `no class "b"`},
+		{`classes: {a: {up: 1MiB/s, speed: 3}}`, "speed"},
+		{`peers: [a]`, "no classes"},
+	} {
+		if _, err := parseProfile("bad", []byte(bad.doc), 1); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%q: err %v, want one about %q", bad.doc, err, bad.want)
+		}
+	}
+}
+
+func TestNodeOf(t *testing.T) {
+	for in, want := range map[string]string{"seed": "src", "server": "src", "peer7": "d7", "client12": "d12", "leecher3": "d3", "liar": "liar", "tracker": "tracker", "peerless": "peerless"} {
+		if got := nodeOf(in); got != want {
+			t.Errorf("nodeOf(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestTCPStart(t *testing.T) {
+	// 10 Mbit/s at 30 ms: BDP 37.5 kB, 2.6 initial windows: 2 doublings.
+	if got := tcpStart(10*mbitps, 30*time.Millisecond); math.Abs(got-0.060) > 1e-9 {
+		t.Errorf("tcpStart = %v, want 0.060", got)
+	}
+	if got := tcpStart(1*mbitps, time.Millisecond); got != 0 {
+		t.Errorf("a window below 10 segments needs no start-up: %v", got)
+	}
+}
