@@ -307,6 +307,11 @@ func TestKilledRunIsCleaned(t *testing.T) {
 	if err != nil {
 		t.Fatalf("second run: %v\n%s", err, out)
 	}
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.Contains(l, "cleaned") {
+			t.Log(l)
+		}
+	}
 	if !strings.Contains(string(out), "cleaned what killed runs left") || !strings.Contains(string(out), "namespaces of dead runs") {
 		t.Errorf("the second run did not say what it cleaned:\n%s", out)
 	}
