@@ -16,7 +16,10 @@ const (
 	provideQueueLen = 4096
 	provideWorkers  = 4 // Provides in flight: each waits on up to 20 peers
 	provideAttempts = 6
-	mdnsService     = "share-p2p"
+	// Bootstrap dials back off from the first to the second.
+	minBootstrapBackoff = 250 * time.Millisecond
+	maxBootstrapBackoff = 30 * time.Second
+	mdnsService         = "share-p2p"
 )
 
 // startDiscovery joins the network and starts announcing: it dials the
@@ -42,20 +45,33 @@ func (n *Node) startDiscovery(boot []peer.AddrInfo) {
 }
 
 // connectLoop dials a bootstrap peer until it is connected, backing off up
-// to 30 s; if the connection drops later, it dials again.
+// to maxBootstrapBackoff; if the connection drops later, it dials again. An
+// error transfer.Permanent calls permanent (a peer whose key does not match
+// the address's ID, a host name that does not resolve) is logged as a
+// warning and retried at the longest interval only: a daemon keeps trying,
+// as its bootstrap peer may be fixed or started later.
 func (n *Node) connectLoop(ai peer.AddrInfo) {
-	back := 250 * time.Millisecond
+	back := minBootstrapBackoff
+	warned := false
 	for {
 		if len(n.host.Network().ConnsToPeer(ai.ID)) == 0 {
 			ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
-			err := n.host.Connect(ctx, ai)
+			err := streamError(n.host.Connect(ctx, ai))
 			cancel()
-			if err == nil {
+			switch {
+			case err == nil:
 				n.log.Info("connected to bootstrap peer", "peer", ai.ID)
-				back = 250 * time.Millisecond
-			} else if n.ctx.Err() == nil {
+				back, warned = minBootstrapBackoff, false
+			case n.ctx.Err() != nil:
+			case transfer.Permanent(err):
+				back = maxBootstrapBackoff
+				if !warned {
+					n.log.Warn("cannot join through bootstrap peer; retrying every "+back.String(), "peer", ai.ID, "err", err)
+					warned = true
+				}
+			default:
 				n.log.Debug("bootstrap peer unreachable; retrying", "peer", ai.ID, "in", back, "err", err)
-				back = min(2*back, 30*time.Second)
+				back = min(2*back, maxBootstrapBackoff)
 			}
 		} else {
 			back = 5 * time.Second
@@ -114,7 +130,7 @@ func (n *Node) provide(id transfer.ID) {
 			return
 		}
 		n.m.provides.WithLabelValues("error").Inc()
-		if n.ctx.Err() != nil || attempt == provideAttempts {
+		if n.ctx.Err() != nil || attempt == provideAttempts || transfer.Permanent(err) {
 			n.log.Warn("announce failed", "share", id, "err", err)
 			return
 		}

@@ -370,7 +370,7 @@ func (c *Client) putChunkRetry(ctx context.Context, m *transfer.Manifest, i int,
 			return nil
 		case errors.Is(err, transfer.ErrBadChunk):
 			return fmt.Errorf("chunk %d: the server refused it: %w (did a file change after it was hashed?)", i, err)
-		case permanent(err) || ctx.Err() != nil:
+		case transfer.Permanent(err) || ctx.Err() != nil:
 			return err
 		case time.Now().After(deadline):
 			return fmt.Errorf("chunk %d: giving up after %v: %w", i, stall, err)
@@ -382,18 +382,6 @@ func (c *Client) putChunkRetry(ctx context.Context, m *transfer.Manifest, i int,
 		}
 		back = min(2*back, 5*time.Second)
 	}
-}
-
-// permanent reports errors that retrying cannot fix.
-func permanent(err error) bool {
-	for _, e := range []error{transfer.ErrSourceRefused, transfer.ErrNotFound, transfer.ErrBadManifest,
-		transfer.ErrBadName, transfer.ErrTooLarge, transfer.ErrChunkRange, ErrBadRequest, ErrNoSpace} {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	var ne *net.OpError
-	return errors.As(err, &ne) && ne.Op == "dial" && strings.Contains(ne.Err.Error(), "no such host")
 }
 
 // Fetch asks a peer to get share id from its swarm (POST

@@ -18,12 +18,14 @@ var (
 	ErrUnauthorized error = refusal("unauthorized (missing or wrong token)")
 	// ErrForbidden: a request refused whoever asks (a foreign Host or Origin).
 	ErrForbidden error = refusal("forbidden")
-	// ErrBusy: the server is at its bound of concurrent uploads; retry later.
-	ErrBusy = errors.New("server busy")
-	// ErrBadRequest: a malformed request.
-	ErrBadRequest = errors.New("bad request")
-	// ErrNoSpace: the server's disk is full.
-	ErrNoSpace = errors.New("server out of disk space")
+	// ErrBusy: the server is at a bound (concurrent uploads); retry later.
+	// It is transfer.ErrBusy itself, so a client's download treats a 503 as
+	// a busy source, not a failure.
+	ErrBusy = transfer.ErrBusy
+	// ErrBadRequest: a malformed request (transfer.ErrBadRequest).
+	ErrBadRequest = transfer.ErrBadRequest
+	// ErrNoSpace: the server's disk is full (transfer.ErrNoSpace).
+	ErrNoSpace = transfer.ErrNoSpace
 	// ErrNotSupported: the backend lacks the ability a route needs (a
 	// server cannot fetch a share from elsewhere; a peer can).
 	ErrNotSupported = errors.New("not supported")
@@ -139,11 +141,24 @@ func responseError(resp *http.Response, op string) error {
 			return fmt.Errorf("%s: %w", op, &remoteError{msg: ae.Error, err: c.err})
 		}
 	}
-	switch resp.StatusCode { // a HEAD, or not a share server: no code
-	case http.StatusUnauthorized:
-		return fmt.Errorf("%s: %w", op, ErrUnauthorized)
-	case http.StatusNotFound:
-		return fmt.Errorf("%s: %w", op, transfer.ErrNotFound)
+	// No code we know (a HEAD, a proxy, another server): the status alone.
+	if err := statusErrors[resp.StatusCode]; err != nil {
+		return fmt.Errorf("%s: %w", op, &remoteError{msg: fmt.Sprintf("%s (HTTP %d)", ae.Error, resp.StatusCode), err: err})
 	}
 	return fmt.Errorf("%s: %s (HTTP %d)", op, ae.Error, resp.StatusCode)
+}
+
+// statusErrors are the sentinels of responses without a known code, by
+// status (RFC 9110, section 15; 429 is RFC 6585, section 4). A status not
+// listed gives a plain error, which is transient (transfer.Permanent).
+var statusErrors = map[int]error{
+	http.StatusBadRequest:            ErrBadRequest,
+	http.StatusUnauthorized:          ErrUnauthorized,
+	http.StatusForbidden:             ErrForbidden,
+	http.StatusNotFound:              transfer.ErrNotFound,
+	http.StatusGone:                  transfer.ErrRemoved,
+	http.StatusRequestEntityTooLarge: transfer.ErrTooLarge,
+	http.StatusTooManyRequests:       ErrBusy,
+	http.StatusServiceUnavailable:    ErrBusy,
+	http.StatusInsufficientStorage:   ErrNoSpace,
 }

@@ -680,13 +680,13 @@ func (r *run) requeue(i int) {
 }
 
 // sourceFailed handles an error from s for a request started at started: a
-// permanent one drops it, anything else backs it off, longer each time. The
+// permanent one (Permanent) drops it, anything else backs it off, longer each time. The
 // requests that were already in flight when a failure was counted fail
 // together (a restarted server resets them all) and count once.
 func (r *run) sourceFailed(s *srcState, err error, started time.Time) {
 	s.stats.Errors++
 	s.stats.LastErr = err
-	if errors.Is(err, ErrNotFound) || errors.Is(err, ErrSourceRefused) || errors.Is(err, ErrChunkRange) {
+	if Permanent(err) {
 		if !s.stats.Dropped {
 			s.stats.Dropped = true
 			r.d.log.Warn("dropping source", "source", s.name, "err", err)

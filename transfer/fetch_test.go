@@ -357,3 +357,85 @@ func TestPickFreeFindsEveryChunk(t *testing.T) {
 		}
 	}
 }
+
+func TestRemoveShareMidDownload(t *testing.T) {
+	// A store's share is removed while a download fills it, with many chunks
+	// being written at once: the download ends with ErrRemoved, soon, and
+	// (under -race) without a data race between the writes and the removal.
+	// The second case is a daemon shutting down (closing its shares) while
+	// a removal comes in.
+	for _, tt := range []struct {
+		name  string
+		close bool
+	}{{"remove", false}, {"close then remove", true}} {
+		t.Run(tt.name, func(t *testing.T) {
+			for range 3 {
+				removeMidDownload(t, tt.close)
+			}
+		})
+	}
+}
+
+func removeMidDownload(t *testing.T, closeFirst bool) {
+	f := newFixture(t, 2, 96)
+	dst, err := OpenStore(t.TempDir(), StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	sh, _, err := dst.Create(f.m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The sources offer chunks [0, 32) first, [32, 64) from just before the
+	// removal, so that many are being written while it happens, and the rest
+	// only after it, so that the download cannot finish first.
+	var offer atomic.Int32
+	offer.Store(32)
+	only := func(i int) bool { return i < int(offer.Load()) }
+	d := NewDownload(sh, DownloadOptions{MaxInFlight: 64, PerSource: 32, HaveInterval: 5 * time.Millisecond, StallTimeout: 10 * time.Second})
+	for k, seed := range f.seeds {
+		d.AddSource(&wrapSource{Source: seed, name: fmt.Sprint("seed", k), only: only})
+	}
+	removed := make(chan error, 1)
+	go func() {
+		defer offer.Store(int32(f.m.NumChunks()))
+		for sh.HaveCount() < 32 {
+			select {
+			case <-sh.Changed():
+			case <-time.After(5 * time.Second):
+			}
+		}
+		offer.Store(64)
+		for sh.HaveCount() < 36 {
+			select {
+			case <-sh.Changed():
+			case <-time.After(5 * time.Second):
+			}
+		}
+		if closeFirst {
+			sh.Close()
+		}
+		removed <- dst.Remove(f.m.ID())
+	}()
+	start := time.Now()
+	_, err = d.Run(context.Background())
+	if rerr := <-removed; rerr != nil {
+		t.Fatal(rerr)
+	}
+	if want := ErrRemoved; !closeFirst && !errors.Is(err, want) {
+		t.Fatalf("download of a removed share: %v, want %v", err, want)
+	}
+	if err == nil || !Permanent(err) {
+		t.Fatalf("download of a removed share: %v, want a permanent error", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("download ended %v after the removal began, want at once", took)
+	}
+	if _, err := dst.Get(f.m.ID()); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("removed share still in the store: %v", err)
+	}
+	if err := sh.PutChunk(0, f.content[:f.m.ChunkLen(0)]); !errors.Is(err, ErrRemoved) {
+		t.Fatalf("PutChunk on a removed share: %v", err)
+	}
+}

@@ -15,9 +15,10 @@ import (
 //   - ErrNotFound when it has no such share,
 //   - ErrChunkNotHeld when it has the share but not that chunk (yet),
 //   - ErrSourceRefused when it will not serve us (auth, limits): permanent,
+//   - ErrBusy when it is at a limit right now: ask another source,
 //
-// wrapped with %w; any other error is treated as transient and retried after
-// a backoff. Implementations are safe for concurrent use.
+// wrapped with %w. Permanent decides which errors drop a source; any other
+// error is treated as transient and retried after a backoff. Implementations are safe for concurrent use.
 type Source interface {
 	// Manifest returns the raw manifest of share id; the caller verifies it.
 	Manifest(ctx context.Context, id ID) ([]byte, error)

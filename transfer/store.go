@@ -132,6 +132,24 @@ func (s *Share) gone() bool {
 	return s.removed || s.closed
 }
 
+// goneErr returns ErrRemoved or a closed error if the share is no longer
+// usable, else nil.
+func (s *Share) goneErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.goneErrLocked()
+}
+
+func (s *Share) goneErrLocked() error {
+	switch {
+	case s.removed:
+		return fmt.Errorf("share %s: %w", s.m.id, ErrRemoved)
+	case s.closed:
+		return fmt.Errorf("share %s: %w", s.m.id, errClosed)
+	}
+	return nil
+}
+
 func (s *Share) notifyLocked() {
 	for _, ch := range s.notifyList {
 		close(ch)
@@ -156,14 +174,11 @@ func (s *Share) putHashed(i int, data []byte, sum Hash) error {
 		return err
 	}
 	s.mu.Lock()
-	switch {
-	case s.removed:
+	if err := s.goneErrLocked(); err != nil {
 		s.mu.Unlock()
-		return ErrRemoved
-	case s.closed:
-		s.mu.Unlock()
-		return fmt.Errorf("share %s: closed", s.m.id)
-	case s.have.Has(i):
+		return err
+	}
+	if s.have.Has(i) {
 		s.mu.Unlock()
 		return nil
 	}
@@ -171,6 +186,10 @@ func (s *Share) putHashed(i int, data []byte, sum Hash) error {
 
 	off, _ := s.m.ChunkRange(i)
 	if err := s.tree.writeAt(data, off); err != nil {
+		// Removed or closed meanwhile: its files are closed under the write.
+		if gone := s.goneErr(); gone != nil {
+			return gone
+		}
 		return fmt.Errorf("store chunk %d: %w", i, err)
 	}
 
@@ -180,11 +199,12 @@ func (s *Share) putHashed(i int, data []byte, sum Hash) error {
 		return nil
 	}
 	if s.journal == nil {
+		err := s.goneErrLocked()
 		s.mu.Unlock()
-		if s.removed {
-			return ErrRemoved
+		if err == nil { // completed meanwhile: every chunk is held
+			return nil
 		}
-		return fmt.Errorf("share %s: closed", s.m.id)
+		return err
 	}
 	if err := s.journal.appendHave(i); err != nil {
 		s.mu.Unlock()

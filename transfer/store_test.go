@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 	"testing/iotest"
+	"time"
 )
 
 func TestImportAndReadBack(t *testing.T) {
@@ -434,4 +435,42 @@ func FuzzParseBitfield(f *testing.F) {
 			t.Fatal("bitfield round trip")
 		}
 	})
+}
+
+func TestPutChunkRacesCloseAndRemove(t *testing.T) {
+	// Chunks are put from many goroutines while the share is closed (a
+	// daemon shutting down) and removed: every put either stores its chunk
+	// or fails with the share's state, and -race finds no unsynchronized
+	// access to that state.
+	content := randomBytes(9, 64*MinChunkSize)
+	m := mustManifest(t, "f", false, MinChunkSize, map[string]string{"f": string(content)})
+	for round := range 20 {
+		st := openStore(t)
+		sh, _, err := st.Create(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := make(chan struct{})
+		errs := make(chan error, m.NumChunks())
+		for i := range m.NumChunks() {
+			go func() {
+				<-start
+				off, n := m.ChunkRange(i)
+				errs <- sh.PutChunk(i, content[off:off+n])
+			}()
+		}
+		close(start)
+		if round%2 == 0 {
+			sh.Close()
+			time.Sleep(time.Millisecond) // puts in flight see a closed share, then a removed one
+		}
+		if err := st.Remove(m.ID()); err != nil {
+			t.Fatal(err)
+		}
+		for range m.NumChunks() {
+			if err := <-errs; err != nil && !errors.Is(err, ErrRemoved) && !errors.Is(err, errClosed) {
+				t.Fatalf("round %d: PutChunk during removal: %v, want nil, ErrRemoved or closed", round, err)
+			}
+		}
+	}
 }

@@ -58,9 +58,6 @@ const (
 	statusComplete   = 8 // OK, for a have: the source holds every chunk
 )
 
-// ErrBusy: the source is at a limit right now; retry after a backoff.
-var ErrBusy = errors.New("source busy")
-
 // Request is one decoded chunk-protocol request.
 type Request struct {
 	Op      byte
@@ -121,6 +118,8 @@ func wireStatus(err error) byte {
 		return statusRefused
 	case errors.Is(err, ErrBusy):
 		return statusBusy
+	case errors.Is(err, ErrBadRequest):
+		return statusBadRequest
 	}
 	return statusInternal
 }
@@ -141,7 +140,7 @@ func statusError(status byte, what string) error {
 	case statusBusy:
 		return fmt.Errorf("%s: %w", what, ErrBusy)
 	case statusBadRequest:
-		return fmt.Errorf("%s: the source could not parse the request", what)
+		return fmt.Errorf("%s: %w: the source could not parse it", what, ErrBadRequest)
 	}
 	return fmt.Errorf("%s: the source failed (status %d)", what, status)
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -105,6 +106,7 @@ func hint(err error, f *clientFlags) error {
 	return err
 }
 
+// isConnRefused reports a refused TCP connection: nothing listens there.
 func isConnRefused(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "connection refused")
+	return errors.Is(err, syscall.ECONNREFUSED)
 }
