@@ -9,8 +9,11 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/pnet"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	ma "github.com/multiformats/go-multiaddr"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sharefiles/share/transfer"
@@ -52,6 +55,24 @@ type Options struct {
 	Bootstrap []string
 	// MDNS adds discovery of peers on the LAN by multicast DNS.
 	MDNS bool
+	// SwarmKey makes the peer a member of a private swarm (see private.go):
+	// 32 bytes, from LoadSwarmKey; nil: a public swarm. A private swarm is
+	// TCP only.
+	SwarmKey pnet.PSK
+	// AllowPeers, if not empty, are the only peers this peer connects to or
+	// accepts, with its Bootstrap peers and Relays added.
+	AllowPeers []peer.ID
+	// Relays are full multiaddrs of relays to reserve a slot on when behind
+	// a NAT; the Bootstrap peers that offer relaying are tried after them
+	// (see nat.go).
+	Relays []string
+	// RelayService makes this peer relay connections for peers behind NATs
+	// (circuit relay v2), within RelayLimits. Run it on a reachable peer.
+	RelayService bool
+	RelayLimits  RelayLimits
+	// Reachability forces AutoNAT's verdict: network.ReachabilityPublic or
+	// ReachabilityPrivate; the zero value (Unknown) lets AutoNAT find out.
+	Reachability network.Reachability
 	// UploadLimit caps chunk bytes sent to peers, DownloadLimit those received.
 	UploadLimit, DownloadLimit *transfer.Limiter
 	ReprovideInterval          time.Duration
@@ -66,6 +87,9 @@ type Options struct {
 	UserAgent              string
 	Logger                 *slog.Logger          // nil: slog.Default()
 	Registry               prometheus.Registerer // nil: metrics are kept but not exported
+
+	// denyDial, for tests: addresses this peer must not dial (see allowList).
+	denyDial func(peer.ID, ma.Multiaddr) bool
 }
 
 // LoadIdentity returns the peer key kept in dataDir, creating it (Ed25519,

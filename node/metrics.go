@@ -60,6 +60,7 @@ func newMetrics(reg prometheus.Registerer, n *Node) (*metrics, error) {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "share_swarm_downloads", Help: "Swarm downloads in progress."},
 			func() float64 { n.mu.Lock(); defer n.mu.Unlock(); return float64(len(n.downloads)) }),
 	}
+	gauges = append(gauges, n.nat.collectors()...)
 	for _, c := range append([]prometheus.Collector{m.peerSent, m.peerRecv, m.chunksRecv, m.chunksSent, m.badChunks, m.refused,
 		m.lookups, m.lookupSeconds, m.provides, m.provideSeconds}, gauges...) {
 		if err := reg.Register(c); err != nil {

@@ -46,6 +46,8 @@ type Node struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // every goroutine the node starts
 	mdns   io.Closer      // nil unless Options.MDNS
+	nat    *nat           // NAT traversal state; see nat.go
+	gater  *allowList     // nil unless Options.AllowPeers; see private.go
 
 	provideQ  chan transfer.ID    // announcements to make; see discovery.go
 	slotBytes int64               // see uploadSlotBytes
@@ -82,13 +84,17 @@ type shareStats struct {
 // Noise), but on those Xeons TLS was 1.5x faster (~750 against ~500 MB/s).
 const quicDelay = 250 * time.Millisecond
 
-// tcpFirst is the dial ranker described at quicDelay.
+// tcpFirst is the dial ranker described at quicDelay; relayed addresses
+// come last (relayDelay).
 func tcpFirst(addrs []ma.Multiaddr) []network.AddrDelay {
 	out := make([]network.AddrDelay, 0, len(addrs))
 	for _, a := range addrs {
 		d := quicDelay
 		if _, err := a.ValueForProtocol(ma.P_TCP); err == nil {
 			d = 0
+		}
+		if isRelayAddr(a) {
+			d = relayDelay
 		}
 		out = append(out, network.AddrDelay{Addr: a, Delay: d})
 	}
@@ -136,9 +142,14 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 			return nil, err
 		}
 	}
-	if len(opts.Listen) == 0 {
-		opts.Listen = DefaultListen
+	if err := checkSwarmKey(opts.SwarmKey); err != nil {
+		return nil, err
 	}
+	listen, err := listenAddrs(opts)
+	if err != nil {
+		return nil, err
+	}
+	opts.Listen = listen
 	opts.ReprovideInterval = cmp.Or(opts.ReprovideInterval, DefaultReprovideInterval)
 	opts.ProvideTimeout = cmp.Or(opts.ProvideTimeout, DefaultProvideTimeout)
 	opts.LookupInterval = cmp.Or(opts.LookupInterval, DefaultLookupInterval)
@@ -158,18 +169,29 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 		log = slog.Default()
 	}
 
-	h, err := newHost(key, opts)
+	gater, err := allowListFor(opts)
 	if err != nil {
 		return nil, err
 	}
-	d, err := dht.New(h, dht.Mode(dht.ModeServer), dht.ProtocolPrefix(DHTPrefix), dht.BootstrapPeers(boot...))
+	relays, err := relayCandidates(opts)
+	if err != nil {
+		return nil, err
+	}
+	nt := newNAT()
+	h, err := newHost(key, opts, gater, natOptions(opts, nt, relays))
+	if err != nil {
+		return nil, err
+	}
+	// ModeAutoServer: a DHT server, unless AutoNAT finds the peer behind a
+	// NAT, where others could not reach it: then a client.
+	d, err := dht.New(h, dht.Mode(dht.ModeAutoServer), dht.ProtocolPrefix(DHTPrefix), dht.BootstrapPeers(boot...))
 	if err != nil {
 		h.Close()
 		return nil, fmt.Errorf("node: DHT: %w", err)
 	}
 	nctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	n := &Node{
-		opts: opts, log: log, host: h, dht: d, store: opts.Store,
+		opts: opts, log: log, host: h, dht: d, store: opts.Store, nat: nt, gater: gater,
 		ctx: nctx, cancel: cancel,
 		provideQ:  make(chan transfer.ID, provideQueueLen),
 		slotBytes: uploadSlotBytes(opts.UploadLimit),
@@ -185,6 +207,10 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 		reg = prometheus.NewRegistry()
 	}
 	if n.m, err = newMetrics(reg, n); err != nil {
+		n.Close()
+		return nil, err
+	}
+	if err := n.startNAT(); err != nil {
 		n.Close()
 		return nil, err
 	}
@@ -205,7 +231,10 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 	return n, nil
 }
 
-func newHost(key crypto.PrivKey, opts Options) (host.Host, error) {
+// newHost makes the libp2p host: TCP and QUIC (TCP only with a swarm
+// key), TLS and Noise, our resource and connection managers, the allow-list
+// gater if any, and the options of NAT traversal.
+func newHost(key crypto.PrivKey, opts Options, gater *allowList, extra []libp2p.Option) (host.Host, error) {
 	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(resourceLimits(opts.MaxStreamsPerPeer)))
 	if err != nil {
 		return nil, fmt.Errorf("node: resource manager: %w", err)
@@ -214,21 +243,28 @@ func newHost(key crypto.PrivKey, opts Options) (host.Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node: connection manager: %w", err)
 	}
-	h, err := libp2p.New(
+	o := []libp2p.Option{
 		libp2p.Identity(key),
 		libp2p.ListenAddrStrings(opts.Listen...),
 		libp2p.NoTransports,
 		libp2p.Transport(tcp.NewTCPTransport),
-		libp2p.Transport(libp2pquic.NewTransport),
 		libp2p.Security(libp2ptls.ID, libp2ptls.New),
 		libp2p.Security(noise.ID, noise.New),
 		libp2p.ResourceManager(rm),
 		libp2p.ConnectionManager(cm),
 		libp2p.SwarmOpts(swarm.WithDialRanker(tcpFirst)),
 		libp2p.UserAgent(opts.UserAgent),
-		libp2p.DisableRelay(),
 		libp2p.DisableMetrics(), // ours are in metrics.go; libp2p's would register globally
-	)
+	}
+	if len(opts.SwarmKey) > 0 {
+		o = append(o, libp2p.PrivateNetwork(opts.SwarmKey)) // QUIC cannot carry it
+	} else {
+		o = append(o, libp2p.Transport(libp2pquic.NewTransport))
+	}
+	if gater != nil {
+		o = append(o, libp2p.ConnectionGater(gater))
+	}
+	h, err := libp2p.New(append(o, extra...)...)
 	if err != nil {
 		return nil, fmt.Errorf("node: libp2p host: %w", err)
 	}
@@ -266,7 +302,7 @@ func (n *Node) Close() error {
 		n.mdns.Close()
 	}
 	n.wg.Wait()
-	err := errors.Join(n.dht.Close(), n.host.Close())
+	err := errors.Join(n.closeNAT(), n.dht.Close(), n.host.Close())
 	n.log.Info("peer stopped", "id", n.host.ID())
 	return err
 }

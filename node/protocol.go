@@ -22,7 +22,11 @@ func (n *Node) handleStream(s network.Stream) {
 		return
 	}
 	defer n.releaseInbound(pid)
-	req, err := transfer.ServeStream(n.ctx, s, servingSource{n}, transfer.ServeOptions{
+	var src transfer.Source = servingSource{n}
+	if s.Conn().Stat().Limited {
+		src = limitedSource{servingSource{n}} // no chunks through a limited relay
+	}
+	req, err := transfer.ServeStream(n.ctx, n.countStream(s, "sent"), src, transfer.ServeOptions{
 		Limiter:   n.opts.UploadLimit,
 		OnRequest: func(req transfer.Request) { n.noticeDownloader(req.ID, pid) },
 		Served: func(id transfer.ID, _ int, size int64) {
@@ -54,6 +58,15 @@ func (n *Node) releaseInbound(pid peer.ID) {
 	if n.inbound[pid]--; n.inbound[pid] <= 0 {
 		delete(n.inbound, pid)
 	}
+}
+
+// limitedSource serves manifests and have lists over a limited relayed
+// connection, and answers chunk requests "busy": chunks need a direct
+// connection (see nat.go), which the hole punch may bring in a moment.
+type limitedSource struct{ servingSource }
+
+func (limitedSource) OpenChunk(context.Context, transfer.ID, int) (io.ReadCloser, error) {
+	return nil, transfer.ErrBusy
 }
 
 // busySource answers every request with transfer.ErrBusy.

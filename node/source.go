@@ -14,12 +14,15 @@ import (
 )
 
 // peerSource is a remote peer as a transfer.Source: the chunk protocol over
-// libp2p streams to it. It remembers whether the peer holds every chunk (a
-// seed), for the metrics of chunks from seeds and from peers.
+// libp2p streams to it. Chunks go over streams of their own, on direct
+// connections only; manifest and have requests over others, which may go
+// through a limited relay (see nat.go). It remembers whether the peer holds
+// every chunk (a seed), for the metrics of chunks from seeds and from peers.
 type peerSource struct {
-	transfer.StreamSource
-	pid  peer.ID
-	seed atomic.Bool // its last have answer said it holds every chunk
+	transfer.StreamSource                       // chunk requests
+	ctl                   transfer.StreamSource // manifest and have requests
+	pid                   peer.ID
+	seed                  atomic.Bool // its last have answer said it holds every chunk
 }
 
 var (
@@ -31,16 +34,35 @@ func (n *Node) peerSource(pid peer.ID) *peerSource {
 	p := &peerSource{pid: pid}
 	p.StreamSource = transfer.StreamSource{
 		Name: pid.String(),
-		Open: func(ctx context.Context) (transfer.Stream, error) {
-			s, err := n.host.NewStream(ctx, pid, ProtocolID)
-			if err != nil {
-				return nil, streamError(err)
-			}
-			return peerStream{s}, nil
-		},
+		Open: func(ctx context.Context) (transfer.Stream, error) { return n.openChunkStream(ctx, pid) },
+	}
+	p.ctl = transfer.StreamSource{
+		Name:     pid.String(),
+		Open:     func(ctx context.Context) (transfer.Stream, error) { return n.openControlStream(ctx, pid) },
 		Complete: func(_ transfer.ID, complete bool) { p.seed.Store(complete) },
 	}
 	return p
+}
+
+// Manifest implements transfer.Source.
+func (p *peerSource) Manifest(ctx context.Context, id transfer.ID) ([]byte, error) {
+	return p.ctl.Manifest(ctx, id)
+}
+
+// Have implements transfer.Source.
+func (p *peerSource) Have(ctx context.Context, id transfer.ID, n int) (transfer.Bitfield, error) {
+	return p.ctl.Have(ctx, id, n)
+}
+
+// WaitHave implements transfer.HaveWaiter.
+func (p *peerSource) WaitHave(ctx context.Context, id transfer.ID, n int, known uint32) (transfer.Bitfield, error) {
+	return p.ctl.WaitHave(ctx, id, n, known)
+}
+
+// Close ends the streams kept for reuse.
+func (p *peerSource) Close() error {
+	p.ctl.Close()
+	return p.StreamSource.Close()
 }
 
 // peerStream is a chunk-protocol stream to a peer whose errors are

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"slices"
 	"strings"
@@ -16,13 +17,17 @@ type Status struct {
 	Addrs        []string      `json:"addrs"` // full multiaddrs, for --bootstrap
 	Peers        []PeerStatus  `json:"peers"` // connected
 	RoutingTable int           `json:"routing_table"`
+	Private      PrivateStatus `json:"private"`
+	NAT          NATStatus     `json:"nat"`
 	Shares       []ShareStatus `json:"shares"`
 }
 
 // PeerStatus is one connected peer.
 type PeerStatus struct {
-	ID   string `json:"id"`
-	Addr string `json:"addr"`
+	ID      string `json:"id"`
+	Addr    string `json:"addr"`
+	Relayed bool   `json:"relayed,omitempty"` // through a circuit relay
+	Limited bool   `json:"limited,omitempty"` // a relayed connection with limits: no chunks
 }
 
 // ShareStatus is one share's state on this peer.
@@ -43,14 +48,19 @@ type ShareStatus struct {
 
 // Status reports the peer's state.
 func (n *Node) Status(context.Context) any {
-	st := Status{Mode: "peer", PeerID: n.host.ID().String(), RoutingTable: n.dht.RoutingTable().Size()}
+	st := Status{Mode: "peer", PeerID: n.host.ID().String(), RoutingTable: n.dht.RoutingTable().Size(),
+		Private: n.privateStatus(), NAT: n.natStatus()}
 	for _, a := range n.Addrs() {
 		st.Addrs = append(st.Addrs, a.String())
 	}
 	for _, c := range n.host.Network().Conns() {
-		st.Peers = append(st.Peers, PeerStatus{ID: c.RemotePeer().String(), Addr: c.RemoteMultiaddr().String()})
+		st.Peers = append(st.Peers, PeerStatus{ID: c.RemotePeer().String(), Addr: c.RemoteMultiaddr().String(),
+			Relayed: isRelayed(c), Limited: c.Stat().Limited})
 	}
-	slices.SortFunc(st.Peers, func(a, b PeerStatus) int { return strings.Compare(a.ID, b.ID) })
+	// One line per peer: its best connection (direct before relayed).
+	slices.SortFunc(st.Peers, func(a, b PeerStatus) int {
+		return cmp.Or(strings.Compare(a.ID, b.ID), cmp.Compare(boolInt(a.Relayed), boolInt(b.Relayed)))
+	})
 	st.Peers = slices.CompactFunc(st.Peers, func(a, b PeerStatus) bool { return a.ID == b.ID })
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -68,4 +78,11 @@ func (n *Node) Status(context.Context) any {
 		st.Shares = append(st.Shares, ss)
 	}
 	return st
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
