@@ -83,6 +83,7 @@ directory when the server runs on this machine).`,
 	root.AddCommand(
 		newServeCmd(stdout, stderr),
 		newPeerCmd(stdout, stderr),
+		newKeygenCmd(stdout),
 		newStatusCmd(stdout, stderr),
 		newBenchCmd(stdout, stderr),
 		newPutCmd(stdout, stderr),

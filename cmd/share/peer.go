@@ -50,6 +50,7 @@ type peerOptions struct {
 	logLevel      string
 	logFormat     string
 	pprof         string
+	net           peerNetFlags // private swarm and NAT traversal; see peernet.go
 }
 
 func newPeerCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -67,6 +68,9 @@ peer. The same HTTP API as 'share serve' listens on --api (127.0.0.1:7070), so
 makes the peer fetch the share from the swarm and streams it to you.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if !cmd.Flags().Changed("listen") {
+				o.listen = nil // node's default: without QUIC in a private swarm
+			}
 			return runPeer(cmd.Context(), o, stdout, stderr)
 		},
 	}
@@ -86,6 +90,7 @@ makes the peer fetch the share from the swarm and streams it to you.`,
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
 	f.StringVar(&o.pprof, "pprof", "", pprofFlagHelp)
+	o.net.register(f)
 	return cmd
 }
 
@@ -169,6 +174,10 @@ func runPeer(ctx context.Context, o peerOptions, stdout, stderr io.Writer) error
 	if _, err := node.ParseBootstrap(o.bootstrap); err != nil {
 		return usageError{err}
 	}
+	var nopts node.Options // swarm key, allow-list, relays first: they may refuse to start
+	if err := o.net.apply(&nopts); err != nil {
+		return err
+	}
 	var pprofURL string
 	if o.pprof != "" {
 		url, stop, err := startPprof(ctx, o.pprof, log)
@@ -185,18 +194,17 @@ func runPeer(ctx context.Context, o peerOptions, stdout, stderr io.Writer) error
 	defer st.Close()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	n, err := node.New(ctx, node.Options{
-		Store:         st,
-		DataDir:       o.data,
-		Listen:        o.listen,
-		Bootstrap:     o.bootstrap,
-		MDNS:          o.mdns,
-		UploadLimit:   transfer.NewLimiter(o.uploadLimit),
-		DownloadLimit: transfer.NewLimiter(o.downloadLimit),
-		UserAgent:     "share/" + versionString(),
-		Logger:        log,
-		Registry:      reg,
-	})
+	nopts.Store = st
+	nopts.DataDir = o.data
+	nopts.Listen = o.listen
+	nopts.Bootstrap = o.bootstrap
+	nopts.MDNS = o.mdns
+	nopts.UploadLimit = transfer.NewLimiter(o.uploadLimit)
+	nopts.DownloadLimit = transfer.NewLimiter(o.downloadLimit)
+	nopts.UserAgent = "share/" + versionString()
+	nopts.Logger = log
+	nopts.Registry = reg
+	n, err := node.New(ctx, nopts)
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -36,8 +37,11 @@ func startPeer(t testing.TB, data string, args ...string) *peerProc {
 	if data == "" {
 		data = t.TempDir()
 	}
-	cmd := exec.Command(shareBin, append([]string{"peer", "--data", data,
-		"--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--api", "127.0.0.1:0"}, args...)...)
+	listen := []string{"--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"}
+	if slices.Contains(args, "--swarm-key") {
+		listen = listen[:2] // a private swarm is TCP only
+	}
+	cmd := exec.Command(shareBin, append(append([]string{"peer", "--data", data, "--api", "127.0.0.1:0"}, listen...), args...)...)
 	cmd.Env = cleanEnv(data)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/dustin/go-humanize"
@@ -72,9 +73,17 @@ func printPeerStatus(w io.Writer, st node.Status) {
 	for _, a := range st.Addrs {
 		fmt.Fprintf(w, "          %s\n", a)
 	}
+	printSwarm(w, st)
 	fmt.Fprintf(w, "peers:    %d connected\n", len(st.Peers))
 	for _, p := range st.Peers {
-		fmt.Fprintf(w, "          %s %s\n", p.ID, p.Addr)
+		via := ""
+		switch {
+		case p.Limited:
+			via = " (relayed, limited: no chunks)"
+		case p.Relayed:
+			via = " (relayed)"
+		}
+		fmt.Fprintf(w, "          %s %s%s\n", p.ID, p.Addr, via)
 	}
 	fmt.Fprintf(w, "dht:      %d peers in the routing table\n", st.RoutingTable)
 	fmt.Fprintf(w, "shares:   %d\n", len(st.Shares))
@@ -98,4 +107,29 @@ func printPeerStatus(w io.Writer, st node.Status) {
 		}
 	}
 	tw.Flush()
+}
+
+// printSwarm shows the private-swarm and NAT-traversal state of a peer.
+func printSwarm(w io.Writer, st node.Status) {
+	p := st.Private
+	if p.SwarmKey != "" {
+		fmt.Fprintf(w, "swarm:    private, swarm key %s; %s only\n", p.SwarmKey, strings.Join(p.Transports, ", "))
+	} else {
+		fmt.Fprintf(w, "swarm:    public: any peer that reaches this one may join (%s)\n", strings.Join(p.Transports, ", "))
+	}
+	if len(p.AllowPeers) > 0 {
+		fmt.Fprintf(w, "allowed:  only these %d peers (%d connections refused)\n", len(p.AllowPeers), p.Refused)
+		for _, id := range p.AllowPeers {
+			fmt.Fprintf(w, "          %s\n", id)
+		}
+	}
+	n := st.NAT
+	fmt.Fprintf(w, "nat:      reachability %s; hole punches %d tried, %d succeeded; chunk protocol %s direct, %s relayed\n",
+		n.Reachability, n.HolePunches.Tried, n.HolePunches.Succeeded, humanize.IBytes(uint64(n.BytesDirect)), humanize.IBytes(uint64(n.BytesRelayed)))
+	for _, a := range n.RelayAddrs {
+		fmt.Fprintf(w, "          through relay: %s\n", a)
+	}
+	if n.RelayService != "" {
+		fmt.Fprintf(w, "relay:    relaying for others: %s\n", n.RelayService)
+	}
 }
