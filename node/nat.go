@@ -494,7 +494,7 @@ func (t *punchTracer) Trace(evt *holepunch.Event) {
 		if e.Success {
 			delete(t.errs, evt.Remote)
 		} else {
-			t.errs[evt.Remote] = e.Error
+			t.errs[evt.Remote] = punchError(e.Error)
 		}
 		t.mu.Unlock()
 		if e.Success {
@@ -517,6 +517,21 @@ func (t *punchTracer) Trace(evt *holepunch.Event) {
 		}
 		t.mu.Unlock()
 	}
+}
+
+// punchError shortens a hole punch's dial error to what matters: the dials
+// to the other peer's public addresses (libp2p also lists the addresses it
+// skipped as its own).
+func punchError(s string) string {
+	var keep []string
+	for _, line := range strings.Split(s, "\n") {
+		line = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "*"))
+		if line == "" || strings.Contains(line, "dial to self attempted") {
+			continue
+		}
+		keep = append(keep, line)
+	}
+	return strings.Join(keep, "; ")
 }
 
 func (t *punchTracer) lastError(p peer.ID) string {

@@ -159,3 +159,14 @@ func TestParseReachability(t *testing.T) {
 		t.Error("accepted nat")
 	}
 }
+
+func TestPunchError(t *testing.T) {
+	in := `failed to dial: failed to dial 12D3KooWNn: all dials failed
+  * [/ip4/127.0.0.1/tcp/7071] dial to self attempted
+  * [/ip4/192.168.1.2/tcp/7071] dial to self attempted
+  * [/ip4/192.0.0.67/tcp/44343] dial tcp4 0.0.0.0:7071->192.0.0.67:44343: i/o timeout`
+	want := "failed to dial: failed to dial 12D3KooWNn: all dials failed; [/ip4/192.0.0.67/tcp/44343] dial tcp4 0.0.0.0:7071->192.0.0.67:44343: i/o timeout"
+	if got := punchError(in); got != want {
+		t.Fatalf("got  %q\nwant %q", got, want)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -90,6 +91,9 @@ func runGet(ctx context.Context, o getOptions, stdout, stderr io.Writer) error {
 			return fmt.Errorf("no share %s on %s", id, o.client.server)
 		}
 		if !errors.Is(err, transfer.ErrExists) && !errors.Is(err, server.ErrUnauthorized) && !isConnRefused(err) {
+			if why := peerDownloadError(ctx, c, id); why != "" { // a peer with no chunks to give says why
+				err = fmt.Errorf("%w\n  the peer's download from the swarm: %s", err, strings.ReplaceAll(why, "\n", "\n  "))
+			}
 			err = fmt.Errorf("%w\n  chunks already fetched are kept: run the same command again to resume", err)
 		}
 		return hint(err, &o.client)

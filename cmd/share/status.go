@@ -7,12 +7,14 @@ import (
 	"io"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 
 	"github.com/sharefiles/share/node"
 	"github.com/sharefiles/share/server"
+	"github.com/sharefiles/share/transfer"
 )
 
 type statusOptions struct {
@@ -132,4 +134,22 @@ func printSwarm(w io.Writer, st node.Status) {
 	if n.RelayService != "" {
 		fmt.Fprintf(w, "relay:    relaying for others: %s\n", n.RelayService)
 	}
+}
+
+// peerDownloadError returns the last error of the swarm download of id by
+// the peer c talks to ("" for a server, or if there is none): why a peer
+// had no chunks to give its client.
+func peerDownloadError(ctx context.Context, c *server.Client, id transfer.ID) string {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	var st node.Status
+	if err := c.Status(ctx, &st); err != nil || st.Mode != "peer" {
+		return ""
+	}
+	for _, s := range st.Shares {
+		if s.ID == id {
+			return s.LastError
+		}
+	}
+	return ""
 }
