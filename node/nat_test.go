@@ -117,10 +117,15 @@ func TestLimitedRelayCarriesNoChunks(t *testing.T) {
 
 func TestUnlimitedRelayCarriesChunks(t *testing.T) {
 	_, home, away := natPeers(t, RelayLimits{Unlimited: true}, false)
-	content := transfertest.Bytes(4, 3<<20+17)
+	content := transfertest.Bytes(4, 1<<20+17)
 	sh := importShare(t, home, "home.bin", content, 256<<10)
 	fetch(t, away, sh.ID())
-	sameContent(t, waitComplete(t, away, sh.ID(), 30*time.Second), content)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("away's status: %+v\nconnections to home: %v", away.Status(context.Background()).(Status).Shares, away.host.Network().ConnsToPeer(home.ID()))
+		}
+	})
+	sameContent(t, waitComplete(t, away, sh.ID(), time.Minute), content)
 	st := away.natStatus()
 	if st.BytesRelayed < int64(len(content)) || st.BytesDirect != 0 {
 		t.Fatalf("away's bytes: %d relayed, %d direct; want the whole file relayed", st.BytesRelayed, st.BytesDirect)
