@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,7 +11,9 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"path"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -70,12 +73,14 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, resp)
 }
 
-var indexTmpl = template.Must(template.New("index").Parse(`<!doctype html>
+// indexTmpl shows names as transfer.DisplayName writes them (confusable
+// separators escaped); html/template escapes the rest.
+var indexTmpl = template.Must(template.New("index").Funcs(template.FuncMap{"display": transfer.DisplayName}).Parse(`<!doctype html>
 <html><head><meta charset="utf-8"><title>share</title>
 <style>body{font:14px system-ui,sans-serif;margin:2em}td{padding:.2em 1em .2em 0}code{font-size:12px;color:#555}</style></head>
 <body><h1>share</h1>
 {{if .}}<table><tr><th align=left>name</th><th align=right>size</th><th align=left>state</th><th align=left>id</th></tr>
-{{range .}}<tr><td>{{if .Complete}}<a href="/v1/shares/{{.ID}}">{{.Name}}{{if eq .Type "dir"}}.tar{{end}}</a>{{else}}{{.Name}}{{end}}</td>
+{{range .}}<tr><td>{{if .Complete}}<a href="/v1/shares/{{.ID}}">{{display .Name}}{{if eq .Type "dir"}}.tar{{end}}</a>{{else}}{{display .Name}}{{end}}</td>
 <td align=right>{{.Size}}</td><td>{{if .Complete}}complete{{else}}{{.Have}} of {{.Chunks}} chunks{{end}}</td><td><code>{{.ID}}</code></td></tr>
 {{end}}</table>{{else}}<p>No shares yet. Upload one: <code>curl -T FILE -H "Authorization: Bearer TOKEN" URL/v1/shares/NAME</code></p>{{end}}
 </body></html>
@@ -207,8 +212,8 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, status, Info(sh))
 }
 
-// content serves a complete share: a file with Range and ETag support, a
-// directory as a tar stream.
+// content serves a complete share: a file, or a directory as a tar stream
+// (transfer.TarReader), with Range and conditional requests (serveBody).
 func (s *Server) content(w http.ResponseWriter, r *http.Request) {
 	sh, err := s.shareFromPath(r)
 	if err != nil {
@@ -220,25 +225,21 @@ func (s *Server) content(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	m := sh.Manifest()
-	s.m.active.WithLabelValues("send").Inc()
-	defer s.m.active.WithLabelValues("send").Dec()
-	cw := &countingWriter{w: s.opts.UploadLimit.Writer(r.Context(), w)}
-	defer func() { s.m.sent.Add(float64(cw.n)) }()
 	h := w.Header()
 	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Cache-Control", "private, max-age=31536000, immutable") // content-addressed
 	if m.IsDir() {
-		h.Set("Content-Type", "application/x-tar")
-		h.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": m.Name() + ".tar"}))
-		h.Set("ETag", `W/"`+m.ID().String()+`"`)
-		if r.Method == http.MethodHead {
+		tr, err := sh.OpenTar()
+		if err != nil {
+			writeError(w, err)
 			return
 		}
-		if err := sh.WriteTar(cw); err != nil {
-			// Headers are gone; all we can do is cut the stream short.
-			s.log.Warn("tar stream failed", "id", m.ID(), "err", err)
-			panic(http.ErrAbortHandler)
-		}
+		defer tr.Close()
+		h.Set("Content-Type", "application/x-tar")
+		h.Set("Content-Disposition", contentDisposition(transfer.FitName(m.Name(), ".tar")))
+		h.Set("ETag", tarETag(sh))
+		// The bytes depend on when the share entered this store: revalidate.
+		h.Set("Cache-Control", "private, no-cache")
+		s.serveBody(w, r, sh.Created(), tr, true)
 		return
 	}
 	f, err := sh.OpenFile()
@@ -247,9 +248,122 @@ func (s *Server) content(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer f.Close()
+	ctype := mime.TypeByExtension(path.Ext(m.Name()))
+	if ctype == "" {
+		ctype = "application/octet-stream"
+	}
+	h.Set("Content-Type", ctype)
+	h.Set("Content-Disposition", contentDisposition(m.Name()))
 	h.Set("ETag", `"`+m.ID().String()+`"`)
-	h.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": m.Name()}))
-	http.ServeContent(responseWriter{ResponseWriter: w, Writer: cw}, r, m.Name(), sh.Created(), f)
+	h.Set("Cache-Control", "private, max-age=31536000, immutable") // content-addressed
+	s.serveBody(w, r, sh.Created(), f, true)
+}
+
+// tarETag is the strong entity tag of a directory share's tar stream, whose
+// bytes depend on the manifest and on the share's creation time in this
+// store (the entries' mtime), and on nothing else (transfer's
+// TestTarBytesAreStable pins them).
+func tarETag(sh *transfer.Share) string {
+	return fmt.Sprintf(`"%s-tar-%d"`, sh.ID(), sh.Created().Unix())
+}
+
+// maxRanges bounds the ranges one request may ask for; a Range with more is
+// ignored (the whole body, 200), as RFC 9110 14.3 allows, so that no request
+// makes a multipart response of many tiny parts.
+const maxRanges = 16
+
+// serveBody answers a GET or HEAD of one representation of size bytes,
+// whose headers (ETag, Content-Type, ...) the caller has set, with
+// net/http's ServeContent. ServeContent evaluates the preconditions in the
+// order of RFC 9110 13.2.2 (If-Match, If-Unmodified-Since, If-None-Match,
+// If-Modified-Since, then If-Range), If-Match and If-Range with the strong
+// comparison and If-None-Match with the weak one (RFC 9110 8.8.3.2), answers
+// 304 with the ETag and no body, 412, Range with 206 (several ranges as
+// multipart/byteranges), and 416 with "Content-Range: bytes */SIZE".
+// fixRange first corrects what it gets wrong. modTime is Last-Modified.
+// limited: the body is share bytes, counted and under UploadLimit; it
+// returns how many of them it sent.
+func (s *Server) serveBody(w http.ResponseWriter, r *http.Request, modTime time.Time, body io.ReadSeeker, limited bool) int64 {
+	size, err := body.Seek(0, io.SeekEnd)
+	if err == nil {
+		_, err = body.Seek(0, io.SeekStart)
+	}
+	if err != nil {
+		writeError(w, err)
+		return 0
+	}
+	fixRange(r, size)
+	if !limited {
+		http.ServeContent(w, r, "", modTime, body)
+		return 0
+	}
+	s.m.active.WithLabelValues("send").Inc()
+	defer s.m.active.WithLabelValues("send").Dec()
+	cw := &countingWriter{w: s.opts.UploadLimit.Writer(r.Context(), w)}
+	http.ServeContent(responseWriter{ResponseWriter: w, Writer: cw}, r, "", modTime, body)
+	s.m.sent.Add(float64(cw.n))
+	return cw.n
+}
+
+// fixRange handles, before ServeContent, the Range edges it gets wrong or
+// that RFC 9110 lets a server decline. The Range header is removed, so the
+// whole body is sent (200), when:
+//   - the method is not GET (HEAD: range handling is defined for GET only,
+//     RFC 9110 14.2);
+//   - its unit is not "bytes" (an unknown unit MUST be ignored, 14.2;
+//     ServeContent answers 416). "Bytes" is bytes: units are
+//     case-insensitive (14.1), ServeContent knows only "bytes=";
+//   - the body is empty: no range of it can be expressed in a
+//     Content-Range (ServeContent answers "bytes 0--1/0" to a suffix range);
+//   - there is more than one Range field, or more than maxRanges ranges.
+func fixRange(r *http.Request, size int64) {
+	vals := r.Header.Values("Range")
+	if len(vals) == 0 {
+		return
+	}
+	unit, set, ok := strings.Cut(vals[0], "=")
+	if r.Method != http.MethodGet || len(vals) > 1 || !ok || !strings.EqualFold(strings.TrimSpace(unit), "bytes") ||
+		size == 0 || strings.Count(set, ",") >= maxRanges {
+		r.Header.Del("Range")
+		return
+	}
+	r.Header.Set("Range", "bytes="+set)
+}
+
+// contentDisposition is an attachment header for a file name (RFC 6266 4.3):
+// a quoted ASCII filename every client reads and, for a name that is not
+// plain ASCII, filename* (RFC 8187: UTF-8, percent-encoded), which browsers
+// prefer. The fallback replaces what is not printable ASCII, and '"', '\\'
+// and '%' (RFC 6266 appendix D), with '_'.
+func contentDisposition(name string) string {
+	var fallback strings.Builder
+	for _, c := range name {
+		if c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '%' {
+			c = '_'
+		}
+		fallback.WriteRune(c)
+	}
+	v := `attachment; filename="` + fallback.String() + `"`
+	if fallback.String() != name {
+		v += "; filename*=UTF-8''" + rfc8187(name)
+	}
+	return v
+}
+
+// rfc8187 percent-encodes s as an RFC 8187 value-chars: every byte but an
+// attr-char.
+func rfc8187(s string) string {
+	const attrChars = "!#$&+-.^_`|~"
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte(attrChars, c) >= 0 {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "%%%02X", c)
+		}
+	}
+	return b.String()
 }
 
 // countingWriter counts bytes written, keeping ReadFrom for sendfile.
@@ -285,7 +399,25 @@ type responseWriter struct {
 
 func (w responseWriter) Write(p []byte) (int, error) { return w.Writer.Write(p) }
 
+// remainder is a reader that writes out everything it has left itself:
+// transfer's chunk and tar readers, whose WriteTo sends file contents with
+// io.CopyN, that is with sendfile.
+type remainder interface {
+	io.WriterTo
+	Remaining() int64
+}
+
+// ReadFrom copies src. ServeContent sends a body, or a range of it, as
+// io.CopyN(w, content, n): when n covers what a remainder has left, its own
+// WriteTo sends it.
 func (w responseWriter) ReadFrom(src io.Reader) (int64, error) {
+	if lr, ok := src.(*io.LimitedReader); ok {
+		if rem, ok := lr.R.(remainder); ok && rem.Remaining() <= lr.N {
+			n, err := rem.WriteTo(w.Writer)
+			lr.N -= n
+			return n, err
+		}
+	}
 	if rf, ok := w.Writer.(io.ReaderFrom); ok {
 		return rf.ReadFrom(src)
 	}
@@ -333,12 +465,11 @@ func (s *Server) manifest(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	raw := sh.Manifest().Bytes()
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(raw)))
-	w.Header().Set("ETag", `"`+sh.ID().String()+`"`)
-	w.Header().Set("Cache-Control", "private, max-age=31536000, immutable")
-	w.Write(raw)
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("ETag", `"`+sh.ID().String()+`"`) // the ID is the hash of these bytes
+	h.Set("Cache-Control", "private, max-age=31536000, immutable")
+	s.serveBody(w, r, sh.Created(), bytes.NewReader(sh.Manifest().Bytes()), false)
 }
 
 // fetch makes a backend that can (a Fetcher: a peer) get a share it lacks
@@ -486,25 +617,18 @@ func (s *Server) getChunk(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer rc.Close()
-	n := int64(m.ChunkLen(i))
-	h := w.Header()
-	h.Set("Content-Type", "application/octet-stream")
-	h.Set("Content-Length", strconv.FormatInt(n, 10))
-	h.Set("ETag", `"`+m.ChunkHash(i).String()+`"`)
-	h.Set("Cache-Control", "private, max-age=31536000, immutable")
-	if r.Method == http.MethodHead {
+	rs, ok := rc.(io.ReadSeeker)
+	if !ok {
+		writeError(w, fmt.Errorf("chunk %d of %s: reader cannot seek", i, m.ID()))
 		return
 	}
-	s.m.active.WithLabelValues("send").Inc()
-	defer s.m.active.WithLabelValues("send").Dec()
-	cw := &countingWriter{w: s.opts.UploadLimit.Writer(r.Context(), w)}
-	_, err = io.Copy(cw, rc)
-	s.m.sent.Add(float64(cw.n))
-	if err != nil {
-		s.log.Debug("chunk send failed", "id", m.ID(), "chunk", i, "err", err)
-		panic(http.ErrAbortHandler) // headers are out; cut the response short
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("ETag", `"`+m.ChunkHash(i).String()+`"`)
+	h.Set("Cache-Control", "private, max-age=31536000, immutable")
+	if s.serveBody(w, r, sh.Created(), rs, true) == int64(m.ChunkLen(i)) {
+		s.m.chunksOut.Inc()
 	}
-	s.m.chunksOut.Inc()
 }
 
 // chunkBufs recycles chunk upload buffers.

@@ -60,11 +60,13 @@ func sanitize(next http.Handler) http.Handler {
 		if strings.HasPrefix(p, "/v1/") {
 			for elem := range strings.SplitSeq(strings.TrimPrefix(p, "/"), "/") {
 				name, err := url.PathUnescape(elem)
-				if err == nil {
-					err = transfer.ValidName(name)
+				if err != nil {
+					err = fmt.Errorf("%w: path element %q: bad %%-escape", transfer.ErrBadName, truncate(elem, 64))
+				} else if err = transfer.ValidName(name); err != nil {
+					err = fmt.Errorf("path element %q: %w", truncate(elem, 64), err)
 				}
 				if err != nil {
-					writeError(w, fmt.Errorf("%w: path element %q", transfer.ErrBadName, truncate(elem, 64)))
+					writeError(w, err)
 					return
 				}
 			}

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/ecdsa"
@@ -16,6 +17,8 @@ import (
 	"io"
 	"log/slog"
 	"math/big"
+	"mime"
+	"mime/multipart"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -1186,4 +1189,226 @@ func TestLocalRoute(t *testing.T) {
 			t.Fatalf("from a server without the share: %v, %v", err, stats.Local)
 		}
 	})
+}
+
+// TestConditionalAndRangeRequests checks RFC 9110's conditional requests
+// (13), ranges (14) and HEAD (9.3.2) on every download route: the file, a
+// directory's tar stream, the manifest and a chunk, and an empty file.
+func TestConditionalAndRangeRequests(t *testing.T) {
+	ts := startServer(t, nil, nil)
+	c := ts.client(t, testToken)
+	content := transfertest.Bytes(5, 100<<10+7)
+	file, err := c.Upload(context.Background(), "data.bin", bytes.NewReader(content), int64(len(content)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	empty, err := c.Upload(context.Background(), "empty", strings.NewReader(""), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(t.TempDir(), "tree")
+	os.MkdirAll(filepath.Join(src, "sub"), 0o755)
+	os.WriteFile(filepath.Join(src, "sub", "a"), content[:5000], 0o644)
+	os.WriteFile(filepath.Join(src, "b"), content[5000:], 0o644)
+	dir, err := c.Put(context.Background(), src, PutOptions{Build: transfer.BuildOptions{ChunkSize: transfer.MinChunkSize}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes := []struct{ name, url string }{
+		{"file", "/v1/shares/" + file.ID.String()},
+		{"tar", "/v1/shares/" + dir.ID.String()},
+		{"manifest", "/v1/shares/" + file.ID.String() + "/manifest"},
+		{"chunk", "/v1/shares/" + dir.ID.String() + "/chunks/1"},
+	}
+	past := time.Now().Add(-48 * time.Hour).UTC().Format(http.TimeFormat)
+	future := time.Now().Add(48 * time.Hour).UTC().Format(http.TimeFormat)
+	for _, rt := range routes {
+		t.Run(rt.name, func(t *testing.T) {
+			get := request(t, "GET", ts.URL+rt.url, testToken, nil)
+			full := readBody(t, get)
+			etag, lm := get.Header.Get("ETag"), get.Header.Get("Last-Modified")
+			n := len(full)
+			if get.StatusCode != 200 || n < 20 || !strings.HasPrefix(etag, `"`) || lm == "" ||
+				get.Header.Get("Accept-Ranges") != "bytes" || get.Header.Get("Content-Length") != fmt.Sprint(n) {
+				t.Fatalf("GET: %d, %d bytes, headers %v", get.StatusCode, n, get.Header)
+			}
+			tests := []struct {
+				name   string
+				method string
+				hdr    []string
+				status int
+				body   []byte // nil: no body
+				cr     string // Content-Range
+			}{
+				{"If-None-Match, same tag", "GET", []string{"If-None-Match", etag}, 304, nil, ""},
+				{"If-None-Match, weak comparison", "GET", []string{"If-None-Match", "W/" + etag}, 304, nil, ""},
+				{"If-None-Match, in a list", "GET", []string{"If-None-Match", `"x", ` + etag}, 304, nil, ""},
+				{"If-None-Match, *", "GET", []string{"If-None-Match", "*"}, 304, nil, ""},
+				{"If-None-Match, other", "GET", []string{"If-None-Match", `"other"`}, 200, full, ""},
+				{"If-None-Match on HEAD", "HEAD", []string{"If-None-Match", etag}, 304, nil, ""},
+				{"If-Match, same tag", "GET", []string{"If-Match", etag}, 200, full, ""},
+				{"If-Match, strong comparison", "GET", []string{"If-Match", "W/" + etag}, 412, nil, ""},
+				{"If-Match, other", "GET", []string{"If-Match", `"other"`}, 412, nil, ""},
+				{"If-Match, *", "GET", []string{"If-Match", "*"}, 200, full, ""},
+				{"If-Unmodified-Since, before", "GET", []string{"If-Unmodified-Since", past}, 412, nil, ""},
+				{"If-Unmodified-Since, after", "GET", []string{"If-Unmodified-Since", future}, 200, full, ""},
+				{"If-Match wins over If-Unmodified-Since", "GET", []string{"If-Match", etag, "If-Unmodified-Since", past}, 200, full, ""},
+				{"If-Modified-Since, same", "GET", []string{"If-Modified-Since", lm}, 304, nil, ""},
+				{"If-Modified-Since, before", "GET", []string{"If-Modified-Since", past}, 200, full, ""},
+				{"If-None-Match wins over If-Modified-Since", "GET", []string{"If-None-Match", `"other"`, "If-Modified-Since", future}, 200, full, ""},
+				{"If-Match failing beats If-None-Match", "GET", []string{"If-Match", `"other"`, "If-None-Match", etag}, 412, nil, ""},
+				{"Range", "GET", []string{"Range", "bytes=3-12"}, 206, full[3:13], fmt.Sprintf("bytes 3-12/%d", n)},
+				{"Range to the end", "GET", []string{"Range", "bytes=7-"}, 206, full[7:], fmt.Sprintf("bytes 7-%d/%d", n-1, n)},
+				{"Range, suffix", "GET", []string{"Range", "bytes=-5"}, 206, full[n-5:], fmt.Sprintf("bytes %d-%d/%d", n-5, n-1, n)},
+				{"Range, unit in capitals", "GET", []string{"Range", "Bytes=3-12"}, 206, full[3:13], fmt.Sprintf("bytes 3-12/%d", n)},
+				{"Range, unknown unit: ignored", "GET", []string{"Range", "items=3-12"}, 200, full, ""},
+				{"Range, unsatisfiable", "GET", []string{"Range", fmt.Sprintf("bytes=%d-", n)}, 416, []byte{}, fmt.Sprintf("bytes */%d", n)},
+				{"Range, too many ranges: ignored", "GET", []string{"Range", "bytes=0-0" + strings.Repeat(",2-2", maxRanges)}, 200, full, ""},
+				{"Range on HEAD: ignored", "HEAD", []string{"Range", "bytes=3-12"}, 200, nil, ""},
+				{"If-Range, same tag", "GET", []string{"Range", "bytes=3-12", "If-Range", etag}, 206, full[3:13], fmt.Sprintf("bytes 3-12/%d", n)},
+				{"If-Range, other tag", "GET", []string{"Range", "bytes=3-12", "If-Range", `"other"`}, 200, full, ""},
+				{"If-Range, weak tag never matches", "GET", []string{"Range", "bytes=3-12", "If-Range", "W/" + etag}, 200, full, ""},
+				{"If-Range, the date", "GET", []string{"Range", "bytes=3-12", "If-Range", lm}, 206, full[3:13], fmt.Sprintf("bytes 3-12/%d", n)},
+				{"If-Range, another date", "GET", []string{"Range", "bytes=3-12", "If-Range", past}, 200, full, ""},
+				{"If-None-Match beats Range", "GET", []string{"Range", fmt.Sprintf("bytes=%d-", n), "If-None-Match", etag}, 304, nil, ""},
+				{"HEAD", "HEAD", nil, 200, nil, ""},
+			}
+			for _, tt := range tests {
+				t.Run(tt.name, func(t *testing.T) {
+					resp := request(t, tt.method, ts.URL+rt.url, testToken, nil, tt.hdr...)
+					body := readBody(t, resp)
+					if resp.StatusCode != tt.status {
+						t.Fatalf("%d, want %d", resp.StatusCode, tt.status)
+					}
+					if tt.body != nil && !bytes.Equal(body, tt.body) && tt.status != 416 {
+						t.Fatalf("body of %d bytes differs from the %d expected", len(body), len(tt.body))
+					}
+					if tt.body == nil && len(body) != 0 {
+						t.Fatalf("%d bytes of body, want none", len(body))
+					}
+					if got := resp.Header.Get("Content-Range"); got != tt.cr {
+						t.Fatalf("Content-Range %q, want %q", got, tt.cr)
+					}
+					switch tt.status {
+					case 304:
+						if resp.Header.Get("ETag") != etag {
+							t.Fatalf("304 with ETag %q, want %q", resp.Header.Get("ETag"), etag)
+						}
+					case 200:
+						if tt.method == "HEAD" { // HEAD: GET's header fields (RFC 9110 9.3.2)
+							for _, k := range []string{"Content-Length", "Content-Type", "ETag", "Last-Modified", "Accept-Ranges", "Cache-Control", "Content-Disposition"} {
+								if resp.Header.Get(k) != get.Header.Get(k) {
+									t.Errorf("HEAD %s: %q, GET: %q", k, resp.Header.Get(k), get.Header.Get(k))
+								}
+							}
+						}
+					}
+				})
+			}
+			t.Run("several ranges", func(t *testing.T) {
+				resp := request(t, "GET", ts.URL+rt.url, testToken, nil, "Range", "bytes=0-1,10-14")
+				mt, params, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+				if resp.StatusCode != 206 || err != nil || mt != "multipart/byteranges" {
+					t.Fatalf("%d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+				}
+				mr := multipart.NewReader(resp.Body, params["boundary"])
+				for _, want := range []struct {
+					cr   string
+					body []byte
+				}{{fmt.Sprintf("bytes 0-1/%d", n), full[0:2]}, {fmt.Sprintf("bytes 10-14/%d", n), full[10:15]}} {
+					p, err := mr.NextPart()
+					if err != nil {
+						t.Fatal(err)
+					}
+					b, _ := io.ReadAll(p)
+					if p.Header.Get("Content-Range") != want.cr || !bytes.Equal(b, want.body) {
+						t.Fatalf("part %q: %q", p.Header.Get("Content-Range"), b)
+					}
+				}
+			})
+		})
+	}
+	t.Run("empty body", func(t *testing.T) {
+		url := ts.URL + "/v1/shares/" + empty.ID.String()
+		for _, rng := range []string{"bytes=0-", "bytes=-5", "bytes=0-0", "bytes=0-1,3-4"} {
+			resp := request(t, "GET", url, testToken, nil, "Range", rng)
+			if body := readBody(t, resp); resp.StatusCode != 200 || len(body) != 0 || resp.Header.Get("Content-Range") != "" {
+				t.Errorf("Range %s of an empty file: %d %q, want 200 and no Content-Range", rng, resp.StatusCode, resp.Header.Get("Content-Range"))
+			}
+		}
+	})
+}
+
+// TestContentDisposition: every name reaches a client intact (RFC 6266 with
+// RFC 8187's filename*), with an ASCII fallback for clients that read only
+// filename; a directory's "NAME.tar" stays within a file name's 255 bytes.
+func TestContentDisposition(t *testing.T) {
+	tests := []struct{ name, want string }{
+		{"photo.jpg", `attachment; filename="photo.jpg"`},
+		{"with space.txt", `attachment; filename="with space.txt"`},
+		{"漢字.txt", `attachment; filename="__.txt"; filename*=UTF-8''%E6%BC%A2%E5%AD%97.txt`},
+		{`a"b.txt`, `attachment; filename="a_b.txt"; filename*=UTF-8''a%22b.txt`},
+		{"100%.txt", `attachment; filename="100_.txt"; filename*=UTF-8''100%25.txt`},
+		{"a;b=c", `attachment; filename="a;b=c"`},
+	}
+	for _, tt := range tests {
+		got := contentDisposition(tt.name)
+		if got != tt.want {
+			t.Errorf("contentDisposition(%q) = %s, want %s", tt.name, got, tt.want)
+		}
+		if _, params, err := mime.ParseMediaType(got); err != nil || params["filename"] != tt.name {
+			t.Errorf("%s parses as %q (%v)", got, params["filename"], err)
+		}
+	}
+	ts := startServer(t, nil, nil)
+	c := ts.client(t, testToken)
+	long := strings.Repeat("漢", 85) // 255 bytes
+	info, err := c.Upload(context.Background(), long, strings.NewReader("x"), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp := request(t, "GET", ts.URL+"/v1/shares/"+info.ID.String(), testToken, nil)
+	if _, params, err := mime.ParseMediaType(resp.Header.Get("Content-Disposition")); err != nil || params["filename"] != long {
+		t.Fatalf("long name: %q (%v)", params["filename"], err)
+	}
+	src := filepath.Join(t.TempDir(), long)
+	os.MkdirAll(src, 0o755)
+	os.WriteFile(filepath.Join(src, long), []byte("y"), 0o644)
+	dir, err := c.Put(context.Background(), src, PutOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp = request(t, "GET", ts.URL+"/v1/shares/"+dir.ID.String(), testToken, nil)
+	_, params, err := mime.ParseMediaType(resp.Header.Get("Content-Disposition"))
+	if fn := params["filename"]; err != nil || len(fn) > transfer.MaxNameLen || !strings.HasSuffix(fn, ".tar") || !strings.HasPrefix(fn, long[:240]) {
+		t.Fatalf("long directory name: %q (%d bytes, %v)", fn, len(fn), err)
+	}
+	// The tar keeps the real names.
+	tr := tar.NewReader(resp.Body)
+	if h, err := tr.Next(); err != nil || h.Name != long+"/" {
+		t.Fatalf("tar entry %v %v", h, err)
+	}
+}
+
+// TestIndexEscapesConfusables: the HTML index shows a name with characters
+// that look like "../" escaped; the JSON list keeps the real name.
+func TestIndexEscapesConfusables(t *testing.T) {
+	ts := startServer(t, nil, nil)
+	name := "\uFF0E\uFF0E\uFF0Fetc\uFF0Fpasswd"
+	if _, err := ts.client(t, testToken).Upload(context.Background(), name, strings.NewReader("x"), 1); err != nil {
+		t.Fatal(err)
+	}
+	page := string(readBody(t, request(t, "GET", ts.URL+"/", testToken, nil)))
+	if !strings.Contains(page, `\uFF0E\uFF0E\uFF0Fetc\uFF0Fpasswd`) || strings.ContainsRune(page, '\uFF0F') {
+		t.Fatalf("index shows the name unescaped:\n%s", page)
+	}
+	list, err := ts.client(t, testToken).List(context.Background())
+	if err != nil || len(list) != 1 || list[0].Name != name {
+		t.Fatalf("JSON list: %+v %v", list, err)
+	}
+	// A name with a bidirectional control is refused, naming the code point.
+	r := request(t, "PUT", ts.URL+"/v1/shares/invoice%E2%80%AEfdp.exe", testToken, strings.NewReader("x"))
+	if body := string(readBody(t, r)); r.StatusCode != 400 || !strings.Contains(body, "U+202E") {
+		t.Fatalf("bidi name: %d %s", r.StatusCode, body)
+	}
 }

@@ -19,7 +19,7 @@
 //
 // The manifest is a JSON document (see Manifest.Encode for the exact form):
 //
-//	{"version":1,"name":"photos","type":"dir","chunk_size":1048576,
+//	{"version":1,"name":"photos","type":"dir","mode":493,"chunk_size":1048576,
 //	 "chunk_hash":"blake3","size":1234,
 //	 "files":[{"path":"a/b.jpg","size":1234,"mode":420}],
 //	 "dirs":[{"path":"a","mode":493}],
@@ -30,7 +30,43 @@
 // directory, slash-separated, and each element is a valid Name. Files and dirs
 // are sorted by path and unique; modes are permission bits only (no setuid,
 // setgid or sticky bits); mtimes are not recorded, so that the same content
-// gives the same ID on any machine.
+// gives the same ID on any machine. "mode" is the top directory's own mode,
+// for a directory share only; a manifest without it (made before it was
+// recorded) means 0755. A download applies every mode with group and other
+// write bits cleared and owner rwx kept on directories, the top one too.
+//
+// # Names
+//
+// A share's name and every element of a path in it is a Name (ValidName):
+// 1 to MaxNameLen bytes of UTF-8, not "." or "..", without '/', '\',
+// control characters (C0, C1, DEL), line or paragraph separators (U+2028,
+// U+2029), bidirectional controls (U+061C, U+200E, U+200F, U+202A-U+202E,
+// U+2066-U+2069: they make a listing show other text than the name, as in
+// Trojan Source, CVE-2021-42574), or invisible format characters (category
+// Cf and the other default-ignorable code points, such as U+200B, U+00AD,
+// U+2060, U+FEFF, U+3164). Kept, because scripts and emoji need them: ZERO
+// WIDTH NON-JOINER and JOINER (U+200C, U+200D), variation selectors, and
+// the tag characters of an emoji tag sequence (U+1F3F4, tags, U+E007F: the
+// flags of Scotland or Wales). The refusal names the code point. The rule
+// holds wherever a name comes from: an upload's URL, a peer's manifest, a
+// directory being shared.
+//
+// Characters that look like a path separator or a dot (Unicode TR #39
+// confusables of '/', '\' and '.': FULLWIDTH SOLIDUS U+FF0F, FULLWIDTH FULL
+// STOP U+FF0E, DIVISION SLASH U+2215, FRACTION SLASH U+2044, ONE and TWO DOT
+// LEADER U+2024-U+2025, FULLWIDTH REVERSE SOLIDUS U+FF3C and a few more) are
+// allowed: they are ordinary characters to the file system, and names in
+// CJK text hold them. Where a person reads a list (share ls, the HTML
+// index), DisplayName shows them escaped, as \uFF0F, so "．．／etc" cannot
+// pass for "../etc"; JSON and tar streams keep the real name.
+//
+// Names share derives from a user's name stay within MaxNameLen: a
+// download's working directory is ".NAME.share-partial" beside the output,
+// or for a name over 85 bytes its start, "~" and 16 hex digits of its
+// BLAKE3 hash (PartialDir: at most 100 bytes, the same on every run, so a
+// rerun resumes); a directory share's tar download is called "NAME.tar", NAME
+// cut at a character boundary if need be (FitName); tar entries use pax
+// headers for paths of any length.
 //
 // # Content ID
 //

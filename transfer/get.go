@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // GetOptions configures Get. The zero value works.
@@ -29,10 +30,10 @@ type GetOptions struct {
 
 // Get downloads share id from sources to a file or directory (see
 // GetOptions.Out) and returns its path. It works in a hidden partial
-// directory beside the output, ".NAME.share-partial", and moves the result
-// into place when every chunk is verified; if interrupted (an error, a
-// signal, kill -9), running Get again for the same output resumes without
-// fetching again the chunks it has.
+// directory beside the output (PartialDir), and moves the result into place
+// when every chunk is verified; if interrupted (an error, a signal,
+// kill -9), running Get again for the same output resumes without fetching
+// again the chunks it has.
 func Get(ctx context.Context, id ID, opts GetOptions, sources ...Source) (string, Stats, error) {
 	m, err := FetchManifest(ctx, id, sources...)
 	if err != nil {
@@ -45,7 +46,8 @@ func Get(ctx context.Context, id ID, opts GetOptions, sources ...Source) (string
 	if _, err := os.Lstat(out); err == nil && !opts.Force {
 		return "", Stats{}, fmt.Errorf("%s: %w (use --force to replace it)", out, ErrExists)
 	}
-	partial := filepath.Join(filepath.Dir(out), "."+filepath.Base(out)+".share-partial")
+	partial := PartialDir(out)
+	adoptOldPartial(out, partial, m)
 	if opts.Local != nil {
 		if stats, ok, err := getLocal(ctx, m, out, partial, opts); ok {
 			if err != nil {
@@ -56,7 +58,7 @@ func Get(ctx context.Context, id ID, opts GetOptions, sources ...Source) (string
 	}
 	sh, err := openPartial(partial, m)
 	if err != nil {
-		return "", Stats{}, err
+		return "", Stats{}, fmt.Errorf("get %s: working directory %s: %w", id, partial, err)
 	}
 	if opts.Started != nil {
 		opts.Started(m, sh.heldBytes())
@@ -97,6 +99,15 @@ func outputPath(out, name string) (string, error) {
 	return out, nil
 }
 
+// PartialDir returns the working directory of a download to out: beside
+// it, ".NAME.share-partial" for an output named NAME, or, for a name too
+// long for that (over 85 bytes), the name's start, "~" and a hash of the
+// whole name in its place, as in ".漢漢…漢~3f2a9c0d1e2b4a5c.share-partial":
+// at most 100 bytes, the same on every run.
+func PartialDir(out string) string {
+	return filepath.Join(filepath.Dir(out), workName(".", filepath.Base(out), ".share-partial"))
+}
+
 // openPartial opens the partial download of m in dir, or starts one. A
 // partial directory left by a download of other content is replaced.
 func openPartial(dir string, m *Manifest) (*Share, error) {
@@ -114,13 +125,43 @@ func openPartial(dir string, m *Manifest) (*Share, error) {
 			return nil, err
 		}
 	}
-	// Leftovers of a CreateShare that was killed before its rename.
-	if old, _ := filepath.Glob(filepath.Join(filepath.Dir(dir), "."+filepath.Base(dir)+".tmp-*")); len(old) > 0 {
-		for _, o := range old {
-			os.RemoveAll(o)
+	// Leftovers of a CreateShare that was killed before its rename, under
+	// its name for dir (and the one it used before long names were cut).
+	if ents, err := os.ReadDir(filepath.Dir(dir)); err == nil {
+		prefixes := []string{tempPrefix(dir), "." + filepath.Base(dir) + ".tmp-"}
+		for _, e := range ents {
+			for _, p := range prefixes {
+				if strings.HasPrefix(e.Name(), p) {
+					os.RemoveAll(filepath.Join(filepath.Dir(dir), e.Name()))
+					break
+				}
+			}
 		}
 	}
 	return CreateShare(dir, m)
+}
+
+// adoptOldPartial handles the partial directory of a download to out under
+// the naming share used before long names were cut, ".NAME.share-partial"
+// whatever NAME's length, when it differs from dir: one of the same share
+// is moved to dir, so the download resumes; one of another share, or that
+// cannot be opened, is removed.
+func adoptOldPartial(out, dir string, m *Manifest) {
+	old := filepath.Join(filepath.Dir(out), "."+filepath.Base(out)+".share-partial")
+	if old == dir {
+		return
+	}
+	if _, err := os.Lstat(old); err != nil {
+		return // none, or a name too long to exist
+	}
+	if sh, err := OpenShare(old); err == nil {
+		same := sh.ID() == m.ID()
+		sh.Close()
+		if _, err := os.Lstat(dir); same && os.IsNotExist(err) && os.Rename(old, dir) == nil {
+			return
+		}
+	}
+	os.RemoveAll(old)
 }
 
 // Local reads the chunks of a share from the files it was built from (see

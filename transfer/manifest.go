@@ -31,7 +31,9 @@ type File struct {
 	Mode fs.FileMode // permission bits only
 }
 
-// Dir is one directory inside a directory share (not the root).
+// Dir is one directory inside a directory share. The top directory itself is
+// not listed in Dirs; given to NewManifest as the Path ".", it records the
+// top directory's mode (see Manifest.Mode).
 type Dir struct {
 	Path string
 	Mode fs.FileMode // permission bits only
@@ -43,6 +45,7 @@ type Dir struct {
 type Manifest struct {
 	name      string
 	dir       bool
+	mode      fs.FileMode // a directory share's top directory
 	chunkSize int64
 	files     []File
 	dirs      []Dir
@@ -59,6 +62,16 @@ func (m *Manifest) Name() string { return m.name }
 
 // IsDir reports whether the share is a directory tree.
 func (m *Manifest) IsDir() bool { return m.dir }
+
+// Mode returns the permission bits of the share's top entry: the file of a
+// single-file share, the top directory of a directory share (0o755 for a
+// manifest that does not record it: those made before it was recorded).
+func (m *Manifest) Mode() fs.FileMode {
+	if !m.dir {
+		return m.files[0].Mode
+	}
+	return m.mode
+}
 
 // ChunkSize returns the chunk size in bytes.
 func (m *Manifest) ChunkSize() int64 { return m.chunkSize }
@@ -154,6 +167,7 @@ type wireManifest struct {
 	Version   int        `json:"version"`
 	Name      string     `json:"name"`
 	Type      string     `json:"type"`
+	Mode      *uint32    `json:"mode,omitempty"` // a directory share's top directory
 	ChunkSize int64      `json:"chunk_size"`
 	ChunkHash string     `json:"chunk_hash"`
 	Size      int64      `json:"size"`
@@ -200,6 +214,11 @@ func NewManifest(name string, isDir bool, chunkSize int64, files []File, dirs []
 		w.Size += f.Size
 	}
 	for _, d := range dirs {
+		if d.Path == "." {
+			mode := uint32(d.Mode)
+			w.Mode = &mode
+			continue
+		}
 		w.Dirs = append(w.Dirs, wireFile{Path: d.Path, Mode: uint32(d.Mode)})
 	}
 	for i, h := range chunks {
@@ -292,8 +311,15 @@ func fromWire(w *wireManifest) (*Manifest, error) {
 	if w.Files == nil || w.Chunks == nil {
 		return nil, fmt.Errorf("files and chunks must be arrays")
 	}
-	if !m.dir && (len(w.Files) != 1 || w.Files[0].Path != w.Name || len(w.Dirs) != 0) {
-		return nil, fmt.Errorf("a file share has exactly one file, named as the share, and no dirs")
+	if !m.dir && (len(w.Files) != 1 || w.Files[0].Path != w.Name || len(w.Dirs) != 0 || w.Mode != nil) {
+		return nil, fmt.Errorf("a file share has exactly one file, named as the share, and no dirs or mode")
+	}
+	m.mode = 0o755
+	if w.Mode != nil {
+		if *w.Mode&^uint32(fs.ModePerm) != 0 {
+			return nil, fmt.Errorf("mode %#o has bits beyond permissions", *w.Mode)
+		}
+		m.mode = fs.FileMode(*w.Mode)
 	}
 
 	m.files = make([]File, len(w.Files))
@@ -488,6 +514,7 @@ func BuildManifest(ctx context.Context, path string, opts BuildOptions) (*Manife
 		if err != nil {
 			return nil, err
 		}
+		dirs = append(dirs, Dir{Path: ".", Mode: fi.Mode().Perm()}) // the top directory
 	default:
 		return nil, fmt.Errorf("%s: not a regular file or directory", path)
 	}

@@ -247,7 +247,7 @@ func TestParseID(t *testing.T) {
 
 func FuzzDecodeManifest(f *testing.F) {
 	m, _ := NewManifest("d", true, MinChunkSize, []File{{Path: "a", Size: 5, Mode: 0o644}, {Path: "s/b", Size: 1, Mode: 0o600}},
-		[]Dir{{Path: "s", Mode: 0o755}}, []Hash{{1}})
+		[]Dir{{Path: "s", Mode: 0o755}, {Path: ".", Mode: 0o750}}, []Hash{{1}})
 	f.Add(m.Bytes())
 	m2, _ := NewManifest("f", false, MinChunkSize, []File{{Path: "f", Size: 0}}, nil, nil)
 	f.Add(m2.Bytes())

@@ -1,7 +1,6 @@
 package transfer
 
 import (
-	"archive/tar"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -337,60 +336,6 @@ func (s *Share) OpenFile() (*os.File, error) {
 	return s.tree.root.Open(s.tree.top)
 }
 
-// WriteTar writes a complete share as a tar stream: its directories and
-// files under its name, with the manifest's modes and mtime set to the
-// share's creation time.
-func (s *Share) WriteTar(w io.Writer) error {
-	if !s.Complete() {
-		return fmt.Errorf("%w: %s", ErrIncomplete, s.m.id)
-	}
-	tw := tar.NewWriter(w)
-	mtime := s.created.Truncate(time.Second)
-	type entry struct {
-		path string
-		dir  bool
-		file int
-	}
-	entries := make([]entry, 0, 1+len(s.m.dirs)+len(s.m.files))
-	if s.m.IsDir() {
-		entries = append(entries, entry{path: s.m.name, dir: true})
-		for _, d := range s.m.dirs {
-			entries = append(entries, entry{path: s.m.name + "/" + d.Path, dir: true})
-		}
-	}
-	for k := range s.m.files {
-		entries = append(entries, entry{path: s.m.filePath(k), file: k})
-	}
-	// A parent sorts before its children, so tar extractors see it first.
-	slices.SortStableFunc(entries, func(a, b entry) int { return strings.Compare(a.path, b.path) })
-	dirMode := map[string]fs.FileMode{s.m.name: 0o755}
-	for _, d := range s.m.dirs {
-		dirMode[s.m.name+"/"+d.Path] = d.Mode&modeMask | 0o700
-	}
-	for _, e := range entries {
-		if e.dir {
-			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: e.path + "/", Mode: int64(dirMode[e.path]), ModTime: mtime, Format: tar.FormatPAX}); err != nil {
-				return err
-			}
-			continue
-		}
-		f := s.m.files[e.file]
-		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: e.path, Size: f.Size, Mode: int64(f.Mode & modeMask), ModTime: mtime, Format: tar.FormatPAX}); err != nil {
-			return err
-		}
-		if f.Size == 0 {
-			continue
-		}
-		r := s.tree.openRange(s.m.offsets[e.file], f.Size)
-		_, err := io.Copy(tw, r)
-		r.Close()
-		if err != nil {
-			return err
-		}
-	}
-	return tw.Close()
-}
-
 // Close checkpoints a partial share and releases its files. A closed share
 // must not be used; Close is idempotent.
 func (s *Share) Close() error {
@@ -455,7 +400,7 @@ func CreateShare(dir string, m *Manifest) (*Share, error) {
 	if _, err := os.Lstat(dir); err == nil {
 		return nil, fmt.Errorf("%s: %w", dir, ErrExists)
 	}
-	tmp, err := os.MkdirTemp(filepath.Dir(dir), "."+filepath.Base(dir)+".tmp-*")
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), tempPrefix(dir)+"*")
 	if err != nil {
 		return nil, err
 	}
@@ -472,6 +417,10 @@ func CreateShare(dir string, m *Manifest) (*Share, error) {
 	}
 	return OpenShare(dir)
 }
+
+// tempPrefix is the name CreateShare's temporary directory for dir starts
+// with: "."+base(dir)+".tmp-", cut as workName cuts a long name.
+func tempPrefix(dir string) string { return workName(".", filepath.Base(dir), ".tmp-") }
 
 // fillShareDir writes a new partial share into the empty directory dir.
 func fillShareDir(dir string, m *Manifest) error {

@@ -1,14 +1,18 @@
 package transfer
 
 import (
+	"archive/tar"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"slices"
+	"sort"
 	"sync"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -115,22 +119,29 @@ func parentOf(p string) string {
 }
 
 // applyModes sets the manifest's permission bits (masked by modeMask), files
-// first, then directories deepest first; directories keep owner rwx so the
-// share stays removable.
+// first, then directories deepest first, the top directory last; directories
+// keep owner rwx so the share stays removable (dirMode).
 func (t *tree) applyModes() error {
 	for k, f := range t.m.Files() {
 		if err := t.root.Chmod(t.path(k), f.Mode&modeMask); err != nil {
 			return err
 		}
 	}
+	if !t.m.IsDir() {
+		return nil
+	}
 	dirs := t.m.Dirs()
 	for k := len(dirs) - 1; k >= 0; k-- {
-		if err := t.root.Chmod(t.top+"/"+dirs[k].Path, dirs[k].Mode&modeMask|0o700); err != nil {
+		if err := t.root.Chmod(t.top+"/"+dirs[k].Path, dirMode(dirs[k].Mode)); err != nil {
 			return err
 		}
 	}
-	return nil
+	return t.root.Chmod(t.top, dirMode(t.m.Mode()))
 }
+
+// dirMode is the mode a received directory gets: modeMask applied, owner
+// rwx kept.
+func dirMode(m fs.FileMode) fs.FileMode { return m&modeMask | 0o700 }
 
 // handle returns an open read-write handle for file k.
 func (t *tree) handle(k int) (*os.File, error) {
@@ -278,20 +289,26 @@ func (t *tree) readAt(p []byte, off int64) error {
 // copies file by file with io.CopyN, so a writer that can sendfile (a TCP
 // connection, an http.ResponseWriter) does.
 func (t *tree) openRange(off, n int64) *rangeReader {
-	return &rangeReader{t: t, size: n, segs: t.m.segments(off, n)}
+	return &rangeReader{t: t, base: off, size: n, segs: t.m.segments(off, n)}
+}
+
+// rangeReader reads a byte range of a tree; it is an io.ReadSeeker within
+// the range. It is not safe for concurrent use.
+type rangeReader struct {
+	t          *tree
+	base, size int64 // the range in the byte stream
+	pos        int64 // the position in the range
+	segs       []segment
+	cur        *os.File // open on segs[0], positioned; nil until needed
+	left       int64    // bytes of segs[0] not yet read through cur
 }
 
 // Size returns the length of the range.
 func (r *rangeReader) Size() int64 { return r.size }
 
-// rangeReader reads a byte range of a tree. It is not safe for concurrent use.
-type rangeReader struct {
-	t    *tree
-	size int64
-	segs []segment
-	cur  *os.File // open on segs[0], positioned; nil until needed
-	left int64    // bytes of segs[0] not yet read through cur
-}
+// Remaining returns the bytes from the position to the end of the range:
+// what WriteTo writes.
+func (r *rangeReader) Remaining() int64 { return max(0, r.size-r.pos) }
 
 func (r *rangeReader) openSeg() error {
 	s := r.segs[0]
@@ -326,6 +343,7 @@ func (r *rangeReader) Read(p []byte) (int, error) {
 		}
 		n, err := r.cur.Read(p[:min(int64(len(p)), r.left)])
 		r.left -= int64(n)
+		r.pos += int64(n)
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF // the file is shorter than the manifest says
 		}
@@ -346,6 +364,7 @@ func (r *rangeReader) WriteTo(w io.Writer) (int64, error) {
 		n, err := io.CopyN(w, r.cur, r.left)
 		total += n
 		r.left -= n
+		r.pos += n
 		if err == io.EOF {
 			return total, io.ErrUnexpectedEOF
 		}
@@ -355,6 +374,41 @@ func (r *rangeReader) WriteTo(w io.Writer) (int64, error) {
 		r.nextSeg()
 	}
 	return total, nil
+}
+
+// Seek implements io.Seeker within the range.
+func (r *rangeReader) Seek(offset int64, whence int) (int64, error) {
+	pos, err := seekPos(r.pos, r.size, offset, whence)
+	if err != nil {
+		return r.pos, err
+	}
+	if r.cur != nil {
+		r.cur.Close()
+		r.cur = nil
+	}
+	r.pos, r.segs = pos, nil
+	if pos < r.size {
+		r.segs = r.t.m.segments(r.base+pos, r.size-pos)
+	}
+	return pos, nil
+}
+
+// seekPos computes a new position as io.Seeker does, for a reader of size
+// bytes now at pos. A position past the end is allowed: reads there end.
+func seekPos(pos, size, offset int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		offset += pos
+	case io.SeekEnd:
+		offset += size
+	default:
+		return 0, errors.New("seek: bad whence")
+	}
+	if offset < 0 {
+		return 0, errors.New("seek: negative position")
+	}
+	return offset, nil
 }
 
 func (r *rangeReader) Close() error {
@@ -411,4 +465,280 @@ func (t *tree) closeFiles() {
 func (t *tree) close() error {
 	t.closeFiles()
 	return t.root.Close()
+}
+
+// tarBlock is the tar format's block: headers take whole blocks, contents
+// are padded to one, and two zero blocks end the archive (POSIX pax, ustar).
+const tarBlock = 512
+
+// TarReader reads a complete share as a tar stream: its directories (the top
+// one first) and files, each below the share's name, in path order, so a
+// parent comes before its children. Entries carry the manifest's modes
+// (as a download applies them) and an mtime of the share's creation in its
+// store, and use the pax format (archive/tar's FormatPAX: a pax extended
+// header holds what ustar cannot, such as long or non-ASCII paths), with the
+// real names. The stream's bytes depend only on the manifest and the
+// creation time; its size is known before a byte is read.
+//
+// A TarReader is an io.ReadSeeker; its WriteTo copies file contents with
+// io.CopyN, so a writer that can sendfile does. It is not safe for
+// concurrent use; the caller closes it.
+type TarReader struct {
+	t     *tree
+	mtime time.Time
+	ents  []tarEntry
+	size  int64
+	pos   int64
+
+	hdrFor int    // the entry hdr was encoded for, or -1
+	hdr    []byte // its encoded header blocks
+	fileK  int    // the file f is open on, or -1
+	f      *os.File
+}
+
+// tarEntry is one member of the stream.
+type tarEntry struct {
+	off  int64 // where its header starts
+	hdr  int64 // bytes of its header blocks
+	file int   // index in Files, or -1 for a directory
+	dir  int   // index in Dirs, or -1 for the top directory; directories only
+}
+
+func (e tarEntry) isDir() bool { return e.file < 0 }
+
+// OpenTar returns a reader of a complete share as a tar stream.
+func (s *Share) OpenTar() (*TarReader, error) {
+	if !s.Complete() {
+		return nil, fmt.Errorf("%w: %s", ErrIncomplete, s.m.id)
+	}
+	return newTarReader(s.tree, s.created.Truncate(time.Second))
+}
+
+// WriteTar writes a complete share as a tar stream (see TarReader).
+func (s *Share) WriteTar(w io.Writer) error {
+	r, err := s.OpenTar()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	_, err = r.WriteTo(w)
+	return err
+}
+
+func newTarReader(t *tree, mtime time.Time) (*TarReader, error) {
+	m := t.m
+	r := &TarReader{t: t, mtime: mtime, hdrFor: -1, fileK: -1}
+	r.ents = make([]tarEntry, 0, 1+len(m.dirs)+len(m.files))
+	if m.IsDir() {
+		// Dirs and Files are each sorted by path: merge them.
+		r.ents = append(r.ents, tarEntry{file: -1, dir: -1})
+		d, f := 0, 0
+		for d < len(m.dirs) || f < len(m.files) {
+			if f == len(m.files) || (d < len(m.dirs) && m.dirs[d].Path < m.files[f].Path) {
+				r.ents = append(r.ents, tarEntry{file: -1, dir: d})
+				d++
+			} else {
+				r.ents = append(r.ents, tarEntry{file: f})
+				f++
+			}
+		}
+	} else {
+		r.ents = append(r.ents, tarEntry{file: 0})
+	}
+	var off int64
+	for k := range r.ents {
+		h, err := encodeTarHeader(r.header(k))
+		if err != nil {
+			return nil, fmt.Errorf("tar %s: %w", m.id, err)
+		}
+		r.ents[k].off, r.ents[k].hdr = off, int64(len(h))
+		off += int64(len(h)) + padded(r.fileSize(k))
+	}
+	r.size = off + 2*tarBlock
+	return r, nil
+}
+
+// padded rounds n up to whole tar blocks.
+func padded(n int64) int64 { return (n + tarBlock - 1) / tarBlock * tarBlock }
+
+func (r *TarReader) fileSize(k int) int64 {
+	if e := r.ents[k]; !e.isDir() {
+		return r.t.m.files[e.file].Size
+	}
+	return 0
+}
+
+// header returns entry k's tar header.
+func (r *TarReader) header(k int) *tar.Header {
+	m, e := r.t.m, r.ents[k]
+	switch {
+	case !e.isDir():
+		f := m.files[e.file]
+		return &tar.Header{Typeflag: tar.TypeReg, Name: m.filePath(e.file), Size: f.Size, Mode: int64(f.Mode & modeMask),
+			ModTime: r.mtime, Format: tar.FormatPAX}
+	case e.dir < 0:
+		return &tar.Header{Typeflag: tar.TypeDir, Name: m.name + "/", Mode: int64(dirMode(m.Mode())), ModTime: r.mtime, Format: tar.FormatPAX}
+	default:
+		d := m.dirs[e.dir]
+		return &tar.Header{Typeflag: tar.TypeDir, Name: m.name + "/" + d.Path + "/", Mode: int64(dirMode(d.Mode)), ModTime: r.mtime, Format: tar.FormatPAX}
+	}
+}
+
+// encodeTarHeader returns the blocks archive/tar writes for h: a pax
+// extended header if one is needed, then the header block.
+func encodeTarHeader(h *tar.Header) ([]byte, error) {
+	var buf bytes.Buffer
+	if err := tar.NewWriter(&buf).WriteHeader(h); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// Size returns the stream's length in bytes.
+func (r *TarReader) Size() int64 { return r.size }
+
+// Remaining returns the bytes from the position to the end: what WriteTo
+// writes.
+func (r *TarReader) Remaining() int64 { return max(0, r.size-r.pos) }
+
+// at finds where pos lies: entry k (-1: in the end blocks) and the offset in
+// that entry.
+func (r *TarReader) at(pos int64) (k int, rel int64) {
+	k = sort.Search(len(r.ents), func(k int) bool { return r.ents[k].off > pos }) - 1
+	last := r.ents[len(r.ents)-1]
+	if k == len(r.ents)-1 && pos >= last.off+last.hdr+padded(r.fileSize(k)) {
+		return -1, 0
+	}
+	return k, pos - r.ents[k].off
+}
+
+// headerOf returns entry k's encoded header, encoding it once.
+func (r *TarReader) headerOf(k int) ([]byte, error) {
+	if r.hdrFor != k {
+		h, err := encodeTarHeader(r.header(k))
+		if err != nil {
+			return nil, err
+		}
+		r.hdr, r.hdrFor = h, k
+	}
+	return r.hdr, nil
+}
+
+// fileOf returns a handle on entry k's file.
+func (r *TarReader) fileOf(k int) (*os.File, error) {
+	if r.fileK != k {
+		r.closeFile()
+		f, err := r.t.root.Open(r.t.path(r.ents[k].file))
+		if err != nil {
+			return nil, err
+		}
+		r.f, r.fileK = f, k
+	}
+	return r.f, nil
+}
+
+func (r *TarReader) closeFile() {
+	if r.f != nil {
+		r.f.Close()
+		r.f, r.fileK = nil, -1
+	}
+}
+
+var tarZeros [tarBlock]byte
+
+// Read implements io.Reader.
+func (r *TarReader) Read(p []byte) (int, error) {
+	if r.pos >= r.size {
+		return 0, io.EOF
+	}
+	k, rel := r.at(r.pos)
+	var n int
+	switch {
+	case k < 0: // the end blocks
+		n = copy(p, tarZeros[:min(int64(len(tarZeros)), r.size-r.pos)])
+	case rel < r.ents[k].hdr:
+		h, err := r.headerOf(k)
+		if err != nil {
+			return 0, err
+		}
+		n = copy(p, h[rel:])
+	case rel-r.ents[k].hdr < r.fileSize(k):
+		in := rel - r.ents[k].hdr
+		f, err := r.fileOf(k)
+		if err != nil {
+			return 0, err
+		}
+		n, err = f.ReadAt(p[:min(int64(len(p)), r.fileSize(k)-in)], in)
+		if err == io.EOF && n == 0 {
+			return 0, fmt.Errorf("%s: %w (file is shorter than the manifest says)", r.t.path(r.ents[k].file), io.ErrUnexpectedEOF)
+		}
+		if err != nil && err != io.EOF {
+			return n, err
+		}
+	default: // padding after the content
+		end := r.ents[k].hdr + padded(r.fileSize(k))
+		n = copy(p, tarZeros[:end-rel])
+	}
+	r.pos += int64(n)
+	return n, nil
+}
+
+// WriteTo implements io.WriterTo: it writes from the position to the end.
+func (r *TarReader) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for r.pos < r.size {
+		k, rel := r.at(r.pos)
+		var n int64
+		var err error
+		switch {
+		case k < 0 || rel >= r.ents[k].hdr+r.fileSize(k): // zeros: padding or end blocks
+			end := r.size
+			if k >= 0 {
+				end = r.ents[k].off + r.ents[k].hdr + padded(r.fileSize(k))
+			}
+			var m int
+			m, err = w.Write(tarZeros[:min(int64(len(tarZeros)), end-r.pos)])
+			n = int64(m)
+		case rel < r.ents[k].hdr:
+			var h []byte
+			if h, err = r.headerOf(k); err == nil {
+				var m int
+				m, err = w.Write(h[rel:])
+				n = int64(m)
+			}
+		default:
+			in := rel - r.ents[k].hdr
+			var f *os.File
+			if f, err = r.fileOf(k); err == nil {
+				if _, err = f.Seek(in, io.SeekStart); err == nil {
+					n, err = io.CopyN(w, f, r.fileSize(k)-in)
+					if err == io.EOF {
+						err = fmt.Errorf("%s: %w (file is shorter than the manifest says)", r.t.path(r.ents[k].file), io.ErrUnexpectedEOF)
+					}
+				}
+			}
+		}
+		r.pos += n
+		total += n
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// Seek implements io.Seeker.
+func (r *TarReader) Seek(offset int64, whence int) (int64, error) {
+	pos, err := seekPos(r.pos, r.size, offset, whence)
+	if err != nil {
+		return r.pos, err
+	}
+	r.pos = pos
+	return pos, nil
+}
+
+// Close releases the open file.
+func (r *TarReader) Close() error {
+	r.closeFile()
+	return nil
 }

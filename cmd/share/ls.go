@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sharefiles/share/server"
+	"github.com/sharefiles/share/transfer"
 )
 
 type lsOptions struct {
@@ -51,7 +52,7 @@ func runLs(ctx context.Context, o lsOptions, stdout io.Writer) error {
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tNAME\tSIZE\tSTATE\tCREATED")
 	for _, s := range shares {
-		name := s.Name
+		name := transfer.DisplayName(s.Name) // confusable separators escaped
 		if s.Type == "dir" {
 			name += "/"
 		}

@@ -102,7 +102,7 @@ func printPeerStatus(w io.Writer, st node.Status) {
 		case !s.Complete:
 			state = "partial"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%d\t%s\t%s\n", s.ID, s.Name, humanize.IBytes(uint64(s.Size)),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%d\t%s\t%s\n", s.ID, transfer.DisplayName(s.Name), humanize.IBytes(uint64(s.Size)),
 			s.Have, s.Chunks, state, s.Providers, humanize.IBytes(uint64(s.BytesUp)), humanize.IBytes(uint64(s.BytesDown)))
 		if s.LastError != "" {
 			fmt.Fprintf(tw, "\t  last error: %s\n", s.LastError)
