@@ -45,10 +45,12 @@
 // Firecracker kernel this project's machines run), the hub has no bridge:
 // a switch in the calling process joins the hub ends (AF_PACKET sockets,
 // frames forwarded by destination MAC) and holds each frame until its
-// release time before sending it on (DelayUserspace). The rates stay the
-// kernel's in both cases; the switch costs CPU in the calling process (one
-// receive and one send per frame) and adds its scheduling latency (about
-// 1 ms on a loaded 2-core machine) to the delay.
+// release time before sending it on (DelayUserspace): one engine thread
+// at nice -10 waits on all ports and on a timerfd, so the load under test
+// does not delay the delay line. The rates stay the kernel's in both cases;
+// the switch costs CPU in the calling process (one receive and one send per
+// frame) and adds its wake-up latency (0.3-0.5 ms per round trip measured
+// on a loaded 2-core machine) to the delay.
 //
 // # Running processes in a node
 //

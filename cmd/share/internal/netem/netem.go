@@ -125,7 +125,10 @@ func New(opts Options) (*Network, error) {
 	}
 	n.hub = hub
 	if opts.Latency && !hasNetem(hub.handle) {
-		n.sw = newDelaySwitch()
+		if n.sw, err = newDelaySwitch(); err != nil {
+			n.Close()
+			return nil, err
+		}
 	}
 	if err := n.setupHub(); err != nil {
 		n.Close()

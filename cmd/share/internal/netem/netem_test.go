@@ -101,12 +101,14 @@ func TestShapedRateAndDelay(t *testing.T) {
 		t.Skip("measures rates and delays for seconds; not with -short (the race detector slows the delay line)")
 	}
 	const mbit = 1e6 / 8
+	// A deep queue (1 s at the rate) keeps the link busy while a sender
+	// on a loaded machine waits for a CPU: what is measured is the shaper.
 	rates := newNetwork(t, false)
-	c, err := rates.AddNode("c", Link{Down: 8 * mbit})
+	c, err := rates.AddNode("c", Link{Down: 8 * mbit, Queue: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := rates.AddNode("d", Link{Up: 20 * mbit})
+	d, err := rates.AddNode("d", Link{Up: 20 * mbit, Queue: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
