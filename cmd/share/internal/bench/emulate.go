@@ -122,8 +122,8 @@ func (b *bencher) httpClient(node string) *http.Client {
 	return c
 }
 
-// rttVariant names a point of the rtt scenario.
-func rttVariant(rtt time.Duration) string { return "rtt=" + rtt.String() }
+// rttVariant names a point of the rtt scenario: its RTT.
+func rttVariant(rtt time.Duration) string { return rtt.String() }
 
 // linkPoint gives the nodes of point p their links, and sets its bound from
 // them: u_s the source's upload, d_min the smallest download of the N, Σu_i
@@ -138,8 +138,8 @@ func (b *bencher) linkPoint(p *Point) error {
 	}
 	src, _ := prof.Class(srcName)
 	var rtt time.Duration = -1
-	if v, ok := strings.CutPrefix(p.Variant, "rtt="); ok {
-		rtt, _ = time.ParseDuration(v)
+	if p.Scenario == ScenarioRTT {
+		rtt, _ = time.ParseDuration(p.Variant)
 	}
 	fix := func(c LinkClass) LinkClass {
 		if rtt >= 0 {

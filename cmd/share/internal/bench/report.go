@@ -405,7 +405,7 @@ func boundNotes(w io.Writer, res *Results, sc string) {
 		seen[k] = true
 		l := fmt.Sprintf("  %s N=%d", p.Mode, p.N)
 		if p.Variant != "" {
-			l = fmt.Sprintf("  %s %s N=%d", p.Variant, p.Mode, p.N)
+			l = fmt.Sprintf("  %s %s %s N=%d", p.Scenario, p.Variant, p.Mode, p.N)
 		}
 		l += fmt.Sprintf(": bound %s = %s", secs(p.Bound), p.BoundTerm)
 		if p.RTT > 0 {
@@ -453,7 +453,7 @@ func rttTable(w io.Writer, res *Results) {
 			}
 			cols = append(cols, secs(sum.Median), ratio(sum.Ratio))
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t\n", strings.TrimPrefix(v, "rtt="), n, secs(bound), strings.Join(cols, "\t"))
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t\n", v, n, secs(bound), strings.Join(cols, "\t"))
 	}
 	tw.Flush()
 	boundNotes(w, res, ScenarioRTT)
