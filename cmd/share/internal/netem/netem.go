@@ -69,6 +69,7 @@ type Network struct {
 
 	mu     sync.Mutex
 	nodes  []*Node
+	behind []*Node // hosts behind routers, not on the hub (nat.go)
 	closed bool
 }
 
@@ -355,7 +356,7 @@ func (n *Network) Close() error {
 		return nil
 	}
 	n.closed = true
-	nodes := slices.Clone(n.nodes)
+	nodes := append(slices.Clone(n.behind), n.nodes...)
 	n.mu.Unlock()
 	if n.sw != nil {
 		n.sw.close()
