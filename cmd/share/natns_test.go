@@ -25,6 +25,9 @@ import (
 // newInternet returns an emulated internet, or skips the test.
 func newInternet(t *testing.T) *netem.Network {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("NAT traversal tests take minutes; skipped with -short")
+	}
 	n, err := netem.New(netem.Options{Prefix: "sharenat", Subnet: netem.InternetSubnet})
 	if errors.Is(err, netem.ErrNotRoot) {
 		t.Skip("NAT traversal tests need network namespaces: run as root")
