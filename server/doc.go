@@ -53,7 +53,12 @@
 // preflight, and this server grants none. checkCSRF (routes.go) is the rule;
 // a new credential kind is added in credentialOf and classified there.
 //
-// When Options.AllowedHosts is set (a daemon on loopback), every request
-// must also name an allowed Host, and an Origin, if present, an allowed
-// host: a page that rebinds its DNS name to 127.0.0.1 is refused.
+// # DNS rebinding
+//
+// When Options.AllowedHosts is set (share serve and share peer set it when
+// they listen on loopback; share serve --allowed-host adds names and sets it
+// on any address), every request's Host must be an allowed name or an IP
+// address, and its Origin, if present, this origin, an allowed name or a
+// loopback address: a page that points its own DNS name at this server
+// still sends that name, and is refused (403). See checkHost.
 package server

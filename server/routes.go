@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"slices"
 	"strings"
 	"time"
 
@@ -82,26 +81,43 @@ func truncate(s string, n int) string {
 	return s[:n] + "..."
 }
 
-// checkHost enforces AllowedHosts (see Options): a web page that rebinds its
-// DNS name to 127.0.0.1 still sends its own Host and Origin, so it is refused.
+// checkHost enforces AllowedHosts (see Options) against DNS rebinding: a
+// web page whose DNS name is made to point at this server still sends its
+// own name as Host, and as Origin, so it is refused (403).
+//
+// A Host passes if its name is in AllowedHosts or it is an IP address: a
+// browser sends an IP address as Host only when the user typed it, and a
+// page cannot rebind an address. An Origin, if present, passes if it is
+// this origin (host:port equal to Host), or names an allowed host or a
+// loopback address; "null" does not.
 func (s *Server) checkHost(next http.Handler) http.Handler {
 	if len(s.opts.AllowedHosts) == 0 {
 		return next
 	}
-	ok := func(host string) bool {
-		if h, _, err := net.SplitHostPort(host); err == nil {
-			host = h
+	allowed := make(map[string]bool, len(s.opts.AllowedHosts))
+	for _, h := range s.opts.AllowedHosts {
+		allowed[strings.Trim(strings.ToLower(h), "[]")] = true
+	}
+	hostname := func(hostport string) string {
+		if h, _, err := net.SplitHostPort(hostport); err == nil {
+			hostport = h
 		}
-		return slices.Contains(s.opts.AllowedHosts, strings.Trim(strings.ToLower(host), "[]"))
+		return strings.Trim(strings.ToLower(hostport), "[]")
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !ok(r.Host) {
-			writeError(w, fmt.Errorf("%w: host %q", ErrForbidden, r.Host))
+		host := hostname(r.Host)
+		if !allowed[host] && net.ParseIP(host) == nil {
+			writeError(w, fmt.Errorf("%w: host %q is not one this server answers to (it allows %s and IP addresses; share serve --allowed-host adds names)",
+				ErrForbidden, r.Host, strings.Join(s.opts.AllowedHosts, ", ")))
 			return
 		}
 		if o := r.Header.Get("Origin"); o != "" {
-			u, err := url.Parse(o)
-			if err != nil || !ok(u.Host) {
+			ok := false
+			if u, err := url.Parse(o); err == nil && u.Host != "" {
+				ip := net.ParseIP(hostname(u.Host))
+				ok = strings.EqualFold(u.Host, r.Host) || allowed[hostname(u.Host)] || (ip != nil && ip.IsLoopback())
+			}
+			if !ok {
 				writeError(w, fmt.Errorf("%w: origin %q", ErrForbidden, o))
 				return
 			}

@@ -90,9 +90,10 @@ type Options struct {
 	TransferIdle               time.Duration
 	// TLSCertFile and TLSKeyFile, if set, make Serve speak HTTPS.
 	TLSCertFile, TLSKeyFile string
-	// AllowedHosts, if set, is the list of Host header values (without port)
-	// accepted; others get 403. Guards a local API against DNS rebinding.
-	// Requests carrying an Origin header must also come from one of them.
+	// AllowedHosts, if set, turns on the Host and Origin check against DNS
+	// rebinding: the host names (without port) a request's Host may name,
+	// besides any IP address; others get 403. An Origin, if present, must
+	// be this origin, an allowed name or a loopback address (checkHost).
 	AllowedHosts []string
 	Version      string
 	Logger       *slog.Logger         // nil: slog.Default()

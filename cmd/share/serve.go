@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -35,6 +36,7 @@ type serveOptions struct {
 	logLevel      string
 	logFormat     string
 	pprof         string
+	allowedHosts  []string
 }
 
 func newServeCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -55,6 +57,7 @@ generates an access token on first start, which it keeps there and prints.`,
 	f.StringVar(&o.data, "data", defaultDataDir(), "data directory (env SHARE_DATA)")
 	f.StringVar(&o.token, "token", os.Getenv("SHARE_TOKEN"), "access token (env SHARE_TOKEN; default: generated on first start and kept in the data directory)")
 	f.BoolVar(&o.publicRead, "public-read", false, "let anyone list and download without the token")
+	f.StringArrayVar(&o.allowedHosts, "allowed-host", splitList(os.Getenv("SHARE_ALLOWED_HOSTS")), "a host name clients use to reach the server (repeatable; env SHARE_ALLOWED_HOSTS, comma separated): requests naming another in Host or Origin get 403, against DNS rebinding; always on when listening on loopback")
 	f.StringVar(&o.tlsCert, "tls-cert", "", "TLS certificate file (PEM); serve HTTPS")
 	f.StringVar(&o.tlsKey, "tls-key", "", "TLS private key file (PEM)")
 	f.Var(&o.uploadLimit, "upload-limit", "cap on share bytes sent, e.g. 20MiB/s or 100Mbit/s")
@@ -82,6 +85,11 @@ func runServe(ctx context.Context, o serveOptions, stdout, stderr io.Writer) err
 	if err != nil || chunkSize < transfer.MinChunkSize || chunkSize > transfer.MaxChunkSize {
 		return usageError{fmt.Errorf("--chunk-size %q: want %d to %d bytes", o.chunkSize, transfer.MinChunkSize, transfer.MaxChunkSize)}
 	}
+	for _, h := range o.allowedHosts {
+		if h == "" || strings.ContainsAny(h, "/:[] ") && net.ParseIP(strings.Trim(h, "[]")) == nil {
+			return usageError{fmt.Errorf("--allowed-host %q: give a host name, without scheme or port (e.g. files.example.org)", h)}
+		}
+	}
 	var pprofURL string
 	if o.pprof != "" {
 		url, stop, err := startPprof(ctx, o.pprof, log)
@@ -96,7 +104,12 @@ func runServe(ctx context.Context, o serveOptions, stdout, stderr io.Writer) err
 		return err
 	}
 	defer st.Close()
-	srv, err := server.New(server.Options{
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return err
+	}
+	addr := ln.Addr().(*net.TCPAddr)
+	srvOpts := server.Options{
 		Backend:       st,
 		Token:         token,
 		PublicRead:    o.publicRead,
@@ -110,20 +123,24 @@ func runServe(ctx context.Context, o serveOptions, stdout, stderr io.Writer) err
 		TLSKeyFile:    o.tlsKey,
 		Version:       versionString(),
 		Logger:        log,
-	})
-	if err != nil {
-		return usageError{err}
 	}
-	ln, err := net.Listen("tcp", o.listen)
+	if addr.IP.IsLoopback() || len(o.allowedHosts) > 0 {
+		// Against DNS rebinding: a web page can make a browser send
+		// requests here, but only with its own name as Host and Origin.
+		srvOpts.AllowedHosts = append(localHosts(addr.IP), o.allowedHosts...)
+	}
+	srv, err := server.New(srvOpts)
 	if err != nil {
-		return err
+		ln.Close()
+		return usageError{err}
 	}
 	scheme := "http"
 	if o.tlsCert != "" {
 		scheme = "https"
 	}
-	url := scheme + "://" + displayAddr(ln.Addr().(*net.TCPAddr))
+	url := scheme + "://" + displayAddr(addr)
 	fmt.Fprintf(stdout, "share server listening on %s\n", url)
+	printAddrs(stdout, scheme, o.listen, addr, srvOpts.AllowedHosts)
 	if pprofURL != "" {
 		fmt.Fprintf(stdout, "pprof: %s\n", pprofURL)
 	}
@@ -132,6 +149,40 @@ func runServe(ctx context.Context, o serveOptions, stdout, stderr io.Writer) err
 	log.Info("serving", "addr", ln.Addr().String(), "data", o.data, "shares", len(st.List()),
 		"public_read", o.publicRead, "upload_limit", o.uploadLimit, "download_limit", o.downloadLimit)
 	return srv.Serve(ctx, ln)
+}
+
+// localHosts are the Host names a server on ip answers to when it checks
+// them: this machine's loopback names, and ip itself.
+func localHosts(ip net.IP) []string {
+	hosts := []string{"localhost", "127.0.0.1", "::1"}
+	if name, err := os.Hostname(); err == nil && name != "" {
+		hosts = append(hosts, strings.ToLower(name)) // Debian maps it to 127.0.1.1
+	}
+	if !slices.Contains(hosts, ip.String()) {
+		hosts = append(hosts, ip.String())
+	}
+	return hosts
+}
+
+// printAddrs says where a server listening on addr can be reached: on all
+// interfaces, each address of this machine (as dufs does; link-local ones
+// need a zone and are left out); and which Host names it accepts, if it
+// checks them.
+func printAddrs(w io.Writer, scheme, listen string, addr *net.TCPAddr, allowed []string) {
+	if addr.IP.IsUnspecified() {
+		fmt.Fprintf(w, "on all interfaces (--listen %s), at this machine's addresses:\n", listen)
+		ifaddrs, _ := net.InterfaceAddrs()
+		for _, a := range ifaddrs {
+			ipn, ok := a.(*net.IPNet)
+			if !ok || ipn.IP.IsLoopback() || ipn.IP.IsLinkLocalUnicast() || (addr.IP.To4() != nil && ipn.IP.To4() == nil) {
+				continue
+			}
+			fmt.Fprintf(w, "  %s://%s\n", scheme, net.JoinHostPort(ipn.IP.String(), fmt.Sprint(addr.Port)))
+		}
+	}
+	if len(allowed) > 0 {
+		fmt.Fprintf(w, "hosts: %s and IP addresses (--allowed-host adds names)\n", strings.Join(allowed, ", "))
+	}
 }
 
 // displayAddr is a URL host for a listener: loopback when it listens on all
