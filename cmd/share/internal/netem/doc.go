@@ -30,11 +30,15 @@
 // its rate and ceiling (the layout Mininet's TCLink uses). The rate counts
 // whole Ethernet frames (HTB charges skb->len, headers included): TCP over
 // IPv4 with timestamps carries at most 1448 bytes of payload per 1514-byte
-// frame, so TCP goodput is at most 95.6 % of the rate. Segmentation offload
-// (GSO) is turned off on both ends, so loss and queueing act on single
-// packets as on a real link. Each end queues Link.Queue worth of packets at
-// its rate (default 100 ms, at least 64 packets); a full queue drops, as a
-// router's would.
+// frame, so TCP goodput is at most 95.6 % of the rate (HTB charges a GSO
+// segment the headers of each packet in it). Segmentation offload stays on:
+// turning it off costs 16 times the CPU per byte on this project's VMs
+// (iperf3 over a veth pair: 164 Mbit/s with one packet per segment, 2.6
+// Gbit/s with GSO), and TCP sizes its segments to about 1 ms at its pacing
+// rate, so at residential rates a segment is one or two packets anyway; at
+// LAN rates a segment of up to 44 packets is lost, delayed and queued as
+// one. Each end queues Link.Queue worth of packets at its rate (default 100
+// ms, at least 64 packets); a full queue drops, as a router's would.
 //
 // Delay, Jitter and Loss need Options.Latency. A packet from node A to
 // node B is delayed by A's Delay plus B's Delay, so the round trip between
@@ -50,7 +54,8 @@
 // does not delay the delay line. The rates stay the kernel's in both cases;
 // the switch costs CPU in the calling process (one receive and one send per
 // frame) and adds its wake-up latency (0.3-0.5 ms per round trip measured
-// on a loaded 2-core machine) to the delay.
+// on a loaded 2-core machine) to the delay; it forwarded 789 Mbit/s of one
+// TCP stream between two 1 Gbit/s links where the bridge gave 951.
 //
 // # Running processes in a node
 //

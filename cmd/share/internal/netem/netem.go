@@ -314,15 +314,6 @@ func (d *Node) attach(link Link) error {
 			return fmt.Errorf("netem: node %s: attach to the bridge: %w", d.name, err)
 		}
 	}
-	// One packet per skb: loss and queues act on packets, as on a wire.
-	for _, x := range []struct {
-		h *netlink.Handle
-		l netlink.Link
-	}{{hub, hl}, {d.handle, nl}} {
-		if err := x.h.LinkSetGSOMaxSegs(x.l, 1); err != nil {
-			return fmt.Errorf("netem: node %s: turn off GSO: %w", d.name, err)
-		}
-	}
 	if err := d.handle.AddrAdd(nl, &netlink.Addr{IPNet: ipNet(d.addr, d.net.subnet.Bits())}); err != nil {
 		return fmt.Errorf("netem: node %s: address: %w", d.name, err)
 	}

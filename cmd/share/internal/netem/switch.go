@@ -214,7 +214,7 @@ func (s *delaySwitch) engine() {
 	runtime.LockOSThread()
 	unix.Setpriority(unix.PRIO_PROCESS, 0, engineNice) // this thread only (Linux); best effort
 	events := make([]unix.EpollEvent, 128)
-	buf := make([]byte, 1<<16)
+	buf := make([]byte, 1<<17) // a 64 KiB GSO frame, its headers and the virtio-net header
 	for {
 		s.armTimer()
 		n, err := unix.EpollWait(s.epfd, events, -1)
