@@ -146,3 +146,14 @@ func TestCreateShareLeftovers(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteFileAtomicLongName: the temporary file beside a long name fits.
+func TestWriteFileAtomicLongName(t *testing.T) {
+	p := filepath.Join(t.TempDir(), strings.Repeat("漢", 85))
+	if err := WriteFileAtomic(p, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(p); err != nil || string(b) != "x" {
+		t.Fatalf("%q %v", b, err)
+	}
+}

@@ -128,7 +128,7 @@ func (j *journal) close() error { return j.f.Close() }
 // directory.
 func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	f, err := os.CreateTemp(dir, workName(".", filepath.Base(path), ".tmp-")+"*") // a name that fits, whatever path's
 	if err != nil {
 		return err
 	}
