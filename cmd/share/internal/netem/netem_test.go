@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -161,6 +162,41 @@ func TestShapedRateAndDelay(t *testing.T) {
 		t.Logf("f -> b through the delay line: %.3f Mbit/s goodput (%.1f %% of %.3f)", got*8/1e6, 100*got/want, want*8/1e6)
 		if got < 0.8*want || got > 1.05*want {
 			t.Errorf("goodput through the delay line %.0f B/s, want about %.0f", got, want)
+		}
+	})
+	t.Run("fan-out", func(t *testing.T) {
+		// One 10 Mbit/s uplink with a 30 ms RTT and 0.1 % loss to each
+		// of 8 downloaders at once, as a seed's in a swarm: the flows
+		// share the uplink and keep it busy.
+		l := Link{Up: 10 * mbit, Down: 50 * mbit, Delay: 7500 * time.Microsecond, Loss: 0.0005}
+		s, err := n.AddNode("s", l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rs []*Node
+		for i := range 8 {
+			r, err := n.AddNode(fmt.Sprintf("r%d", i), l)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rs = append(rs, r)
+		}
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		total := 0.0
+		for _, r := range rs {
+			wg.Go(func() {
+				got := throughput(t, s, r, 8*time.Second)
+				mu.Lock()
+				total += got
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+		want := goodput(l.Up)
+		t.Logf("8 flows from one 10 Mbit/s uplink: %.3f Mbit/s in all (%.1f %% of %.3f)", total*8/1e6, 100*total/want, want*8/1e6)
+		if total < 0.9*want || total > 1.05*want {
+			t.Errorf("fan-out goodput %.0f B/s, want about %.0f", total, want)
 		}
 	})
 	t.Run("relink", func(t *testing.T) {
