@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -481,9 +482,23 @@ type BuildOptions struct {
 }
 
 // BuildManifest reads the file or directory tree at path and returns its
-// manifest. A symlink given as path is followed; symlinks inside a directory
-// are skipped (see BuildOptions.Skipped). A file that changes size while it
-// is read is an error.
+// manifest. What path names is what gets shared, or an error that says why
+// not:
+//
+//   - A symbolic link given as path is followed, through any chain of links,
+//     as cp -r, tar -h and rsync -L treat their arguments; the share keeps
+//     the name given (the link's). A dangling link, a loop of links, and a
+//     link to anything but a regular file or directory are errors naming the
+//     chain.
+//   - Inside a directory, symbolic links and special files (devices, pipes,
+//     sockets) are skipped and reported to BuildOptions.Skipped; links are
+//     not followed, so a tree cannot reach outside itself or loop.
+//   - A directory left without any regular file because every entry that
+//     could hold one was skipped is an error: sharing it would send nothing
+//     of what the user named. An empty directory, or one holding only empty
+//     directories, is shared as it is (the caller may warn).
+//
+// A file that changes size while it is read is an error.
 func BuildManifest(ctx context.Context, path string, opts BuildOptions) (*Manifest, error) {
 	cs := opts.ChunkSize
 	if cs == 0 {
@@ -493,7 +508,7 @@ func BuildManifest(ctx context.Context, path string, opts BuildOptions) (*Manife
 		return nil, fmt.Errorf("chunk size %d outside [%d, %d]", cs, MinChunkSize, MaxChunkSize)
 	}
 	path = filepath.Clean(path)
-	fi, err := os.Stat(path)
+	resolved, fi, err := resolveTop(path)
 	if err != nil {
 		return nil, err
 	}
@@ -510,13 +525,22 @@ func BuildManifest(ctx context.Context, path string, opts BuildOptions) (*Manife
 	case fi.Mode().IsRegular():
 		files = []File{{Path: name, Size: fi.Size(), Mode: fi.Mode().Perm()}}
 	case fi.IsDir():
-		files, dirs, err = walkTree(ctx, path, opts.Skipped)
+		var skipped int
+		files, dirs, skipped, err = walkTree(ctx, resolved, func(rel string, mode fs.FileMode) {
+			if opts.Skipped != nil {
+				opts.Skipped(filepath.Join(path, filepath.FromSlash(rel)), mode)
+			}
+		})
 		if err != nil {
 			return nil, err
 		}
+		if len(files) == 0 && skipped > 0 {
+			return nil, fmt.Errorf("%s: nothing to share: it holds no regular file, and its %d other %s, which share skips inside a directory (to share what a link points to, name the link itself: share put %s)",
+				path, skipped, plural(skipped, "entry is a symbolic link or special file", "entries are symbolic links or special files"), filepath.Join(path, "LINK"))
+		}
 		dirs = append(dirs, Dir{Path: ".", Mode: fi.Mode().Perm()}) // the top directory
 	default:
-		return nil, fmt.Errorf("%s: not a regular file or directory", path)
+		return nil, fmt.Errorf("%s: %s: share shares regular files and directories only", describeTop(path), fileType(fi.Mode()))
 	}
 
 	slices.SortFunc(files, func(a, b File) int { return strings.Compare(a.Path, b.Path) })
@@ -524,9 +548,9 @@ func BuildManifest(ctx context.Context, path string, opts BuildOptions) (*Manife
 	buf := make([]byte, hashBufSize)
 	var hashed int64
 	for _, f := range files {
-		p := path
+		p := resolved
 		if fi.IsDir() {
-			p = filepath.Join(path, filepath.FromSlash(f.Path))
+			p = filepath.Join(resolved, filepath.FromSlash(f.Path))
 		}
 		if err := hashFile(ctx, p, f.Size, c, buf, func(n int64) {
 			hashed += n
@@ -538,6 +562,103 @@ func BuildManifest(ctx context.Context, path string, opts BuildOptions) (*Manife
 		}
 	}
 	return NewManifest(name, fi.IsDir(), cs, files, dirs, c.finish())
+}
+
+// maxLinkChain is how many symbolic links in a row resolveTop follows, as
+// Linux's path resolution does (MAXSYMLINKS, 40) before it gives ELOOP.
+const maxLinkChain = 40
+
+// resolveTop follows path to what it names: the real path with every
+// symbolic link resolved, and its FileInfo. A path that does not lead to an
+// existing file is an error that shows the chain of links, if any.
+func resolveTop(path string) (string, fs.FileInfo, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		lfi, lerr := os.Lstat(path)
+		if lerr != nil || lfi.Mode()&fs.ModeSymlink == 0 {
+			return "", nil, err // not a link: the plain error ("no such file or directory")
+		}
+		chain, loop := linkChain(path)
+		switch {
+		case loop:
+			return "", nil, fmt.Errorf("%s: a loop of symbolic links, nothing to share", strings.Join(chain, " -> "))
+		case errors.Is(err, fs.ErrNotExist):
+			return "", nil, fmt.Errorf("%s: a dangling symbolic link: %s does not exist", strings.Join(chain, " -> "), chain[len(chain)-1])
+		}
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return "", nil, fmt.Errorf("%s: %w", strings.Join(chain, " -> "), err)
+	}
+	resolved, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return "", nil, err
+	}
+	return resolved, fi, nil
+}
+
+// linkChain lists path and the targets of the chain of symbolic links that
+// starts there, for messages: it stops at a name that is not a link (or does
+// not exist), and reports a loop when a link comes back or the chain is
+// longer than maxLinkChain.
+func linkChain(path string) (chain []string, loop bool) {
+	chain = []string{path}
+	seen := map[string]bool{}
+	cur := path
+	for range maxLinkChain {
+		abs, err := filepath.Abs(cur)
+		if err != nil {
+			return chain, false
+		}
+		if seen[abs] {
+			return chain, true
+		}
+		seen[abs] = true
+		target, err := os.Readlink(cur)
+		if err != nil {
+			return chain, false
+		}
+		chain = append(chain, target)
+		if !filepath.IsAbs(target) {
+			target = filepath.Join(filepath.Dir(cur), target)
+		}
+		cur = target
+	}
+	return chain, true
+}
+
+// describeTop names path for a message: itself, or the chain of symbolic
+// links that starts there.
+func describeTop(path string) string {
+	if chain, _ := linkChain(path); len(chain) > 1 {
+		return strings.Join(chain, " -> ")
+	}
+	return path
+}
+
+// fileType names the type of a file that is not a regular file or directory.
+func fileType(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeCharDevice != 0:
+		return "a character device"
+	case m&fs.ModeDevice != 0:
+		return "a block device"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe (FIFO)"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeSymlink != 0:
+		return "a symbolic link"
+	}
+	return "not a regular file or directory"
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
 
 // hashFile feeds exactly size bytes of the file at p to c.
@@ -570,10 +691,12 @@ func hashFile(ctx context.Context, p string, size int64, c *chunker, buf []byte,
 }
 
 // walkTree lists the regular files and subdirectories under root, with paths
-// relative to root in slash form.
-func walkTree(ctx context.Context, root string, skipped func(string, fs.FileMode)) ([]File, []Dir, error) {
+// relative to root in slash form, and counts the entries it skips (symbolic
+// links and special files), reporting each to skipped with its relative path.
+func walkTree(ctx context.Context, root string, skipped func(rel string, mode fs.FileMode)) ([]File, []Dir, int, error) {
 	var files []File
 	var dirs []Dir
+	var nskipped int
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -602,8 +725,9 @@ func walkTree(ctx context.Context, root string, skipped func(string, fs.FileMode
 		case info.IsDir():
 			dirs = append(dirs, Dir{Path: rel, Mode: info.Mode().Perm()})
 		default:
+			nskipped++
 			if skipped != nil {
-				skipped(p, info.Mode())
+				skipped(rel, info.Mode())
 			}
 		}
 		if len(files) > MaxFiles || len(dirs) > MaxFiles {
@@ -611,5 +735,5 @@ func walkTree(ctx context.Context, root string, skipped func(string, fs.FileMode
 		}
 		return nil
 	})
-	return files, dirs, err
+	return files, dirs, nskipped, err
 }

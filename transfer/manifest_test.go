@@ -5,7 +5,9 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -223,6 +225,146 @@ func TestBuildManifestSkipsSymlinksAndDetectsChanges(t *testing.T) {
 	if err := hashFile(context.Background(), filepath.Join(root, "a"), 2, newChunker(MinChunkSize), make([]byte, 4), func(int64) {}); err == nil {
 		t.Fatal("a file longer than listed was hashed without error")
 	}
+}
+
+// What the user names is what gets shared, or an error that says why not:
+// a symbolic link named as the top is followed (cp -r, tar -h, rsync -L),
+// through chains; dangling links, loops, links to special files and
+// directories with nothing shareable left are errors; an empty directory is
+// shared empty.
+func TestBuildManifestNamedPath(t *testing.T) {
+	dir := t.TempDir()
+	writeTree(t, filepath.Join(dir, "real"), map[string]string{"f": "data\n", "sub/g": "gg"})
+	for _, d := range []string{"empty", "emptytree/a/b", "onlylinks", "onlyspecial", "mixed"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeTree(t, filepath.Join(dir, "mixed"), map[string]string{"kept": "k"})
+	links := [][2]string{
+		{"real", "linkdir"},
+		{"real/f", "linkfile"},
+		{"linkdir", "link2"}, // a link to a link
+		{filepath.Join(dir, "real"), "abslink"},
+		{"nothere", "dangling"},
+		{"dangling", "danglingchain"},
+		{"loopb", "loopa"},
+		{"loopa", "loopb"},
+		{"self", "self"},
+		{"fifo", "linkfifo"},
+		{"/dev/null", "linknull"},
+		{"../real", "onlylinks/l1"},
+		{"../real/f", "onlylinks/l2"},
+		{"../real", "mixed/l"},
+	}
+	for _, l := range links {
+		if err := os.Symlink(l[0], filepath.Join(dir, l[1])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{"fifo", "onlyspecial/pipe"} {
+		if err := syscall.Mkfifo(filepath.Join(dir, f), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	realDir, err := BuildManifest(ctx, filepath.Join(dir, "real"), BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	realFile, err := BuildManifest(ctx, filepath.Join(dir, "real", "f"), BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	tests := []struct {
+		path    string
+		like    *Manifest // same files and chunks as this one, under the name of path
+		files   int       // else: how many files, dirs and skipped entries
+		dirs    int
+		skipped []string
+		err     string // else: the error says this
+	}{
+		{path: "linkdir", like: realDir},
+		{path: "linkdir/", like: realDir},
+		{path: "linkfile", like: realFile},
+		{path: "link2", like: realDir},
+		{path: "abslink", like: realDir},
+		{path: "empty"},
+		{path: "emptytree", dirs: 2},
+		{path: "mixed", files: 1, skipped: []string{"mixed/l"}},
+		{path: "dangling", err: "dangling -> nothere: a dangling symbolic link: nothere does not exist"},
+		{path: "danglingchain", err: "danglingchain -> dangling -> nothere: a dangling symbolic link"},
+		{path: "loopa", err: "loopa -> loopb -> loopa: a loop of symbolic links"},
+		{path: "self", err: "self -> self: a loop of symbolic links"},
+		{path: "linkfifo", err: "linkfifo -> fifo: a named pipe (FIFO): share shares regular files and directories only"},
+		{path: "linknull", err: "linknull -> /dev/null: a character device"},
+		{path: "fifo", err: "fifo: a named pipe (FIFO)"},
+		{path: "onlylinks", err: "onlylinks: nothing to share: it holds no regular file, and its 2 other entries are symbolic links or special files"},
+		{path: "onlyspecial", err: "its 1 other entry is a symbolic link or special file, which share skips"},
+		{path: "missing", err: "no such file or directory"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.path, func(t *testing.T) {
+			var skipped []string
+			m, err := BuildManifest(ctx, filepath.Join(dir, tt.path), BuildOptions{Skipped: func(p string, _ os.FileMode) {
+				rel, _ := filepath.Rel(dir, p)
+				skipped = append(skipped, filepath.ToSlash(rel))
+			}})
+			if tt.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.err) {
+					t.Fatalf("err = %v, want one saying %q", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := filepath.Base(filepath.Clean(tt.path)); m.Name() != want {
+				t.Errorf("name %q, want %q (the name given)", m.Name(), want)
+			}
+			if tt.like != nil {
+				if m.IsDir() != tt.like.IsDir() || !slices.Equal(m.Dirs(), tt.like.Dirs()) || m.NumChunks() != tt.like.NumChunks() || m.Size() != tt.like.Size() {
+					t.Fatalf("got %d files, %d dirs, %d bytes; want those of %s", len(m.Files()), len(m.Dirs()), m.Size(), tt.like.Name())
+				}
+				for k, f := range m.Files() {
+					if want := tt.like.Files()[k]; f.Size != want.Size || f.Mode != want.Mode || (m.IsDir() && f.Path != want.Path) {
+						t.Errorf("file %d: %+v, want %+v", k, f, want)
+					}
+				}
+				for i := range m.NumChunks() {
+					if m.ChunkHash(i) != tt.like.ChunkHash(i) {
+						t.Errorf("chunk %d differs", i)
+					}
+				}
+				return
+			}
+			if !m.IsDir() || len(m.Files()) != tt.files || len(m.Dirs()) != tt.dirs || !slices.Equal(skipped, tt.skipped) {
+				t.Fatalf("dir %v, %d files, %d dirs, skipped %q; want %d files, %d dirs, skipped %q",
+					m.IsDir(), len(m.Files()), len(m.Dirs()), skipped, tt.files, tt.dirs, tt.skipped)
+			}
+		})
+	}
+
+	// The link's chunks are read through it for upload too.
+	l, err := OpenLocal(filepath.Join(dir, "linkdir"), mustBuild(t, filepath.Join(dir, "linkdir")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	p := make([]byte, realDir.ChunkLen(0))
+	if err := l.ReadChunk(0, p); err != nil || HashChunk(p) != realDir.ChunkHash(0) {
+		t.Fatalf("reading a chunk through the link: %v", err)
+	}
+}
+
+func mustBuild(t *testing.T, path string) *Manifest {
+	t.Helper()
+	m, err := BuildManifest(context.Background(), path, BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }
 
 func TestParseID(t *testing.T) {
