@@ -3,11 +3,14 @@ package node
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -131,8 +134,16 @@ func TestFetchUnknownShare(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = b
-	if _, err := a.Fetch(context.Background(), m.ID()); err == nil {
-		t.Fatal("fetched a share nobody has")
+	// The error says where the peer looked, for the user of its API.
+	_, err = a.Fetch(context.Background(), m.ID())
+	if !errors.Is(err, transfer.ErrNotFound) || !strings.Contains(err.Error(), "no peer provides "+m.ID().String()) ||
+		!regexp.MustCompile(`\d+ DHT lookups? in \d+s, with 1 peers connected and 1 in the routing table`).MatchString(err.Error()) {
+		t.Fatalf("fetch of a share nobody has: %v", err)
+	}
+	// A peer alone says it knows nobody.
+	alone := testNode(t, "", func(o *Options) { o.FetchTimeout = 200 * time.Millisecond })
+	if _, err := alone.Fetch(context.Background(), m.ID()); !errors.Is(err, transfer.ErrNotFound) || !strings.Contains(err.Error(), "knows no other peer") || !strings.Contains(err.Error(), "--bootstrap") {
+		t.Fatalf("fetch by a peer that knows nobody: %v", err)
 	}
 }
 
@@ -254,7 +265,7 @@ func TestLyingPeerIsDropped(t *testing.T) {
 	for _, p := range peers {
 		sameContent(t, waitComplete(t, p, sh.ID(), time.Minute), content)
 		bad += testutil.ToFloat64(p.m.badChunks)
-		if got := testutil.ToFloat64(p.m.peerRecv.WithLabelValues(liar.ID().String())); got > float64(16*chunk) {
+		if got := p.m.peerRecv.value(liar.ID().String()); got > float64(16*chunk) {
 			t.Errorf("peer kept %v bytes from the liar, more than its good chunks", got)
 		}
 	}

@@ -30,7 +30,7 @@ func (n *Node) handleStream(s network.Stream) {
 		Limiter:   n.opts.UploadLimit,
 		OnRequest: func(req transfer.Request) { n.noticeDownloader(req.ID, pid) },
 		Served: func(id transfer.ID, _ int, size int64) {
-			n.m.peerSent.WithLabelValues(pid.String()).Add(float64(size))
+			n.m.peerSent.add(pid.String(), float64(size))
 			n.m.chunksSent.Inc()
 			n.mu.Lock()
 			n.statsLocked(id).up += size

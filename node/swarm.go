@@ -60,7 +60,9 @@ func (n *Node) fetchManifest(ctx context.Context, id transfer.ID) (*transfer.Man
 	var providers []peer.ID
 	var m *transfer.Manifest
 	var errs []error
+	start, lookups := time.Now(), 0
 	for m == nil && ctx.Err() == nil {
+		lookups++
 		_, err := n.findProviders(ctx, id, func(ai peer.AddrInfo) bool {
 			providers = append(providers, ai.ID)
 			src := n.peerSource(ai.ID)
@@ -87,7 +89,7 @@ func (n *Node) fetchManifest(ctx context.Context, id transfer.ID) (*transfer.Man
 		if len(errs) > 0 {
 			return nil, nil, fmt.Errorf("%w: %s: providers found, but none sent a valid manifest: %w", transfer.ErrNotFound, id, errors.Join(errs...))
 		}
-		return nil, nil, fmt.Errorf("%w: no peer provides %s (looked for %v)", transfer.ErrNotFound, id, n.opts.FetchTimeout)
+		return nil, nil, fmt.Errorf("%w: no peer provides %s: %s", transfer.ErrNotFound, id, n.lookupReport(time.Since(start), lookups))
 	}
 	return m, providers, nil
 }
@@ -215,7 +217,7 @@ func (n *Node) progress(m *transfer.Manifest) func(transfer.Progress) {
 	return func(p transfer.Progress) {
 		size := m.ChunkLen(p.Index)
 		if ps, ok := p.From.(*peerSource); ok {
-			n.m.peerRecv.WithLabelValues(ps.pid.String()).Add(float64(size))
+			n.m.peerRecv.add(ps.pid.String(), float64(size))
 			from := "peer"
 			if ps.seed.Load() {
 				from = "seed"
@@ -226,4 +228,21 @@ func (n *Node) progress(m *transfer.Manifest) func(transfer.Progress) {
 		n.statsLocked(m.ID()).down += int64(size)
 		n.mu.Unlock()
 	}
+}
+
+// lookupReport says, for a lookup that found no provider, where the peer
+// looked and what may be wrong, in words for the user of its API.
+func (n *Node) lookupReport(took time.Duration, lookups int) string {
+	if n.dht.RoutingTable().Size() == 0 {
+		return fmt.Sprintf("this peer knows no other peer (its DHT routing table stayed empty for %v): start it with --bootstrap and the address of a peer of your network", took.Round(time.Second))
+	}
+	return fmt.Sprintf("%d DHT %s in %v, with %d peers connected and %d in the routing table; is a peer that holds the share running and joined to this network?",
+		lookups, plural(lookups, "lookup", "lookups"), took.Round(time.Second), len(n.host.Network().Peers()), n.dht.RoutingTable().Size())
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
