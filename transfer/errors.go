@@ -158,3 +158,7 @@ func (e *ChunkError) Error() string {
 
 // Is makes errors.Is(err, ErrBadChunk) true for every ChunkError.
 func (e *ChunkError) Is(target error) bool { return target == ErrBadChunk }
+
+// ErrInUse: the data directory is locked by another share process (see
+// OpenStore); a second daemon needs a directory of its own.
+var ErrInUse = errors.New("in use by another share process")

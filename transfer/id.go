@@ -2,6 +2,8 @@ package transfer
 
 import (
 	"fmt"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/ipfs/go-cid"
 	mh "github.com/multiformats/go-multihash"
@@ -22,21 +24,56 @@ type ID struct {
 // idOf returns the ID of a manifest's exact bytes.
 func idOf(manifest []byte) ID { return ID{sum: blake3.Sum256(manifest)} }
 
+// idPrefix and idLen describe the text form every ID has: the multibase
+// prefix b (base32), then the CID's version, codec and multihash header,
+// which are the same for every share, then the digest.
+var (
+	idLen    = len(ID{sum: [32]byte{1}}.String())
+	idPrefix = ID{sum: [32]byte{1}}.String()[:9] // "bagaaihra"
+)
+
 // ParseID parses the text form of an ID: a CIDv1 in any multibase, with
-// codec json and a 32-byte BLAKE3 multihash.
+// codec json and a 32-byte BLAKE3 multihash. Its errors wrap ErrBadID and
+// say, in words a user can act on, why s is not a share ID (cut short,
+// mistyped, another kind of CID), without the CID library's wording.
 func ParseID(s string) (ID, error) {
-	if len(s) == 0 || len(s) > 128 {
-		return ID{}, fmt.Errorf("%w: %q", ErrBadID, truncate(s, 80))
+	shown := strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f {
+			return '?'
+		}
+		return r
+	}, truncate(s, 80))
+	what := fmt.Sprintf("a share ID is %q and then %d letters a-z and digits 2-7, as 'share put' and 'share ls' print it", idPrefix, idLen-len(idPrefix))
+	bad := func(why string) error {
+		return fmt.Errorf("%w %q: %s; %s", ErrBadID, shown, why, what)
+	}
+	if len(s) == 0 {
+		return ID{}, fmt.Errorf("%w: empty; %s", ErrBadID, what)
+	}
+	if len(s) > 128 {
+		return ID{}, bad("too long")
 	}
 	c, err := cid.Decode(s)
 	if err != nil {
-		return ID{}, fmt.Errorf("%w: %q: %v", ErrBadID, truncate(s, 80), err)
+		lower := strings.ToLower(s)
+		switch {
+		case strings.HasPrefix(idPrefix, lower) || (strings.HasPrefix(lower, idPrefix) && len(s) < idLen):
+			return ID{}, bad(fmt.Sprintf("cut short, %d of %d characters (copy it whole)", len(s), idLen))
+		case strings.HasPrefix(lower, idPrefix) && len(s) > idLen:
+			return ID{}, bad(fmt.Sprintf("%d characters, %d too many", len(s), len(s)-idLen))
+		case strings.HasPrefix(lower, idPrefix):
+			if k := strings.IndexFunc(lower, func(r rune) bool { return !(r >= 'a' && r <= 'z' || r >= '2' && r <= '7') }); k >= 0 {
+				r, _ := utf8.DecodeRuneInString(s[k:])
+				return ID{}, bad(fmt.Sprintf("%q at position %d cannot be in a share ID (mistyped?)", r, k+1))
+			}
+			return ID{}, bad("mistyped")
+		}
+		return ID{}, bad("not a share ID")
 	}
-	id, err := IDFromCID(c)
-	if err != nil {
-		return ID{}, fmt.Errorf("%w (%q)", err, truncate(s, 80))
+	if _, err := IDFromCID(c); err != nil {
+		return ID{}, bad("a content ID of another kind (of IPFS?), not of a share")
 	}
-	return id, nil
+	return IDFromCID(c)
 }
 
 // IDFromCID converts a CID back into an ID.

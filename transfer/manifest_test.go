@@ -369,10 +369,31 @@ func mustBuild(t *testing.T, path string) *Manifest {
 
 func TestParseID(t *testing.T) {
 	m := mustManifest(t, "f", false, MinChunkSize, map[string]string{"f": "x"})
-	for _, bad := range []string{"", "x", "bafkqaaa", "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG", m.ID().String() + "a", strings.Repeat("b", 200)} {
-		if _, err := ParseID(bad); !errors.Is(err, ErrBadID) {
-			t.Errorf("ParseID(%q) = %v, want ErrBadID", bad, err)
+	good := m.ID().String()
+	// Every error says why the text is not a share ID, in words (never the
+	// CID library's), and what one looks like.
+	const looks = `a share ID is "bagaaihra" and then 52 letters a-z and digits 2-7, as 'share put' and 'share ls' print it`
+	for _, tt := range []struct{ in, why string }{
+		{"", "empty"},
+		{"x", `"x": not a share ID`},
+		{"bagaaihra123", `"bagaaihra123": cut short, 12 of 61 characters (copy it whole)`},
+		{good[:40], "cut short, 40 of 61 characters"},
+		{good[:60], "cut short, 60 of 61 characters"},
+		{good + "a", "62 characters, 1 too many"},
+		{good[:20] + "1" + good[21:], `'1' at position 21 cannot be in a share ID (mistyped?)`},
+		{good[:20] + "é" + good[22:], `'é' at position 21 cannot be in a share ID`},
+		{"bafkqaaa", "a content ID of another kind (of IPFS?), not of a share"},
+		{"QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG", "a content ID of another kind"},
+		{strings.Repeat("b", 200), "too long"},
+		{"a\x1b[31mb", `"a?[31mb": not a share ID`},
+	} {
+		_, err := ParseID(tt.in)
+		if !errors.Is(err, ErrBadID) || !strings.Contains(err.Error(), tt.why) || !strings.HasSuffix(err.Error(), looks) || strings.Contains(err.Error(), "cid") {
+			t.Errorf("ParseID(%q) = %v\nwant ErrBadID saying %q and %q", tt.in, err, tt.why, looks)
 		}
+	}
+	if id, err := ParseID(strings.ToUpper(good)); err != nil || id != m.ID() {
+		t.Errorf("the base32 upper-case form (multibase B) of an ID: %v", err)
 	}
 	var id ID
 	if err := id.UnmarshalText([]byte(m.ID().String())); err != nil || id != m.ID() {

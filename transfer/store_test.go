@@ -49,7 +49,7 @@ func TestImportAndReadBack(t *testing.T) {
 		t.Fatal("re-import made a second share")
 	}
 	// A second process cannot open the same store; a reopened one finds it.
-	if _, err := OpenStore(st.Dir(), StoreOptions{}); err == nil || !strings.Contains(err.Error(), "in use") {
+	if _, err := OpenStore(st.Dir(), StoreOptions{}); !errors.Is(err, ErrInUse) {
 		t.Fatalf("second open of a store in use: %v", err)
 	}
 	st.Close()
