@@ -130,9 +130,19 @@ func (c *Client) getJSON(ctx context.Context, path string, v any) error {
 	}
 	defer resp.Body.Close()
 	if err := json.NewDecoder(io.LimitReader(resp.Body, transfer.MaxManifestSize)).Decode(v); err != nil {
-		return fmt.Errorf("GET %s: bad response: %w", path, err)
+		return fmt.Errorf("GET %s: the answer (%s) is not share's API: is %s a share server? (%v)", path, resp.Header.Get("Content-Type"), c.base, err)
 	}
 	return nil
+}
+
+// Reason returns the message a server sent with the error response that err
+// wraps (its JSON "error"), or "" if err carries none.
+func Reason(err error) string {
+	var re *remoteError
+	if errors.As(err, &re) {
+		return re.msg
+	}
+	return ""
 }
 
 // Health checks that the server answers /healthz.

@@ -5,10 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 
+	"github.com/sharefiles/share/node"
 	"github.com/sharefiles/share/server"
 	"github.com/sharefiles/share/transfer"
 )
@@ -61,40 +69,64 @@ func runGet(ctx context.Context, o getOptions, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usageError{fmt.Errorf("--stall-timeout: %w", err)}
 	}
+	if err := checkOutput(o.out); err != nil {
+		return err
+	}
 	c, err := o.client.client()
 	if err != nil {
 		return err
 	}
 	var b *bar
+	var started atomic.Bool // the partial download is open
+	var held, total int64   // bytes held, of the share's
+	// A peer asked for a share it lacks looks for it in its swarm first:
+	// say so rather than wait in silence.
+	notice := time.AfterFunc(waitNotice, func() {
+		if !started.Load() {
+			fmt.Fprintf(stderr, "share: waiting for %s to find %s (a peer searches its swarm for up to %v)\n", o.client.url, id, node.DefaultFetchTimeout)
+		}
+	})
+	defer notice.Stop()
 	out, stats, err := c.Get(ctx, id, transfer.GetOptions{
 		Out:   o.out,
 		Force: o.force,
-		Started: func(m *transfer.Manifest, held int64) {
+		Started: func(m *transfer.Manifest, h int64) {
+			started.Store(true)
+			held, total = h, m.Size()
 			b = newBar(stderr, m.Size(), m.Name())
-			b.set(held)
+			b.set(h)
 		},
 		Download: transfer.DownloadOptions{
 			MaxInFlight:  o.parallel,
 			PerSource:    o.parallel,
 			Limiter:      transfer.NewLimiter(o.downloadLimit),
 			StallTimeout: stall,
-			Progress:     func(p transfer.Progress) { b.set(p.Bytes) },
-			Logger:       quietLogger(stderr),
+			Progress: func(p transfer.Progress) {
+				held = p.Bytes
+				b.set(p.Bytes)
+			},
+			Logger: quietLogger(stderr),
 		},
 	})
 	if err != nil {
 		b.abandon(stderr)
-		if errors.Is(err, context.Canceled) && ctx.Err() != nil {
-			return fmt.Errorf("get %s: interrupted; run the same command again to resume", id)
+		kept := fmt.Sprintf("%s of %s", humanize.IBytes(uint64(held)), humanize.IBytes(uint64(total)))
+		if _, ok := interrupted(ctx); ok {
+			if !started.Load() || held == 0 {
+				return interruptedError{fmt.Sprintf("get %s: interrupted before any chunk was fetched", id)}
+			}
+			return interruptedError{fmt.Sprintf("get %s: interrupted; the %s fetched are kept: run the same command again to resume", id, kept)}
 		}
-		if errors.Is(err, transfer.ErrNotFound) {
-			return fmt.Errorf("no share %s on %s", id, o.client.server)
+		if errors.Is(err, transfer.ErrNotFound) && !started.Load() {
+			return notFound(id, err, &o.client)
 		}
 		if !errors.Is(err, transfer.ErrExists) && !errors.Is(err, server.ErrUnauthorized) && !isConnRefused(err) {
 			if why := peerDownloadError(ctx, c, id); why != "" { // a peer with no chunks to give says why
 				err = fmt.Errorf("%w\n  the peer's download from the swarm: %s", err, strings.ReplaceAll(why, "\n", "\n  "))
 			}
-			err = fmt.Errorf("%w\n  chunks already fetched are kept: run the same command again to resume", err)
+		}
+		if started.Load() && held > 0 && !errors.Is(err, transfer.ErrExists) {
+			err = fmt.Errorf("%w\n  the %s fetched are kept: run the same command again to resume", err, kept)
 		}
 		return hint(err, &o.client)
 	}
@@ -110,4 +142,30 @@ func runGet(ctx context.Context, o getOptions, stdout, stderr io.Writer) error {
 // peer's copy.
 var localNote = map[transfer.CloneMethod]string{
 	transfer.CloneHardlink: ": the output shares its inode with the peer's copy; edit a copy, not in place",
+}
+
+// waitNotice is how long get waits for a share's manifest before it says
+// what it is waiting for.
+const waitNotice = 2 * time.Second
+
+// checkOutput checks get's -o before anything is fetched: the directory it
+// names, or the one it would be written in, must exist.
+func checkOutput(out string) error {
+	if out == "" {
+		return nil
+	}
+	dir := filepath.Dir(out)
+	if strings.HasSuffix(out, "/") {
+		dir = out // "-o DIR/": into DIR
+	}
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("-o %s: the directory %s does not exist; create it first (mkdir -p %s) or name an existing one", out, dir, dir)
+	case errors.Is(err, syscall.ENOTDIR) || err == nil && !fi.IsDir():
+		return fmt.Errorf("-o %s: %s is not a directory", out, strings.TrimSuffix(dir, "/"))
+	case err != nil:
+		return fmt.Errorf("-o %s: %w", out, err)
+	}
+	return nil
 }

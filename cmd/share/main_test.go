@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -60,11 +61,21 @@ var pprofLine = regexp.MustCompile(`(?m)^pprof: (\S+)$`)
 // directory (or data, if given) and stops it when the test ends.
 func startServe(t testing.TB, data string, args ...string) *daemon {
 	t.Helper()
+	return startServeIn(t, "", data, args...)
+}
+
+// startServeIn runs `share serve` with HOME=home (default: its data
+// directory), so that clients with the same HOME share its index of daemons.
+func startServeIn(t testing.TB, home, data string, args ...string) *daemon {
+	t.Helper()
 	if data == "" {
 		data = t.TempDir()
 	}
+	if home == "" {
+		home = data
+	}
 	cmd := exec.Command(shareBin, append([]string{"serve", "--listen", "127.0.0.1:0", "--data", data}, args...)...)
-	cmd.Env = cleanEnv(data)
+	cmd.Env = cleanEnv(home)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -131,12 +142,13 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
-// cleanEnv is the environment for a share process: no SHARE_* from the
-// developer's shell, HOME inside the test's data directory.
+// cleanEnv is the environment for a share process: no SHARE_* or XDG_* from
+// the developer's shell (so no test sees or registers in their index of
+// daemons), HOME inside the test's data directory.
 func cleanEnv(home string) []string {
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "SHARE_") && !strings.HasPrefix(kv, "HOME=") && !strings.HasPrefix(kv, "XDG_DATA_HOME=") {
+		if !strings.HasPrefix(kv, "SHARE_") && !strings.HasPrefix(kv, "HOME=") && !strings.HasPrefix(kv, "XDG_") {
 			env = append(env, kv)
 		}
 	}
@@ -322,35 +334,120 @@ func TestPutGetLsRm(t *testing.T) {
 	}
 }
 
-func TestClientErrors(t *testing.T) {
+// freePort returns a TCP port of 127.0.0.1 that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// Every user-facing error names the thing, says why in plain words, and
+// what to do; exit codes are 1 for failures, 2 for usage.
+func TestMessages(t *testing.T) {
 	d := startServe(t, "")
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o644)
+	os.MkdirAll(filepath.Join(dir, "real", "sub"), 0o755)
+	os.WriteFile(filepath.Join(dir, "real", "sub", "g"), []byte("gg"), 0o644)
+	os.Symlink("real", filepath.Join(dir, "linkdir"))
+	os.Symlink("nothere", filepath.Join(dir, "dangling"))
+	os.MkdirAll(filepath.Join(dir, "onlylinks"), 0o755)
+	os.Symlink("../f", filepath.Join(dir, "onlylinks", "l"))
+	os.MkdirAll(filepath.Join(dir, "empty"), 0o755)
+	os.WriteFile(filepath.Join(dir, "exists"), nil, 0o644)
+	r := share(t, dir, d.env(), "put", "f")
+	if r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	id := strings.TrimSpace(r.stdout)
+	absent := "bagaaihrazwenjbczufgr2i6zr7jn6xrmcmjkg4wzjljr6bbihe2aowg3rb3q" // a valid ID of nothing
+	hostPort := strings.TrimPrefix(d.URL, "http://")
+	_, port, _ := net.SplitHostPort(hostPort)
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	busyAddr := busy.Addr().String()
+	html := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		io.WriteString(w, "<html>hello</html>")
+	}))
+	defer html.Close()
+	tok := "SHARE_TOKEN=" + d.Token
+
 	tests := []struct {
 		name string
 		env  []string
 		args []string
 		code int
-		msg  string
+		want []string // all in stderr
+		not  []string // none in stderr
 	}{
-		{"wrong token", []string{"SHARE_SERVER=" + d.URL, "SHARE_TOKEN=nope"}, []string{"put", "f"}, 1, "unauthorized"},
-		{"no token", []string{"SHARE_SERVER=" + d.URL, "SHARE_DATA=" + t.TempDir()}, []string{"ls"}, 1, "SHARE_TOKEN"},
-		{"no server", []string{"SHARE_SERVER=http://127.0.0.1:1", "SHARE_TOKEN=x"}, []string{"ls"}, 1, "connection refused"},
-		{"bad id", d.env(), []string{"get", "bafynotanid"}, 2, "invalid share ID"},
-		{"missing file", d.env(), []string{"put", "nope"}, 1, "no such file"},
-		{"no args", d.env(), []string{"get"}, 2, "accepts 1 arg"},
-		{"bad flag", d.env(), []string{"put", "--bogus", "f"}, 2, "unknown flag"},
-		{"bad rate", d.env(), []string{"get", "--download-limit", "fast", "x"}, 2, "rate"},
-		{"bad server url", []string{"SHARE_SERVER=ftp://x", "SHARE_TOKEN=x"}, []string{"ls"}, 2, "want http"},
+		// --server: what a user types is accepted, or the error says what to type.
+		{"server without scheme", []string{"SHARE_SERVER=" + hostPort, tok}, []string{"ls"}, 0, nil, nil},
+		{"server as a port", []string{tok}, []string{"ls", "--server", port}, 0, nil, nil},
+		{"server as :port", []string{tok}, []string{"ls", "--server", ":" + port}, 0, nil, nil},
+		{"bad server url", []string{"SHARE_SERVER=ftp://x", "SHARE_TOKEN=x"}, []string{"ls"}, 2, []string{`SHARE_SERVER "ftp://x": scheme "ftp"`, "want http://HOST:PORT"}, nil},
+		{"server with a path", []string{tok}, []string{"ls", "--server", d.URL + "/v1/shares"}, 2, []string{"--server", "leave out the path"}, nil},
+		{"no server", []string{"SHARE_SERVER=http://127.0.0.1:1", "SHARE_TOKEN=x"}, []string{"ls"}, 1, []string{"connection refused", "nothing answers at http://127.0.0.1:1", "share serve"}, nil},
+		{"https to an http server", []string{tok}, []string{"ls", "--server", "https://" + hostPort}, 1, []string{"speaks plain HTTP: write http://"}, nil},
+		{"not a share server", []string{"SHARE_TOKEN=x"}, []string{"ls", "--server", html.URL}, 1, []string{"is not share's API", "is " + html.URL + " a share server?"}, nil},
+		{"data dir of no daemon", nil, []string{"ls", "--data", dir}, 1, []string{"--data " + dir + ": no share daemon runs with this data directory", "share serve --data " + dir}, nil},
+		// Tokens.
+		{"wrong token", []string{"SHARE_SERVER=" + d.URL, "SHARE_TOKEN=nope"}, []string{"put", "f"}, 1, []string{"unauthorized", "the token from SHARE_TOKEN is not this server's"}, nil},
+		{"no token", []string{"SHARE_SERVER=" + d.URL, "SHARE_DATA=" + t.TempDir()}, []string{"ls"}, 1, []string{"no token was given", "SHARE_TOKEN", "--data DIR"}, nil},
+		// IDs.
+		{"truncated id", d.env(), []string{"get", "bagaaihra123"}, 2, []string{`invalid share ID "bagaaihra123": cut short, 12 of 61 characters`}, []string{"cid"}},
+		{"mistyped id", d.env(), []string{"get", id[:20] + "1" + id[21:]}, 2, []string{"'1' at position 21 cannot be in a share ID"}, nil},
+		{"not an id", d.env(), []string{"rm", "bafynotanid"}, 2, []string{"invalid share ID", "a share ID is \"bagaaihra\""}, []string{"cid"}},
+		{"get of an absent share", d.env(), []string{"get", absent}, 1, []string{"no share " + absent + " on " + d.URL, "check the ID"}, []string{"resume"}},
+		{"rm of an absent share", d.env(), []string{"rm", absent}, 1, []string{"no share " + absent + " on " + d.URL}, nil},
+		// get's output.
+		{"get -o a missing dir", d.env(), []string{"get", id, "-o", "missing/dir/"}, 1, []string{"-o missing/dir/: the directory missing/dir/ does not exist; create it first (mkdir -p missing/dir/)"}, []string{"resume"}},
+		{"get over a file", d.env(), []string{"get", id, "-o", "exists"}, 1, []string{"already exists", "--force"}, []string{"resume"}},
+		// put's input.
+		{"put of a missing file", d.env(), []string{"put", "nope"}, 1, []string{"put nope: no such file or directory"}, []string{"stat"}},
+		{"put of a dangling link", d.env(), []string{"put", "dangling"}, 1, []string{"put dangling: dangling -> nothere: a dangling symbolic link: nothere does not exist"}, nil},
+		{"put of a dir of links", d.env(), []string{"put", "onlylinks"}, 1, []string{"skipping onlylinks/l: a symbolic link", "onlylinks: nothing to share", "share put onlylinks/LINK"}, nil},
+		{"put of an empty dir", d.env(), []string{"put", "empty"}, 0, []string{"warning: empty holds no files; it is shared as an empty directory"}, nil},
+		{"put of a linked dir", d.env(), []string{"put", "linkdir"}, 0, nil, []string{"skipping", "warning"}},
+		// Flags.
+		{"no args", d.env(), []string{"get"}, 2, []string{"accepts 1 arg"}, nil},
+		{"bad flag", d.env(), []string{"put", "--bogus", "f"}, 2, []string{"unknown flag"}, nil},
+		{"bad rate", d.env(), []string{"get", "--download-limit", "fast", "x"}, 2, []string{"rate"}, nil},
+		// Daemons.
+		{"serve --listen host without port", nil, []string{"serve", "--data", t.TempDir(), "--listen", "localhost"}, 2, []string{`--listen "localhost": want HOST:PORT, :PORT or PORT, e.g. --listen :7070`}, nil},
+		{"serve --listen a URL", nil, []string{"serve", "--data", t.TempDir(), "--listen", "http://0.0.0.0:7070"}, 2, []string{"want an address, not a URL"}, nil},
+		{"serve on a busy port", nil, []string{"serve", "--data", t.TempDir(), "--listen", busyAddr}, 1, []string{"--listen " + busyAddr + ": the address is in use", "choose another port: --listen 127.0.0.1:"}, nil},
+		{"serve on a daemon's port", nil, []string{"serve", "--data", t.TempDir(), "--listen", hostPort}, 1, []string{"--listen " + hostPort + ": the address is in use"}, nil},
+		{"serve in a data dir in use", nil, []string{"serve", "--data", d.Data, "--listen", "127.0.0.1:0"}, 1, []string{"data directory " + d.Data + ": in use by another share process (its API: " + d.URL + ")", "--data DIR"}, nil},
+		{"peer --listen a port", nil, []string{"peer", "--data", t.TempDir(), "--listen", "7072"}, 2, []string{`--listen "7072": not a libp2p multiaddr`, "--listen /ip4/0.0.0.0/tcp/7072 --listen /ip4/0.0.0.0/udp/7072/quic-v1"}, nil},
+		{"peer --api a port in use", nil, []string{"peer", "--data", t.TempDir(), "--listen", "/ip4/127.0.0.1/tcp/0", "--api", busyAddr}, 1, []string{"--api " + busyAddr + ": the address is in use", "--api 127.0.0.1:"}, []string{"peer started"}},
+		{"peer --listen a port in use", nil, []string{"peer", "--data", t.TempDir(), "--listen", "/ip4/127.0.0.1/tcp/" + strings.TrimPrefix(busyAddr, "127.0.0.1:"), "--api", "127.0.0.1:0"}, 1, []string{"the port is in use", "--listen /ip4/0.0.0.0/tcp/"}, []string{"peer started"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := share(t, dir, tt.env, tt.args...)
-			if r.code != tt.code || !strings.Contains(r.stderr, tt.msg) {
-				t.Fatalf("exit %d (want %d), stderr %q (want %q)", r.code, tt.code, r.stderr, tt.msg)
+			if r.code != tt.code {
+				t.Fatalf("exit %d, want %d; stderr:\n%s", r.code, tt.code, r.stderr)
 			}
-			if r.stdout != "" {
-				t.Fatalf("stdout on failure: %q", r.stdout)
+			for _, w := range tt.want {
+				if !strings.Contains(r.stderr, w) {
+					t.Errorf("stderr does not say %q:\n%s", w, r.stderr)
+				}
+			}
+			for _, n := range tt.not {
+				if strings.Contains(r.stderr, n) {
+					t.Errorf("stderr says %q:\n%s", n, r.stderr)
+				}
+			}
+			if r.code != 0 && r.stdout != "" {
+				t.Errorf("stdout on failure: %q", r.stdout)
 			}
 		})
 	}
@@ -468,15 +565,26 @@ func TestLargeFileKilledGetResumes(t *testing.T) {
 	}
 }
 
-func TestSIGTERMStopsServer(t *testing.T) {
-	d := startServe(t, "")
-	start := time.Now()
-	d.stop(t)
-	if !d.cmd.ProcessState.Success() {
-		t.Fatalf("serve exited with %v", d.cmd.ProcessState)
-	}
-	if time.Since(start) > 10*time.Second {
-		t.Fatal("idle server took long to stop")
+// serve stops gracefully on SIGTERM and on SIGINT and exits 0: a signal is
+// how a daemon is asked to stop. Its api file and index entry go with it.
+func TestSignalStopsServer(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		d := startServe(t, "")
+		start := time.Now()
+		d.cmd.Process.Signal(sig)
+		<-d.done
+		if !d.cmd.ProcessState.Success() {
+			t.Fatalf("serve exited with %v on %v", d.cmd.ProcessState, sig)
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("idle server took long to stop")
+		}
+		if _, err := os.Stat(filepath.Join(d.Data, "api")); !os.IsNotExist(err) {
+			t.Fatalf("api file left after a clean stop: %v", err)
+		}
+		if ents, _ := os.ReadDir(filepath.Join(d.Data, ".local", "state", "share", "daemons")); len(ents) != 0 {
+			t.Fatalf("index entries left after a clean stop: %v", ents)
+		}
 	}
 }
 
@@ -514,4 +622,137 @@ func TestGetSurvivesServerRestart(t *testing.T) {
 		t.Fatalf("get across a server restart: %v\n%s", err, stderr.String())
 	}
 	sameFiles(t, filepath.Join(dir, "f.bin"), filepath.Join(out, "f.bin"))
+}
+
+// Ctrl-C (SIGINT) ends a client command with exit 130, SIGTERM with 143,
+// saying it was interrupted and, for get and put, what is kept and that
+// running the same command again resumes; it does.
+func TestInterruptedTransfers(t *testing.T) {
+	d := startServe(t, "", "--upload-limit", "8MiB/s", "--download-limit", "8MiB/s")
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "a.bin"), 24<<20, 11)
+	writeFile(t, filepath.Join(dir, "b.bin"), 24<<20, 12)
+	r := share(t, dir, d.env(), "put", "--chunk-size", "256KiB", "a.bin")
+	if r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	id := strings.TrimSpace(r.stdout)
+
+	// interrupt starts share with args in dir, waits until progress says
+	// it has moved some bytes, sends sig and returns the result.
+	out := t.TempDir()
+	interrupt := func(sig syscall.Signal, progress func() bool, in string, args ...string) result {
+		t.Helper()
+		cmd := exec.Command(shareBin, args...)
+		cmd.Dir, cmd.Env = in, append(cleanEnv(in), d.env()...)
+		var stdout, stderr lockedWriter
+		stdout.w, stderr.w = new(bytes.Buffer), new(bytes.Buffer)
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		deadline := time.Now().Add(time.Minute)
+		for !progress() {
+			select {
+			case <-done:
+				t.Fatalf("%v ended before it was interrupted: %s", args, stderr.w)
+			case <-time.After(20 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				cmd.Process.Kill()
+				<-done
+				t.Fatalf("%v made no progress: %s", args, stderr.w)
+			}
+		}
+		cmd.Process.Signal(sig)
+		<-done
+		return result{fmt.Sprint(stdout.w), fmt.Sprint(stderr.w), cmd.ProcessState.ExitCode()}
+	}
+	journal := filepath.Join(out, ".a.bin.share-partial", "have")
+	journalSize := func() int64 {
+		fi, err := os.Stat(journal)
+		if err != nil {
+			return 0
+		}
+		return fi.Size()
+	}
+
+	for _, tt := range []struct {
+		sig  syscall.Signal
+		code int
+	}{{syscall.SIGINT, 130}, {syscall.SIGTERM, 143}} {
+		had := journalSize()
+		r := interrupt(tt.sig, func() bool { return journalSize() > max(had, 64) }, out, "get", id)
+		if r.code != tt.code || !strings.Contains(r.stderr, "get "+id+": interrupted; the ") ||
+			!strings.Contains(r.stderr, " of 24 MiB fetched are kept: run the same command again to resume") || r.stdout != "" {
+			t.Fatalf("get, %v: exit %d (want %d), stdout %q, stderr:\n%s", tt.sig, r.code, tt.code, r.stdout, r.stderr)
+		}
+	}
+	if r := share(t, out, d.env(), "get", id); r.code != 0 {
+		t.Fatalf("resumed get: %s", r.stderr)
+	}
+	sameFiles(t, filepath.Join(dir, "a.bin"), filepath.Join(out, "a.bin"))
+
+	before := metric(t, d, "share_chunks_received_total")
+	sending := func() bool { return metric(t, d, "share_chunks_received_total") > before }
+	r = interrupt(syscall.SIGINT, sending, dir, "put", "--chunk-size", "256KiB", "b.bin")
+	if r.code != 130 || !strings.Contains(r.stderr, "put b.bin: interrupted after sending ") ||
+		!strings.Contains(r.stderr, "of 24 MiB; the server keeps what it received: run the same command again to send the rest") || r.stdout != "" {
+		t.Fatalf("put, SIGINT: exit %d, stdout %q, stderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	// Chunks the client had written into the socket still arrive: wait
+	// until the count stays put.
+	received := metric(t, d, "share_chunks_received_total")
+	for {
+		time.Sleep(500 * time.Millisecond)
+		now := metric(t, d, "share_chunks_received_total")
+		if now == received {
+			break
+		}
+		received = now
+	}
+	r = share(t, dir, d.env(), "put", "--chunk-size", "256KiB", "b.bin")
+	if r.code != 0 {
+		t.Fatalf("resumed put: %s", r.stderr)
+	}
+	if rerun, had := metric(t, d, "share_chunks_received_total")-received, received-before; rerun != 96-had || had == 0 {
+		t.Fatalf("the rerun sent %v chunks, the server had %v of 96: it did not resume", rerun, had)
+	}
+}
+
+// serve stops gracefully on SIGINT, like on SIGTERM (exit 0), letting a
+// download in flight finish; a second signal ends it at once with 130.
+func TestServeSecondSignal(t *testing.T) {
+	d := startServe(t, "", "--upload-limit", "1MiB/s")
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "f.bin"), 8<<20, 5)
+	r := share(t, dir, d.env(), "put", "f.bin")
+	if r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	get := exec.Command(shareBin, "get", strings.TrimSpace(r.stdout), "-o", filepath.Join(dir, "copy.bin"))
+	get.Env = append(cleanEnv(dir), d.env()...)
+	if err := get.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { get.Process.Kill(); get.Wait() }()
+	time.Sleep(time.Second)
+	d.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-d.done:
+		t.Fatal("serve stopped at once with a download in flight: no grace")
+	case <-time.After(500 * time.Millisecond):
+	}
+	start := time.Now()
+	d.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-d.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a second SIGINT did not stop serve")
+	}
+	if code := d.cmd.ProcessState.ExitCode(); code != 130 || !strings.Contains(d.log.String(), "SIGINT again: stopping now") {
+		t.Fatalf("exit %d after %v, want 130; stderr:\n%s", code, time.Since(start), d.log)
+	}
 }

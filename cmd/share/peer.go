@@ -178,6 +178,15 @@ func runPeer(ctx context.Context, o peerOptions, stdout, stderr io.Writer) error
 	if err := o.net.apply(&nopts); err != nil {
 		return err
 	}
+	api, err := parseListen("--api", o.api, "127.0.0.1")
+	if err != nil {
+		return usageError{err}
+	}
+	for _, s := range o.listen {
+		if _, err := ma.NewMultiaddr(s); err != nil {
+			return peerListenUsage(s, err)
+		}
+	}
 	var pprofURL string
 	if o.pprof != "" {
 		url, stop, err := startPprof(ctx, o.pprof, log)
@@ -192,6 +201,15 @@ func runPeer(ctx context.Context, o peerOptions, stdout, stderr io.Writer) error
 		return err
 	}
 	defer st.Close()
+	// The API's address first: if it is taken, nothing else starts.
+	ln, err := net.Listen("tcp", api)
+	if err != nil {
+		return listenError("--api", api, err)
+	}
+	defer ln.Close()
+	if err := checkPeerListen(o.listen); err != nil {
+		return err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	nopts.Store = st
@@ -209,10 +227,6 @@ func runPeer(ctx context.Context, o peerOptions, stdout, stderr io.Writer) error
 		return err
 	}
 	defer n.Close()
-	ln, err := net.Listen("tcp", o.api)
-	if err != nil {
-		return fmt.Errorf("API: %w", err)
-	}
 	srvOpts := server.Options{
 		Backend:       n,
 		Token:         token,
@@ -230,20 +244,27 @@ func runPeer(ctx context.Context, o peerOptions, stdout, stderr io.Writer) error
 	}
 	srv, err := server.New(srvOpts)
 	if err != nil {
-		ln.Close()
 		return usageError{err}
 	}
 	if o.addrsFile != "" { // before the lines that say the peer is ready
 		if err := writeAddrsFile(o.addrsFile, n.Addrs()); err != nil {
-			ln.Close()
 			return err
 		}
+	}
+	apiURL := "http://" + displayAddr(apiAddr)
+	unregister, warning, err := registerDaemon(o.data, apiAddr, apiURL)
+	if err != nil {
+		return err
+	}
+	defer unregister()
+	if warning != nil {
+		log.Warn(warning.Error())
 	}
 	fmt.Fprintf(stdout, "share peer %s\n", n.ID())
 	for _, a := range n.Addrs() {
 		fmt.Fprintln(stdout, a)
 	}
-	fmt.Fprintf(stdout, "api:   http://%s\n", displayAddr(apiAddr))
+	fmt.Fprintf(stdout, "api:   %s\n", apiURL)
 	if pprofURL != "" {
 		fmt.Fprintf(stdout, "pprof: %s\n", pprofURL)
 	}

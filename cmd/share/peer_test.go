@@ -34,15 +34,25 @@ type peerProc struct {
 // startPeer runs `share peer` on loopback with free ports.
 func startPeer(t testing.TB, data string, args ...string) *peerProc {
 	t.Helper()
+	return startPeerIn(t, "", data, args...)
+}
+
+// startPeerIn runs `share peer` with HOME=home (default: its data
+// directory), so that clients with the same HOME share its index of daemons.
+func startPeerIn(t testing.TB, home, data string, args ...string) *peerProc {
+	t.Helper()
 	if data == "" {
 		data = t.TempDir()
+	}
+	if home == "" {
+		home = data
 	}
 	listen := []string{"--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"}
 	if slices.Contains(args, "--swarm-key") {
 		listen = listen[:2] // a private swarm is TCP only
 	}
 	cmd := exec.Command(shareBin, append(append([]string{"peer", "--data", data, "--api", "127.0.0.1:0"}, listen...), args...)...)
-	cmd.Env = cleanEnv(data)
+	cmd.Env = cleanEnv(home)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -272,5 +282,65 @@ func TestGetThroughLocalPeer(t *testing.T) {
 			t.Fatalf("get to tmpfs: %d %s", r.code, r.stderr)
 		}
 		sameFiles(t, filepath.Join(dir, "f.bin"), filepath.Join(shm, "copy.bin"))
+	}
+}
+
+// Several daemons of one user on one machine: a client finds each one's URL
+// and token from its data directory (--data, SHARE_DATA) or, given only
+// --server, from the per-user index of daemons; a daemon that stopped
+// cleanly leaves nothing behind, and one that was killed is named as such.
+func TestLocalDaemons(t *testing.T) {
+	home := t.TempDir()
+	data := func(name string) string { return filepath.Join(home, name) }
+	p1 := startPeerIn(t, home, data("p1"))
+	p2 := startPeerIn(t, home, data("p2"), "--bootstrap", p1.Addrs[0])
+	p3 := startPeerIn(t, home, data("p3"), "--bootstrap", p1.Addrs[0])
+	srv := startServeIn(t, home, data("srv"))
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "f.bin"), 3<<20, 9)
+	env := []string{"HOME=" + home} // the same user: no token, no URL given
+
+	r := share(t, dir, env, "put", "f.bin", "--data", data("p1"))
+	if r.code != 0 {
+		t.Fatalf("put --data p1: %s", r.stderr)
+	}
+	id := strings.TrimSpace(r.stdout)
+	out := t.TempDir()
+	if r := share(t, out, append(env, "SHARE_DATA="+data("p3")), "get", id); r.code != 0 {
+		t.Fatalf("get with SHARE_DATA=p3: %s", r.stderr)
+	}
+	sameFiles(t, filepath.Join(dir, "f.bin"), filepath.Join(out, "f.bin"))
+	for _, server := range []string{p2.API, strings.TrimPrefix(p2.API, "http://"), strings.Replace(p2.API, "127.0.0.1", "localhost", 1)} {
+		if r := share(t, dir, env, "status", "--server", server); r.code != 0 || !strings.Contains(r.stdout, "peer:") {
+			t.Fatalf("status --server %s alone: %d %s", server, r.code, r.stderr)
+		}
+	}
+	if r := share(t, dir, env, "ls", "--server", srv.URL); r.code != 0 {
+		t.Fatalf("ls --server of a local serve alone: %s", r.stderr)
+	}
+	// A token given explicitly wins, and a wrong one is named as such.
+	if r := share(t, dir, append(env, "SHARE_TOKEN=nope"), "ls", "--data", data("p2")); r.code != 1 || !strings.Contains(r.stderr, "SHARE_TOKEN is not this server's") {
+		t.Fatalf("wrong SHARE_TOKEN with --data: %d %s", r.code, r.stderr)
+	}
+	// Another user's index is not this user's: with another HOME, no token.
+	if r := share(t, dir, []string{"HOME=" + t.TempDir()}, "ls", "--server", p2.API); r.code != 1 || !strings.Contains(r.stderr, "no token was given") {
+		t.Fatalf("ls from another home: %d %s", r.code, r.stderr)
+	}
+
+	// A clean stop removes the api file and the index entry.
+	p2.stop(t)
+	if r := share(t, dir, env, "ls", "--data", data("p2")); r.code != 1 || !strings.Contains(r.stderr, "no share daemon runs with this data directory") {
+		t.Fatalf("ls --data of a stopped peer: %d %s", r.code, r.stderr)
+	}
+	// A killed daemon leaves its api file: the client says what happened.
+	p3.cmd.Process.Kill()
+	<-p3.done
+	if r := share(t, dir, env, "ls", "--data", data("p3")); r.code != 1 || !strings.Contains(r.stderr, "the daemon of "+data("p3")+" is not running") {
+		t.Fatalf("ls --data of a killed peer: %d %s", r.code, r.stderr)
+	}
+	// ...and a new daemon of that directory replaces it.
+	p3 = startPeerIn(t, home, data("p3"), "--bootstrap", p1.Addrs[0])
+	if r := share(t, dir, env, "ls", "--data", data("p3")); r.code != 0 || !strings.Contains(r.stdout, id) {
+		t.Fatalf("ls --data of a restarted peer: %d %s", r.code, r.stderr)
 	}
 }

@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
-	"sync"
+	"path/filepath"
+	"sync/atomic"
 
+	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 
 	"github.com/sharefiles/share/server"
@@ -58,31 +61,92 @@ func runPut(ctx context.Context, o putOptions, stdout, stderr io.Writer) error {
 	limiter := transfer.NewLimiter(o.uploadLimit)
 	for _, path := range o.paths {
 		var b *bar
-		var mu sync.Mutex
+		var started bool // the server said what it lacks
+		var sent, toSend atomic.Int64
+		var skipped int
 		info, err := c.Put(ctx, path, server.PutOptions{
 			Build: transfer.BuildOptions{
 				ChunkSize: cs,
 				Skipped: func(p string, mode fs.FileMode) {
-					fmt.Fprintf(stderr, "share: skipping %s (%s: not a regular file or directory)\n", p, mode.Type())
+					skipped++
+					fmt.Fprintf(stderr, "share: skipping %s: %s\n", p, fileType(mode))
 				},
 			},
 			Parallel: o.parallel,
 			Limiter:  limiter,
-			Started: func(m *transfer.Manifest, toSend int64) {
-				b = newBar(stderr, toSend, m.Name())
+			Started: func(m *transfer.Manifest, n int64) {
+				started = true
+				toSend.Store(n)
+				if skipped > 0 {
+					fmt.Fprintf(stderr, "share: %s: skipped %d %s: inside a directory share skips symbolic links and special files (name a link itself to share what it points to)\n",
+						path, skipped, plural(skipped, "entry", "entries"))
+				}
+				if m.IsDir() && len(m.Files()) == 0 {
+					fmt.Fprintf(stderr, "share: warning: %s holds no files; it is shared as an empty directory\n", path)
+				}
+				b = newBar(stderr, n, m.Name())
 			},
 			Progress: func(n int64) {
-				mu.Lock()
+				sent.Add(n)
 				b.add(n)
-				mu.Unlock()
 			},
 		})
 		if err != nil {
 			b.abandon(stderr)
-			return hint(fmt.Errorf("put %s: %w", path, err), &o.client)
+			progress := fmt.Sprintf("%s of %s", humanize.IBytes(uint64(sent.Load())), humanize.IBytes(uint64(toSend.Load())))
+			if _, ok := interrupted(ctx); ok {
+				if !started || sent.Load() == 0 {
+					return interruptedError{fmt.Sprintf("put %s: interrupted before any chunk was sent", path)}
+				}
+				return interruptedError{fmt.Sprintf("put %s: interrupted after sending %s; the server keeps what it received: run the same command again to send the rest", path, progress)}
+			}
+			err = fmt.Errorf("put %s: %w", path, localError(path, err))
+			if started && sent.Load() > 0 {
+				err = fmt.Errorf("%w\n  the server keeps the %s it received: run the same command again to send the rest", err, progress)
+			}
+			return hint(err, &o.client)
 		}
 		b.finish()
 		fmt.Fprintln(stdout, info.ID)
 	}
 	return nil
+}
+
+// fileType names what a skipped directory entry is.
+func fileType(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeSymlink != 0:
+		return "a symbolic link"
+	case m&fs.ModeCharDevice != 0:
+		return "a character device"
+	case m&fs.ModeDevice != 0:
+		return "a block device"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe (FIFO)"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	}
+	return "not a regular file or directory"
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}
+
+// localError drops the system call from an error about a local file, and
+// the path when it is the one put names: "put f: stat f: no such file or
+// directory" reads "put f: no such file or directory". errors.Is still
+// matches the cause.
+func localError(path string, err error) error {
+	var pe *fs.PathError
+	if !errors.As(err, &pe) || err != error(pe) {
+		return err
+	}
+	if filepath.Clean(pe.Path) == filepath.Clean(path) {
+		return pe.Err
+	}
+	return fmt.Errorf("%s: %w", pe.Path, pe.Err)
 }

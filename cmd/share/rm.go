@@ -44,10 +44,13 @@ func runRm(ctx context.Context, o rmOptions) error {
 	if err != nil {
 		return err
 	}
-	for _, id := range ids {
+	for k, id := range ids {
 		if err := c.Remove(ctx, id); err != nil {
+			if _, ok := interrupted(ctx); ok && k > 0 {
+				return interruptedError{fmt.Sprintf("rm: interrupted after removing %d of %d shares", k, len(ids))}
+			}
 			if errors.Is(err, transfer.ErrNotFound) {
-				return fmt.Errorf("rm: no share %s on %s", id, o.client.server)
+				return fmt.Errorf("rm: no share %s on %s\n  'share ls' lists the shares there", id, o.client.url)
 			}
 			return hint(fmt.Errorf("rm %s: %w", id, err), &o.client)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -99,14 +100,18 @@ func runServe(ctx context.Context, o serveOptions, stdout, stderr io.Writer) err
 		defer stop()
 		pprofURL = url
 	}
+	listen, err := parseListen("--listen", o.listen, "")
+	if err != nil {
+		return usageError{err}
+	}
 	st, token, err := openData(o.data, o.token, log)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	ln, err := net.Listen("tcp", o.listen)
+	ln, err := net.Listen("tcp", listen)
 	if err != nil {
-		return err
+		return listenError("--listen", listen, err)
 	}
 	addr := ln.Addr().(*net.TCPAddr)
 	srvOpts := server.Options{
@@ -139,6 +144,15 @@ func runServe(ctx context.Context, o serveOptions, stdout, stderr io.Writer) err
 		scheme = "https"
 	}
 	url := scheme + "://" + displayAddr(addr)
+	unregister, warning, err := registerDaemon(o.data, addr, url)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer unregister()
+	if warning != nil {
+		log.Warn(warning.Error())
+	}
 	fmt.Fprintf(stdout, "share server listening on %s\n", url)
 	printAddrs(stdout, scheme, o.listen, addr, srvOpts.AllowedHosts)
 	if pprofURL != "" {
@@ -205,6 +219,13 @@ func openData(dir, givenToken string, log *slog.Logger) (*transfer.Store, string
 		return nil, "", err
 	}
 	st, err := transfer.OpenStore(dir, transfer.StoreOptions{Logger: log})
+	if errors.Is(err, transfer.ErrInUse) {
+		api := ""
+		if u, err := readAPIFile(dir); err == nil {
+			api = " (its API: " + u + ")"
+		}
+		return nil, "", fmt.Errorf("%w%s\n  stop that one, or give this one a data directory of its own: --data DIR", err, api)
+	}
 	if err != nil {
 		return nil, "", err
 	}

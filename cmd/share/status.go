@@ -66,7 +66,7 @@ func runStatus(ctx context.Context, o statusOptions, stdout io.Writer) error {
 	if err := json.Unmarshal(raw, &st); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "server %s at %s, %d shares\n", st.Version, o.client.server, len(st.Shares))
+	fmt.Fprintf(stdout, "server %s at %s, %d shares\n", st.Version, o.client.url, len(st.Shares))
 	return nil
 }
 
