@@ -16,7 +16,6 @@ import (
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 
-	"github.com/sharefiles/share/node"
 	"github.com/sharefiles/share/server"
 	"github.com/sharefiles/share/transfer"
 )
@@ -83,7 +82,7 @@ func runGet(ctx context.Context, o getOptions, stdout, stderr io.Writer) error {
 	// say so rather than wait in silence.
 	notice := time.AfterFunc(waitNotice, func() {
 		if !started.Load() {
-			fmt.Fprintf(stderr, "share: waiting for %s to find %s (a peer searches its swarm for up to %v)\n", o.client.url, id, node.DefaultFetchTimeout)
+			fmt.Fprintf(stderr, "share: waiting for %s (a peer that lacks the share looks for it in its swarm first, for up to its --fetch-timeout)\n", o.client.url)
 		}
 	})
 	defer notice.Stop()

@@ -698,8 +698,8 @@ func TestInterruptedTransfers(t *testing.T) {
 	before := metric(t, d, "share_chunks_received_total")
 	sending := func() bool { return metric(t, d, "share_chunks_received_total") > before }
 	r = interrupt(syscall.SIGINT, sending, dir, "put", "--chunk-size", "256KiB", "b.bin")
-	if r.code != 130 || !strings.Contains(r.stderr, "put b.bin: interrupted after sending ") ||
-		!strings.Contains(r.stderr, "of 24 MiB; the server keeps what it received: run the same command again to send the rest") || r.stdout != "" {
+	if r.code != 130 || !strings.Contains(r.stderr, "put b.bin: interrupted with ") ||
+		!strings.Contains(r.stderr, " of 24 MiB confirmed by the server, which keeps what it received: run the same command again to send the rest") || r.stdout != "" {
 		t.Fatalf("put, SIGINT: exit %d, stdout %q, stderr:\n%s", r.code, r.stdout, r.stderr)
 	}
 	// Chunks the client had written into the socket still arrive: wait

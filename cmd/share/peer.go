@@ -47,6 +47,7 @@ type peerOptions struct {
 	uploadLimit   transfer.Rate
 	downloadLimit transfer.Rate
 	grace         time.Duration
+	fetchTimeout  time.Duration
 	logLevel      string
 	logFormat     string
 	pprof         string
@@ -87,6 +88,7 @@ makes the peer fetch the share from the swarm and streams it to you.`,
 	f.Var(&o.uploadLimit, "upload-limit", "cap on chunk bytes sent to peers, e.g. 8MiB/s")
 	f.Var(&o.downloadLimit, "download-limit", "cap on chunk bytes received from peers")
 	f.DurationVar(&o.grace, "grace", 10*time.Second, "on SIGINT/SIGTERM, how long API requests in flight may take to finish")
+	f.DurationVar(&o.fetchTimeout, "fetch-timeout", node.DefaultFetchTimeout, "how long 'share get' of a share this peer lacks looks for a provider before it fails")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
 	f.StringVar(&o.pprof, "pprof", "", pprofFlagHelp)
@@ -219,6 +221,7 @@ func runPeer(ctx context.Context, o peerOptions, stdout, stderr io.Writer) error
 	nopts.MDNS = o.mdns
 	nopts.UploadLimit = transfer.NewLimiter(o.uploadLimit)
 	nopts.DownloadLimit = transfer.NewLimiter(o.downloadLimit)
+	nopts.FetchTimeout = o.fetchTimeout
 	nopts.UserAgent = "share/" + versionString()
 	nopts.Logger = log
 	nopts.Registry = reg

@@ -292,7 +292,7 @@ func TestGetThroughLocalPeer(t *testing.T) {
 func TestLocalDaemons(t *testing.T) {
 	home := t.TempDir()
 	data := func(name string) string { return filepath.Join(home, name) }
-	p1 := startPeerIn(t, home, data("p1"))
+	p1 := startPeerIn(t, home, data("p1"), "--fetch-timeout", "1s")
 	p2 := startPeerIn(t, home, data("p2"), "--bootstrap", p1.Addrs[0])
 	p3 := startPeerIn(t, home, data("p3"), "--bootstrap", p1.Addrs[0])
 	srv := startServeIn(t, home, data("srv"))
@@ -317,6 +317,13 @@ func TestLocalDaemons(t *testing.T) {
 	}
 	if r := share(t, dir, env, "ls", "--server", srv.URL); r.code != 0 {
 		t.Fatalf("ls --server of a local serve alone: %s", r.stderr)
+	}
+	// A share nobody has: the peer's reason, not a bare "not found".
+	absent := "bagaaihrazwenjbczufgr2i6zr7jn6xrmcmjkg4wzjljr6bbihe2aowg3rb3q"
+	if r := share(t, dir, env, "get", absent, "--data", data("p1")); r.code != 1 ||
+		!strings.Contains(r.stderr, "no share "+absent+" on "+p1.API+": no peer provides "+absent+": ") ||
+		!strings.Contains(r.stderr, "DHT lookup") || !strings.Contains(r.stderr, "peers connected") || strings.Contains(r.stderr, "resume") {
+		t.Fatalf("get of a share nobody has: %d %s", r.code, r.stderr)
 	}
 	// A token given explicitly wins, and a wrong one is named as such.
 	if r := share(t, dir, append(env, "SHARE_TOKEN=nope"), "ls", "--data", data("p2")); r.code != 1 || !strings.Contains(r.stderr, "SHARE_TOKEN is not this server's") {

@@ -95,10 +95,10 @@ func runPut(ctx context.Context, o putOptions, stdout, stderr io.Writer) error {
 			b.abandon(stderr)
 			progress := fmt.Sprintf("%s of %s", humanize.IBytes(uint64(sent.Load())), humanize.IBytes(uint64(toSend.Load())))
 			if _, ok := interrupted(ctx); ok {
-				if !started || sent.Load() == 0 {
+				if !started {
 					return interruptedError{fmt.Sprintf("put %s: interrupted before any chunk was sent", path)}
 				}
-				return interruptedError{fmt.Sprintf("put %s: interrupted after sending %s; the server keeps what it received: run the same command again to send the rest", path, progress)}
+				return interruptedError{fmt.Sprintf("put %s: interrupted with %s confirmed by the server, which keeps what it received: run the same command again to send the rest", path, progress)}
 			}
 			err = fmt.Errorf("put %s: %w", path, localError(path, err))
 			if started && sent.Load() > 0 {
