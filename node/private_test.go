@@ -17,7 +17,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/pnet"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/sharefiles/share/transfer"
 	"github.com/sharefiles/share/transfer/transfertest"
@@ -222,7 +221,7 @@ func outsiderGetsNothing(t *testing.T, out *Node, id transfer.ID, handshakeFails
 		if m.dht.RoutingTable().Find(out.ID()) != "" {
 			t.Fatalf("outsider in the routing table of %s", m.ID())
 		}
-		if got := testutil.ToFloat64(m.m.peerSent.WithLabelValues(out.ID().String())); got != 0 {
+		if got := m.m.peerSent.value(out.ID().String()); got != 0 {
 			t.Fatalf("member %s sent the outsider %v bytes", m.ID(), got)
 		}
 		if c := m.host.Network().ConnsToPeer(out.ID()); len(c) > 0 {
