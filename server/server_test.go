@@ -396,7 +396,10 @@ func TestPutAndGetDirectory(t *testing.T) {
 	for p, b := range files {
 		os.MkdirAll(filepath.Dir(filepath.Join(src, p)), 0o755)
 		os.WriteFile(filepath.Join(src, p), b, 0o640)
+		os.Chmod(filepath.Join(src, p), 0o640) // whatever the umask
 	}
+	os.Chmod(filepath.Join(src, "trip"), 0o750)
+	os.Chmod(src, 0o750) // the top directory's mode travels too
 	ctx := context.Background()
 	info, err := c.Put(ctx, src, PutOptions{})
 	if err != nil {
@@ -425,6 +428,11 @@ func TestPutAndGetDirectory(t *testing.T) {
 		}
 		if fi, _ := os.Stat(filepath.Join(out, p)); fi.Mode().Perm() != 0o640 {
 			t.Fatalf("%s: mode %v", p, fi.Mode())
+		}
+	}
+	for _, dir := range []string{"", "trip"} {
+		if fi, err := os.Stat(filepath.Join(out, dir)); err != nil || fi.Mode().Perm() != 0o750 {
+			t.Fatalf("directory %q: mode %v, want 0750 as at the source", dir, fi.Mode())
 		}
 	}
 	// No partial directory is left behind.
