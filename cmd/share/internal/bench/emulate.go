@@ -86,8 +86,13 @@ func containsString(ss []string, s string) bool {
 }
 
 // node returns the node called name with link, creating it or changing
-// its link as needed.
+// its link as needed. The run's list of links shows the profile's class
+// (the rtt scenario changes the RTT of each point).
 func (b *bencher) node(name string, c LinkClass) (*netem.Node, error) {
+	return b.nodeShown(name, c, c)
+}
+
+func (b *bencher) nodeShown(name string, c, shown LinkClass) (*netem.Node, error) {
 	l := c.Link()
 	if name == nodeTracker {
 		l = netem.Link{}
@@ -105,7 +110,7 @@ func (b *bencher) node(name string, c LinkClass) (*netem.Node, error) {
 		}
 	}
 	if name != nodeTracker {
-		b.res.Links[name] = c.String()
+		b.res.Links[name] = shown.String()
 	}
 	return d, nil
 }
@@ -147,15 +152,15 @@ func (b *bencher) linkPoint(p *Point) error {
 		}
 		return c
 	}
-	src = fix(src)
-	if _, err := b.node(nodeSource, src); err != nil {
+	if _, err := b.nodeShown(nodeSource, fix(src), src); err != nil {
 		return err
 	}
+	src = fix(src)
 	var dmin, sumU int64
 	var maxRTT time.Duration
 	for k := 1; k <= p.N; k++ {
 		c := fix(prof.Downloader(k))
-		if _, err := b.node("d"+strconv.Itoa(k), c); err != nil {
+		if _, err := b.nodeShown("d"+strconv.Itoa(k), c, prof.Downloader(k)); err != nil {
 			return err
 		}
 		if c.Down > 0 && (dmin == 0 || c.Down < dmin) {
