@@ -94,6 +94,10 @@ func (n *Node) announce(id transfer.ID) {
 	}
 }
 
+// Announce queues a provider record for a share added to the store by
+// someone else than the node (an upload session committed through the API).
+func (n *Node) Announce(id transfer.ID) { n.announce(id) }
+
 func (n *Node) provideWorker() {
 	for {
 		select {

@@ -65,6 +65,8 @@ type Node struct {
 // shareStats are what status shows of one share besides its store state.
 type shareStats struct {
 	up, down  int64 // chunk bytes sent and received
+	fromSeed  int   // chunks received from a seed (a peer holding every chunk)
+	fromPeers int   // chunks received from other downloaders
 	providers map[peer.ID]bool
 	provided  time.Time // last successful announcement
 	lastErr   string    // of the last swarm download

@@ -34,6 +34,7 @@ type PeerStatus struct {
 type ShareStatus struct {
 	ID          transfer.ID `json:"id"`
 	Name        string      `json:"name"`
+	DisplayName string      `json:"display_name"` // transfer.DisplayName(Name), for people
 	Size        int64       `json:"size"`
 	Chunks      int         `json:"chunks"`
 	Have        int         `json:"have"`
@@ -42,6 +43,8 @@ type ShareStatus struct {
 	Providers   int         `json:"providers"` // other peers seen providing it
 	BytesUp     int64       `json:"bytes_up"`
 	BytesDown   int64       `json:"bytes_down"`
+	FromSeed    int         `json:"chunks_from_seed"`  // chunks this peer got from a seed
+	FromPeers   int         `json:"chunks_from_peers"` // and from other downloaders
 	Announced   time.Time   `json:"announced,omitzero"`
 	LastError   string      `json:"last_error,omitempty"`
 }
@@ -67,12 +70,13 @@ func (n *Node) Status(context.Context) any {
 	for _, sh := range n.store.List() {
 		m := sh.Manifest()
 		ss := ShareStatus{
-			ID: m.ID(), Name: m.Name(), Size: m.Size(), Chunks: m.NumChunks(),
+			ID: m.ID(), Name: m.Name(), DisplayName: transfer.DisplayName(m.Name()), Size: m.Size(), Chunks: m.NumChunks(),
 			Have: sh.HaveCount(), Complete: sh.Complete(),
 		}
 		_, ss.Downloading = n.downloads[m.ID()]
 		if s, ok := n.stats[m.ID()]; ok {
 			ss.Providers, ss.BytesUp, ss.BytesDown = len(s.providers), s.up, s.down
+			ss.FromSeed, ss.FromPeers = s.fromSeed, s.fromPeers
 			ss.Announced, ss.LastError = s.provided, s.lastErr
 		}
 		st.Shares = append(st.Shares, ss)

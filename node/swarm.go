@@ -216,16 +216,24 @@ func (n *Node) lookupLoop(ctx context.Context, sw *swarmDownload) {
 func (n *Node) progress(m *transfer.Manifest) func(transfer.Progress) {
 	return func(p transfer.Progress) {
 		size := m.ChunkLen(p.Index)
+		from := ""
 		if ps, ok := p.From.(*peerSource); ok {
 			n.m.peerRecv.add(ps.pid.String(), float64(size))
-			from := "peer"
+			from = "peer"
 			if ps.seed.Load() {
 				from = "seed"
 			}
 			n.m.chunksRecv.WithLabelValues(from).Inc()
 		}
 		n.mu.Lock()
-		n.statsLocked(m.ID()).down += int64(size)
+		st := n.statsLocked(m.ID())
+		st.down += int64(size)
+		switch from {
+		case "seed":
+			st.fromSeed++
+		case "peer":
+			st.fromPeers++
+		}
 		n.mu.Unlock()
 	}
 }

@@ -6,7 +6,12 @@
 //
 //	GET    /healthz                      liveness, no auth
 //	GET    /metrics                      Prometheus metrics
-//	GET    /                             an HTML index for browsers
+//	GET    /                             the web page (package ui); 401 with a Basic challenge and the
+//	                                     page as body without a credential, unless PublicRead
+//	GET    /ui/{file}                    the page's script, style and icon; no auth
+//	POST   /login                        form field token -> a login cookie (session.go); no auth
+//	POST   /logout                       end the cookie's session
+//	GET    /v1/session                   what the page needs first: logged in?, mode, features; no auth
 //	GET    /v1/shares                    list shares (JSON)
 //	POST   /v1/shares                    create a share from its manifest (body); the client then PUTs chunks
 //	PUT    /v1/shares/{name}             upload one file as the raw body; 201 with the share's JSON
@@ -19,6 +24,7 @@
 //	POST   /v1/shares/{id}/fetch         a peer fetches a share it lacks from its swarm:
 //	                                     202 (under way) or 200 (held), with the share's JSON;
 //	                                     a server answers 501
+//	POST   /v1/uploads ...               resumable upload sessions, hashed by the server (upload.go)
 //
 // Errors are JSON {"error": "...", "code": "..."}; the code names the
 // transfer sentinel, so the client maps it back (errors.go). Reads need the
@@ -33,7 +39,10 @@
 // # Authentication
 //
 // The token is accepted as "Authorization: Bearer TOKEN" or as the password
-// of Basic auth (RFC 7617), which browsers prompt for. A 401 carries one
+// of Basic auth (RFC 7617), which browsers prompt for, or as a login cookie
+// that the page's form trades it for (session.go). A 401 to a script's
+// request (Sec-Fetch-Mode other than navigate) carries no challenge, so the
+// browser does not prompt over the page's own login form. A 401 carries one
 // WWW-Authenticate header per challenge (RFC 9110 11.6.1), Basic first with
 // charset="UTF-8", then Bearer: browsers read only the first challenge of a
 // header and prompt only for Basic.

@@ -113,14 +113,19 @@ func writeError(w http.ResponseWriter, err error) {
 		// One header per challenge (RFC 9110 11.6.1): browsers read only
 		// the first challenge of a header, and prompt only for Basic, so
 		// Basic comes first, with the charset of RFC 7617 2.1.
-		h.Del("WWW-Authenticate")
-		h.Add("WWW-Authenticate", `Basic realm="share", charset="UTF-8"`)
-		h.Add("WWW-Authenticate", `Bearer realm="share"`)
+		challenge(h)
 	case http.StatusServiceUnavailable:
 		h.Set("Retry-After", "1")
 	}
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(apiError{Error: msg, Code: code})
+}
+
+// challenge sets the 401's challenges.
+func challenge(h http.Header) {
+	h.Del("WWW-Authenticate")
+	h.Add("WWW-Authenticate", `Basic realm="share", charset="UTF-8"`)
+	h.Add("WWW-Authenticate", `Bearer realm="share"`)
 }
 
 // maxErrorBody bounds how much of an error response the client reads.

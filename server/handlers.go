@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"html/template"
 	"io"
 	"mime"
 	"net"
@@ -22,16 +21,19 @@ import (
 
 // ShareInfo describes a share in API responses.
 type ShareInfo struct {
-	ID        transfer.ID `json:"id"`
-	Name      string      `json:"name"`
-	Type      string      `json:"type"` // "file" or "dir"
-	Size      int64       `json:"size"` // bytes
-	Files     int         `json:"files"`
-	ChunkSize int64       `json:"chunk_size"`
-	Chunks    int         `json:"chunks"`
-	Have      int         `json:"have"` // chunks held
-	Complete  bool        `json:"complete"`
-	Created   time.Time   `json:"created"`
+	ID   transfer.ID `json:"id"`
+	Name string      `json:"name"`
+	// DisplayName is Name as a person should read it (transfer.DisplayName:
+	// look-alikes of '.', '/' and '\' escaped); the web page shows it.
+	DisplayName string    `json:"display_name"`
+	Type        string    `json:"type"` // "file" or "dir"
+	Size        int64     `json:"size"` // bytes
+	Files       int       `json:"files"`
+	ChunkSize   int64     `json:"chunk_size"`
+	Chunks      int       `json:"chunks"`
+	Have        int       `json:"have"` // chunks held
+	Complete    bool      `json:"complete"`
+	Created     time.Time `json:"created"`
 }
 
 // Info describes sh.
@@ -42,7 +44,7 @@ func Info(sh *transfer.Share) ShareInfo {
 		typ = "dir"
 	}
 	return ShareInfo{
-		ID: m.ID(), Name: m.Name(), Type: typ, Size: m.Size(), Files: len(m.Files()),
+		ID: m.ID(), Name: m.Name(), DisplayName: transfer.DisplayName(m.Name()), Type: typ, Size: m.Size(), Files: len(m.Files()),
 		ChunkSize: m.ChunkSize(), Chunks: m.NumChunks(), Have: sh.HaveCount(),
 		Complete: sh.Complete(), Created: sh.Created(),
 	}
@@ -71,28 +73,6 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 		resp.Shares = append(resp.Shares, Info(sh))
 	}
 	writeJSON(w, http.StatusOK, resp)
-}
-
-// indexTmpl shows names as transfer.DisplayName writes them (confusable
-// separators escaped); html/template escapes the rest.
-var indexTmpl = template.Must(template.New("index").Funcs(template.FuncMap{"display": transfer.DisplayName}).Parse(`<!doctype html>
-<html><head><meta charset="utf-8"><title>share</title>
-<style>body{font:14px system-ui,sans-serif;margin:2em}td{padding:.2em 1em .2em 0}code{font-size:12px;color:#555}</style></head>
-<body><h1>share</h1>
-{{if .}}<table><tr><th align=left>name</th><th align=right>size</th><th align=left>state</th><th align=left>id</th></tr>
-{{range .}}<tr><td>{{if .Complete}}<a href="/v1/shares/{{.ID}}">{{display .Name}}{{if eq .Type "dir"}}.tar{{end}}</a>{{else}}{{display .Name}}{{end}}</td>
-<td align=right>{{.Size}}</td><td>{{if .Complete}}complete{{else}}{{.Have}} of {{.Chunks}} chunks{{end}}</td><td><code>{{.ID}}</code></td></tr>
-{{end}}</table>{{else}}<p>No shares yet. Upload one: <code>curl -T FILE -H "Authorization: Bearer TOKEN" URL/v1/shares/NAME</code></p>{{end}}
-</body></html>
-`))
-
-func (s *Server) index(w http.ResponseWriter, r *http.Request) {
-	var infos []ShareInfo
-	for _, sh := range s.opts.Backend.List() {
-		infos = append(infos, Info(sh))
-	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	indexTmpl.Execute(w, infos)
 }
 
 // acquireUpload takes an upload slot, or answers 503.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/sharefiles/share/server/ui"
 	"github.com/sharefiles/share/transfer"
 )
 
@@ -33,7 +34,11 @@ func (s *Server) routes() http.Handler {
 	}
 	handle("GET /healthz", public, s.health)
 	mux.Handle("GET /metrics", s.authorize(read, promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{})))
-	handle("GET /{$}", read, s.index)
+	handle("GET /{$}", public, s.page)
+	mux.Handle("GET /ui/", ui.Assets())
+	handle("POST /login", public, s.login)
+	handle("POST /logout", public, s.logout)
+	handle("GET /v1/session", public, s.sessionInfo)
 	handle("GET /v1/status", read, s.status)
 	handle("GET /v1/shares", read, s.list)
 	handle("POST /v1/shares", write, s.create)
@@ -46,6 +51,7 @@ func (s *Server) routes() http.Handler {
 	handle("PUT /v1/shares/{id}/chunks/{n}", write, s.putChunk)
 	handle("POST /v1/shares/{id}/fetch", write, s.fetch)
 	handle("GET /v1/shares/{id}/local", write, s.local)
+	s.uploadRoutes(handle)
 	return s.observe(s.checkHost(sanitize(mux)))
 }
 
@@ -154,6 +160,9 @@ func (s *Server) credentialOf(r *http.Request) credential {
 	if _, pw, ok := r.BasicAuth(); ok && s.tokenOK(pw) {
 		return ambientCredential
 	}
+	if s.loginCookie(r) {
+		return ambientCredential
+	}
 	return noCredential
 }
 
@@ -168,6 +177,9 @@ func (s *Server) authorize(need access, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		cred := s.credentialOf(r)
 		if !(need == public || (need == read && s.opts.PublicRead) || cred != noCredential) {
+			if fromScript(r) {
+				w = noChallenge{w} // the page shows its login form, not the browser's prompt
+			}
 			writeError(w, ErrUnauthorized)
 			return
 		}

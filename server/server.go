@@ -90,6 +90,9 @@ type Options struct {
 	TransferIdle               time.Duration
 	// TLSCertFile and TLSKeyFile, if set, make Serve speak HTTPS.
 	TLSCertFile, TLSKeyFile string
+	// Uploads, if set, serves upload sessions (the /v1/uploads routes), which
+	// the web page uses for resumable uploads. The caller opens and closes it.
+	Uploads *transfer.Uploads
 	// AllowedHosts, if set, turns on the Host and Origin check against DNS
 	// rebinding: the host names (without port) a request's Host may name,
 	// besides any IP address; others get 403. An Origin, if present, must
@@ -109,6 +112,7 @@ type Server struct {
 	handler   http.Handler
 	reg       *prometheus.Registry
 	m         *metrics
+	logins    loginSessions
 	inflight  sync.WaitGroup // requests being handled
 }
 
@@ -150,6 +154,9 @@ func New(opts Options) (*Server, error) {
 	s.handler = s.routes()
 	return s, nil
 }
+
+// chunkSize is the chunk size of uploads that do not choose one.
+func (s *Server) chunkSize() int64 { return cmp.Or(s.opts.ChunkSize, transfer.DefaultChunkSize) }
 
 // Handler returns the API's handler, for tests and for embedding.
 func (s *Server) Handler() http.Handler { return s.handler }

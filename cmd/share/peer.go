@@ -48,6 +48,7 @@ type peerOptions struct {
 	downloadLimit transfer.Rate
 	grace         time.Duration
 	fetchTimeout  time.Duration
+	partialTTL    time.Duration
 	logLevel      string
 	logFormat     string
 	pprof         string
@@ -87,6 +88,7 @@ makes the peer fetch the share from the swarm and streams it to you.`,
 	f.BoolVar(&o.publicRead, "public-read", false, "let anyone reaching the API list and download without the token")
 	f.Var(&o.uploadLimit, "upload-limit", "cap on chunk bytes sent to peers, e.g. 8MiB/s")
 	f.Var(&o.downloadLimit, "download-limit", "cap on chunk bytes received from peers")
+	f.DurationVar(&o.partialTTL, "partial-ttl", transfer.DefaultUploadTTL, "delete an unfinished upload (the web page's resumable uploads) after this long without a chunk")
 	f.DurationVar(&o.grace, "grace", 10*time.Second, "on SIGINT/SIGTERM, how long API requests in flight may take to finish")
 	f.DurationVar(&o.fetchTimeout, "fetch-timeout", node.DefaultFetchTimeout, "how long 'share get' of a share this peer lacks looks for a provider before it fails")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -166,6 +168,9 @@ func runPeer(ctx context.Context, o peerOptions, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
+	if o.partialTTL <= 0 {
+		return usageError{fmt.Errorf("--partial-ttl %v: want a positive duration, e.g. 24h", o.partialTTL)}
+	}
 	if o.bootstrapFile != "" {
 		addrs, err := readAddrsFile(ctx, o.bootstrapFile, bootstrapFileWait)
 		if err != nil {
@@ -230,8 +235,18 @@ func runPeer(ctx context.Context, o peerOptions, stdout, stderr io.Writer) error
 		return err
 	}
 	defer n.Close()
+	uploads, err := transfer.OpenUploads(st, transfer.UploadsOptions{
+		Logger:    log,
+		TTL:       o.partialTTL,
+		Committed: func(sh *transfer.Share) { n.Announce(sh.ID()) },
+	})
+	if err != nil {
+		return err
+	}
+	defer uploads.Close()
 	srvOpts := server.Options{
 		Backend:       n,
+		Uploads:       uploads,
 		Token:         token,
 		PublicRead:    o.publicRead,
 		ShutdownGrace: o.grace,

@@ -34,6 +34,7 @@ type serveOptions struct {
 	maxUploads    int
 	chunkSize     string
 	grace         time.Duration
+	partialTTL    time.Duration
 	logLevel      string
 	logFormat     string
 	pprof         string
@@ -66,6 +67,7 @@ generates an access token on first start, which it keeps there and prints.`,
 	f.StringVar(&o.maxUpload, "max-upload", "1TiB", "largest share a client may upload")
 	f.IntVar(&o.maxUploads, "max-uploads", server.DefaultMaxUploads, "uploads in progress at once; more get 503")
 	f.StringVar(&o.chunkSize, "chunk-size", "1MiB", "chunk size of files uploaded with PUT /v1/shares/NAME")
+	f.DurationVar(&o.partialTTL, "partial-ttl", transfer.DefaultUploadTTL, "delete an unfinished upload (the web page's resumable uploads) after this long without a chunk")
 	f.DurationVar(&o.grace, "grace", server.DefaultShutdownGrace, "on SIGINT/SIGTERM, how long requests in flight may take to finish")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error (debug logs every chunk request)")
 	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
@@ -81,6 +83,9 @@ func runServe(ctx context.Context, o serveOptions, stdout, stderr io.Writer) err
 	maxUpload, err := transfer.ParseSize(o.maxUpload)
 	if err != nil {
 		return usageError{fmt.Errorf("--max-upload: %w", err)}
+	}
+	if o.partialTTL <= 0 {
+		return usageError{fmt.Errorf("--partial-ttl %v: want a positive duration, e.g. 24h", o.partialTTL)}
 	}
 	chunkSize, err := transfer.ParseSize(o.chunkSize)
 	if err != nil || chunkSize < transfer.MinChunkSize || chunkSize > transfer.MaxChunkSize {
@@ -109,6 +114,11 @@ func runServe(ctx context.Context, o serveOptions, stdout, stderr io.Writer) err
 		return err
 	}
 	defer st.Close()
+	uploads, err := transfer.OpenUploads(st, transfer.UploadsOptions{Logger: log, TTL: o.partialTTL})
+	if err != nil {
+		return err
+	}
+	defer uploads.Close()
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return listenError("--listen", listen, err)
@@ -116,6 +126,7 @@ func runServe(ctx context.Context, o serveOptions, stdout, stderr io.Writer) err
 	addr := ln.Addr().(*net.TCPAddr)
 	srvOpts := server.Options{
 		Backend:       st,
+		Uploads:       uploads,
 		Token:         token,
 		PublicRead:    o.publicRead,
 		UploadLimit:   transfer.NewLimiter(o.uploadLimit),
