@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -106,13 +105,24 @@ func (c *Client) do(ctx context.Context, method, path string, body io.Reader, si
 	req.Header.Set("User-Agent", c.ua)
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", method, c.base.Host, unwrapURLError(err))
+		err = unwrapURLError(err)
+		if errors.Is(err, http.ErrSchemeMismatch) {
+			err = schemeMismatch{err}
+		}
+		return nil, fmt.Errorf("%s %s: %w", method, c.base.Host, err)
 	}
 	if resp.StatusCode/100 != 2 {
 		return nil, responseError(resp, method+" "+path)
 	}
 	return resp, nil
 }
+
+// schemeMismatch is an https URL for a server that speaks plain HTTP: a
+// refusal (transfer.ErrSourceRefused), since asking again cannot help.
+type schemeMismatch struct{ error }
+
+func (e schemeMismatch) Unwrap() error        { return e.error }
+func (e schemeMismatch) Is(target error) bool { return target == transfer.ErrSourceRefused }
 
 // unwrapURLError drops url.Error's repetition of the whole URL.
 func unwrapURLError(err error) error {
@@ -284,7 +294,10 @@ type PutOptions struct {
 	// Progress, if set, is called after each chunk with its size; from
 	// several goroutines at once.
 	Progress     func(n int64)
-	StallTimeout time.Duration // a chunk that fails this long ends the upload; 0: transfer.DefaultStallTimeout
+	StallTimeout time.Duration // no request succeeding for this long ends the upload; 0: transfer.DefaultStallTimeout
+	// Retrying, if set, is told when a request failed and will be retried
+	// (see transfer.Retry.Retrying).
+	Retrying func(what string, err error, wait time.Duration)
 }
 
 // DefaultParallel is how many chunk requests a client keeps in flight.
@@ -293,14 +306,23 @@ const DefaultParallel = 8
 // Put uploads the file or directory at path: it hashes it into a manifest,
 // sends the manifest, then the chunks the server lacks, in parallel. An
 // interrupted Put resumes where it stopped when run again, and a share the
-// server already has costs one request.
+// server already has costs one request. Every request is retried under the
+// one policy of a transfer (transfer.Retry): a server that restarts at any
+// point, the first request included, is waited for until the upload has
+// made no progress for StallTimeout.
 func (c *Client) Put(ctx context.Context, path string, opts PutOptions) (ShareInfo, error) {
 	m, err := transfer.BuildManifest(ctx, path, opts.Build)
 	if err != nil {
 		return ShareInfo{}, err
 	}
-	info, err := c.CreateShare(ctx, m)
-	if err != nil {
+	retry := transfer.NewRetry(opts.StallTimeout)
+	retry.Retrying = opts.Retrying
+	var info ShareInfo
+	create := func(ctx context.Context) (err error) {
+		info, err = c.CreateShare(ctx, m)
+		return err
+	}
+	if err := retry.Do(ctx, "POST manifest", create); err != nil {
 		return ShareInfo{}, err
 	}
 	if info.Complete {
@@ -309,8 +331,11 @@ func (c *Client) Put(ctx context.Context, path string, opts PutOptions) (ShareIn
 		}
 		return info, nil
 	}
-	have, err := c.Have(ctx, m.ID(), m.NumChunks())
-	if err != nil {
+	var have transfer.Bitfield
+	if err := retry.Do(ctx, "GET have", func(ctx context.Context) (err error) {
+		have, err = c.Have(ctx, m.ID(), m.NumChunks())
+		return err
+	}); err != nil {
 		return ShareInfo{}, err
 	}
 	var toSend int64
@@ -346,7 +371,13 @@ func (c *Client) Put(ctx context.Context, path string, opts PutOptions) (ShareIn
 			if err := local.ReadChunk(i, p); err != nil {
 				return err
 			}
-			if err := c.putChunkRetry(gctx, m, i, p, opts); err != nil {
+			err := retry.Do(gctx, fmt.Sprintf("PUT chunk %d", i), func(ctx context.Context) error {
+				return c.PutChunk(ctx, m.ID(), i, opts.Limiter.Reader(ctx, bytes.NewReader(p)), int64(len(p)))
+			})
+			if errors.Is(err, transfer.ErrBadChunk) {
+				return fmt.Errorf("chunk %d: the server refused it: %w (did a file change after it was hashed?)", i, err)
+			}
+			if err != nil {
 				return err
 			}
 			if opts.Progress != nil {
@@ -358,40 +389,13 @@ func (c *Client) Put(ctx context.Context, path string, opts PutOptions) (ShareIn
 	if err := g.Wait(); err != nil {
 		return ShareInfo{}, err
 	}
-	if info, err = c.CreateShare(ctx, m); err != nil {
+	if err := retry.Do(ctx, "POST manifest", create); err != nil {
 		return ShareInfo{}, err
 	}
 	if !info.Complete {
 		return info, fmt.Errorf("upload %s: server holds %d of %d chunks after upload", m.ID(), info.Have, info.Chunks)
 	}
 	return info, nil
-}
-
-// putChunkRetry uploads one chunk, retrying transient failures (a busy or
-// restarting server) with backoff for up to the stall timeout.
-func (c *Client) putChunkRetry(ctx context.Context, m *transfer.Manifest, i int, p []byte, opts PutOptions) error {
-	stall := cmp.Or(opts.StallTimeout, transfer.DefaultStallTimeout)
-	deadline := time.Now().Add(stall)
-	back := 100 * time.Millisecond
-	for {
-		err := c.PutChunk(ctx, m.ID(), i, opts.Limiter.Reader(ctx, bytes.NewReader(p)), int64(len(p)))
-		switch {
-		case err == nil:
-			return nil
-		case errors.Is(err, transfer.ErrBadChunk):
-			return fmt.Errorf("chunk %d: the server refused it: %w (did a file change after it was hashed?)", i, err)
-		case transfer.Permanent(err) || ctx.Err() != nil:
-			return err
-		case time.Now().After(deadline):
-			return fmt.Errorf("chunk %d: giving up after %v: %w", i, stall, err)
-		}
-		select {
-		case <-time.After(back/2 + rand.N(back/2)):
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		back = min(2*back, 5*time.Second)
-	}
 }
 
 // Fetch asks a peer to get share id from its swarm (POST
@@ -452,15 +456,24 @@ func (c *Client) Get(ctx context.Context, id transfer.ID, opts transfer.GetOptio
 	if opts.Local == nil && c.Local() {
 		opts.Local = c
 	}
-	held, err := c.holds(ctx, id)
-	if err != nil {
+	if opts.Retry == nil {
+		opts.Retry = transfer.NewRetry(opts.Download.StallTimeout)
+	}
+	var held bool
+	if err := opts.Retry.Do(ctx, "HEAD manifest", func(ctx context.Context) (err error) {
+		held, err = c.holds(ctx, id)
+		return err
+	}); err != nil {
 		return "", transfer.Stats{}, err
 	}
 	if !held {
-		if _, err := c.Fetch(ctx, id); err != nil {
-			if errors.Is(err, ErrNotSupported) {
+		if err := opts.Retry.Do(ctx, "POST fetch", func(ctx context.Context) error {
+			_, err := c.Fetch(ctx, id)
+			if errors.Is(err, ErrNotSupported) { // a server, which cannot fetch
 				err = fmt.Errorf("%w: %s is not on %s", transfer.ErrNotFound, id, c)
 			}
+			return err
+		}); err != nil {
 			return "", transfer.Stats{}, err
 		}
 	}

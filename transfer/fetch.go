@@ -24,10 +24,7 @@ const (
 	minDepth            = 2                      // requests kept in flight to any source
 	depthQueueTime      = 250 * time.Millisecond // a source's depth: this much of its rate
 	rateWindow          = 2 * time.Second        // rates are measured over this window
-	busyPause           = 100 * time.Millisecond // a busy source is left alone about this long
-	minBackoff          = 100 * time.Millisecond
-	maxBackoff          = 2 * time.Second       // a restarted server is found again within this
-	schedTick           = 25 * time.Millisecond // how often the scheduler looks at timers
+	schedTick           = 25 * time.Millisecond  // how often the scheduler looks at timers
 )
 
 // DownloadOptions configures a Download. The zero value works.
@@ -663,7 +660,7 @@ func (r *run) onChunk(res chunkResult) error {
 	if errors.Is(res.err, ErrBusy) {
 		// The source is sending all it can: ask the others for now. This is
 		// no failure, so the pause does not grow.
-		s.backoff = time.Now().Add(busyPause/2 + rand.N(busyPause/2))
+		s.backoff = time.Now().Add(Backoff(1))
 		return nil
 	}
 	r.sourceFailed(s, res.err, req.started)
@@ -698,8 +695,7 @@ func (r *run) sourceFailed(s *srcState, err error, started time.Time) {
 	}
 	s.fails++
 	s.failAt = time.Now()
-	back := min(minBackoff<<min(s.fails-1, 10), maxBackoff)
-	back = back/2 + rand.N(back/2+1) // jitter, so clients do not retry in step
+	back := Backoff(s.fails) // the policy of every request of a transfer: see retry.go
 	s.backoff = time.Now().Add(back)
 	r.d.log.Debug("source failed; backing off", "source", s.name, "err", err, "backoff", back)
 }

@@ -26,6 +26,10 @@ type GetOptions struct {
 	// the bytes again (see LocalSource), and downloads from sources only
 	// when it cannot.
 	Local LocalSource
+	// Retry is the transfer's retry state (see retry.go), shared with the
+	// requests the caller made before Get; nil: a new one with
+	// Download.StallTimeout.
+	Retry *Retry
 }
 
 // Get downloads share id from sources to a file or directory (see
@@ -35,7 +39,15 @@ type GetOptions struct {
 // kill -9), running Get again for the same output resumes without fetching
 // again the chunks it has.
 func Get(ctx context.Context, id ID, opts GetOptions, sources ...Source) (string, Stats, error) {
-	m, err := FetchManifest(ctx, id, sources...)
+	retry := opts.Retry
+	if retry == nil {
+		retry = NewRetry(opts.Download.StallTimeout)
+	}
+	var m *Manifest
+	err := retry.Do(ctx, "manifest", func(ctx context.Context) (err error) {
+		m, err = FetchManifest(ctx, id, sources...)
+		return err
+	})
 	if err != nil {
 		return "", Stats{}, err
 	}

@@ -381,7 +381,7 @@ func (lg *localGet) follow(ctx context.Context, copying bool) error {
 	if lg.opts.Started != nil {
 		lg.opts.Started(m, heldBytes(m, bf))
 	}
-	last, lastCount := time.Now(), -1
+	last, lastCount, fails := time.Now(), -1, 0
 	for {
 		if copying {
 			if err := lg.copyChunks(bf); err != nil {
@@ -404,13 +404,16 @@ func (lg *localGet) follow(ctx context.Context, copying bool) error {
 		next, err := lg.src.WaitHave(ctx, m.ID(), n, bf.Digest())
 		switch {
 		case err == nil:
-			bf = next
+			bf, fails = next, 0
 		case ctx.Err() != nil:
 			return ctx.Err()
-		default: // the daemon restarting: try again a little later
+		case Permanent(err):
+			return err
+		default: // the daemon restarting: try again later (the policy of retry.go)
+			fails++
 			lg.log.Debug("have long poll failed", "err", err)
 			select {
-			case <-time.After(minBackoff):
+			case <-time.After(Backoff(fails)):
 			case <-ctx.Done():
 				return ctx.Err()
 			}

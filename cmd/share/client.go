@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -226,7 +227,7 @@ func isConnRefused(err error) bool {
 
 func isTLSMismatch(err error) bool {
 	var rh tls.RecordHeaderError
-	return errors.As(err, &rh) || (err != nil && strings.Contains(err.Error(), "server gave HTTP response to HTTPS client"))
+	return errors.As(err, &rh) || errors.Is(err, http.ErrSchemeMismatch)
 }
 
 func isDNS(err error) bool {

@@ -52,7 +52,7 @@ Prints the output path on stdout.`,
 	f.BoolVar(&o.force, "force", false, "replace an existing output")
 	f.IntVar(&o.parallel, "parallel", server.DefaultParallel, "chunk requests in flight")
 	f.Var(&o.downloadLimit, "download-limit", "cap on bytes received, e.g. 20MiB/s")
-	f.StringVar(&o.stallTimeout, "stall-timeout", transfer.DefaultStallTimeout.String(), "give up when no chunk arrives for this long")
+	f.StringVar(&o.stallTimeout, "stall-timeout", transfer.DefaultStallTimeout.String(), "give up when no request succeeds and no chunk arrives for this long (a server restarting is waited for)")
 	return cmd
 }
 
@@ -86,9 +86,12 @@ func runGet(ctx context.Context, o getOptions, stdout, stderr io.Writer) error {
 		}
 	})
 	defer notice.Stop()
+	retry := transfer.NewRetry(stall)
+	retry.Retrying = retrying(stderr, "get "+id.String(), o.client.url, stall)
 	out, stats, err := c.Get(ctx, id, transfer.GetOptions{
 		Out:   o.out,
 		Force: o.force,
+		Retry: retry,
 		Started: func(m *transfer.Manifest, h int64) {
 			started.Store(true)
 			held, total = h, m.Size()

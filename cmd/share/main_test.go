@@ -756,3 +756,76 @@ func TestServeSecondSignal(t *testing.T) {
 		t.Fatalf("exit %d after %v, want 130; stderr:\n%s", code, time.Since(start), d.log)
 	}
 }
+
+// put and get wait for a server that is not (yet, or any more) there, at
+// any request, the first included, under the one retry policy: a server
+// stopped and started again on the same address is found again, and the
+// user is told what is being waited for.
+func TestTransfersSurviveServerRestart(t *testing.T) {
+	data := t.TempDir()
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	url := "http://" + addr
+	d := startServe(t, data, "--listen", addr)
+	env := []string{"SHARE_SERVER=" + url, "SHARE_TOKEN=" + d.Token}
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "first.bin"), 2<<20, 21)
+	writeFile(t, filepath.Join(dir, "big.bin"), 40<<20, 22)
+
+	// run starts share with args; the returned function waits for it.
+	run := func(in string, args ...string) func() result {
+		cmd := exec.Command(shareBin, args...)
+		cmd.Dir, cmd.Env = in, append(cleanEnv(in), env...)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		return func() result {
+			cmd.Wait()
+			return result{stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()}
+		}
+	}
+
+	// The first request: the server is down when put and get start.
+	r := share(t, dir, env, "put", "first.bin")
+	if r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	firstID := strings.TrimSpace(r.stdout)
+	d.stop(t)
+	put := run(dir, "put", "big.bin")
+	out := t.TempDir()
+	get := run(out, "get", firstID)
+	time.Sleep(1500 * time.Millisecond)
+	d = startServe(t, data, "--listen", addr, "--download-limit", "20MiB/s")
+	r = put()
+	if r.code != 0 || !strings.Contains(r.stderr, "put big.bin: POST ") || !strings.Contains(r.stderr, "retrying until "+url+" answers again") {
+		t.Fatalf("put started while the server was down: %d\n%s", r.code, r.stderr)
+	}
+	bigID := strings.TrimSpace(r.stdout)
+	if r := get(); r.code != 0 || !strings.Contains(r.stderr, "retrying until") {
+		t.Fatalf("get started while the server was down: %d\n%s", r.code, r.stderr)
+	}
+	sameFiles(t, filepath.Join(dir, "first.bin"), filepath.Join(out, "first.bin"))
+
+	// In the middle of the chunk uploads (the server receives 20 MiB/s).
+	share(t, dir, env, "rm", bigID)
+	put = run(dir, "put", "big.bin")
+	time.Sleep(700 * time.Millisecond)
+	d.stop(t)
+	time.Sleep(500 * time.Millisecond)
+	startServe(t, data, "--listen", addr)
+	if r := put(); r.code != 0 || strings.TrimSpace(r.stdout) != bigID {
+		t.Fatalf("put across a server restart: %d %q\n%s", r.code, r.stdout, r.stderr)
+	}
+	if r := share(t, out, env, "get", bigID); r.code != 0 {
+		t.Fatal(r.stderr)
+	}
+	sameFiles(t, filepath.Join(dir, "big.bin"), filepath.Join(out, "big.bin"))
+
+	// Nobody ever answers: the stall timeout ends it, saying why.
+	r = share(t, dir, []string{"SHARE_SERVER=http://127.0.0.1:1", "SHARE_TOKEN=x"}, "put", "--stall-timeout", "1s", "first.bin")
+	if r.code != 1 || !strings.Contains(r.stderr, "POST manifest: gave up after 1s without progress (the stall timeout): ") || !strings.Contains(r.stderr, "connection refused") {
+		t.Fatalf("put to nobody: %d\n%s", r.code, r.stderr)
+	}
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"io/fs"
 	"path/filepath"
 	"sync/atomic"
+	"time"
 
 	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
@@ -22,6 +24,7 @@ type putOptions struct {
 	chunkSize   string
 	parallel    int
 	uploadLimit transfer.Rate
+	stall       string
 }
 
 func newPutCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -43,6 +46,7 @@ line, and nothing else there. An interrupted put resumes when run again.`,
 	f.StringVar(&o.chunkSize, "chunk-size", "1MiB", "chunk size")
 	f.IntVar(&o.parallel, "parallel", server.DefaultParallel, "chunk uploads in flight")
 	f.Var(&o.uploadLimit, "upload-limit", "cap on bytes sent, e.g. 20MiB/s")
+	f.StringVar(&o.stall, "stall-timeout", transfer.DefaultStallTimeout.String(), "give up when no request succeeds for this long (a server restarting is waited for)")
 	return cmd
 }
 
@@ -53,6 +57,10 @@ func runPut(ctx context.Context, o putOptions, stdout, stderr io.Writer) error {
 	}
 	if o.parallel < 1 {
 		return usageError{fmt.Errorf("--parallel must be at least 1")}
+	}
+	stall, err := parseDuration(o.stall)
+	if err != nil {
+		return usageError{fmt.Errorf("--stall-timeout: %w", err)}
 	}
 	c, err := o.client.client()
 	if err != nil {
@@ -72,8 +80,10 @@ func runPut(ctx context.Context, o putOptions, stdout, stderr io.Writer) error {
 					fmt.Fprintf(stderr, "share: skipping %s: %s\n", p, fileType(mode))
 				},
 			},
-			Parallel: o.parallel,
-			Limiter:  limiter,
+			Parallel:     o.parallel,
+			Limiter:      limiter,
+			StallTimeout: stall,
+			Retrying:     retrying(stderr, "put "+path, o.client.url, stall),
 			Started: func(m *transfer.Manifest, n int64) {
 				started = true
 				toSend.Store(n)
@@ -149,4 +159,13 @@ func localError(path string, err error) error {
 		return pe.Err
 	}
 	return fmt.Errorf("%s: %w", pe.Path, pe.Err)
+}
+
+// retrying returns the callback that tells the user a transfer is waiting
+// for its server (see transfer.Retry.Retrying): once per run of failures.
+func retrying(stderr io.Writer, op, server string, stall time.Duration) func(string, error, time.Duration) {
+	return func(what string, err error, _ time.Duration) {
+		fmt.Fprintf(stderr, "share: %s: %v\n  retrying until %s answers again; after %v without progress it gives up (--stall-timeout)\n",
+			op, err, server, cmp.Or(stall, transfer.DefaultStallTimeout))
+	}
 }

@@ -1,0 +1,126 @@
+package transfer
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+)
+
+// The retry policy of every request of a transfer, in both directions: a
+// client's put (the manifest, the have bitfield, each chunk upload, the
+// final check) and get (the manifest, a peer's fetch), and a download's
+// sources (see Download). It is the same everywhere:
+//
+//   - an error that Permanent calls permanent ends the request at once;
+//   - any other error is retried after Backoff(n) for the n-th failure in a
+//     row: exponential from minBackoff, at most maxBackoff, with jitter;
+//     a busy source (ErrBusy) is no failure, so its pause does not grow;
+//   - the transfer ends when it has made no progress (no request of it
+//     succeeded) for its stall timeout, DefaultStallTimeout unless set.
+//
+// Hence a server or peer that restarts in the middle of a transfer, at any
+// request, is found again within maxBackoff of its return.
+const (
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 2 * time.Second // a restarted server is found again within this
+)
+
+// Backoff returns the pause after the n-th failure in a row (n >= 1):
+// minBackoff doubled n-1 times, at most maxBackoff, of which a random half
+// ("equal jitter"), so that clients cut off together do not retry in step.
+func Backoff(n int) time.Duration {
+	back := min(minBackoff<<min(max(n, 1)-1, 10), maxBackoff)
+	return back/2 + rand.N(back/2+1)
+}
+
+// Retry carries the policy through one transfer: its stall clock, which
+// every success restarts, is shared by all of the transfer's requests, also
+// those made at once from several goroutines. Create it with NewRetry; it is
+// safe for concurrent use.
+type Retry struct {
+	stall time.Duration
+	// Retrying, if set, is called when a request failed with a transient
+	// error and will be tried again after wait: once per run of failures
+	// (not again until a request succeeds), from the failing goroutine.
+	Retrying func(what string, err error, wait time.Duration)
+
+	mu       sync.Mutex
+	last     time.Time // the last progress
+	reported bool      // Retrying was called since the last progress
+}
+
+// NewRetry returns the retry state of a transfer whose stall timeout is
+// stall (0: DefaultStallTimeout); its stall clock starts now.
+func NewRetry(stall time.Duration) *Retry {
+	return &Retry{stall: cmp.Or(stall, DefaultStallTimeout), last: time.Now()}
+}
+
+// StallTimeout returns how long the transfer may go without progress.
+func (r *Retry) StallTimeout() time.Duration { return r.stall }
+
+// Progress records that the transfer moved forward, restarting its stall
+// clock.
+func (r *Retry) Progress() {
+	r.mu.Lock()
+	r.last, r.reported = time.Now(), false
+	r.mu.Unlock()
+}
+
+// Do runs op, a request named what (for messages, e.g. "POST manifest"),
+// until it succeeds, fails with a permanent error, ctx is done, or the
+// transfer has made no progress for its stall timeout; it returns op's last
+// error, wrapped with ErrStalled in the last case. A success is progress.
+func (r *Retry) Do(ctx context.Context, what string, op func(context.Context) error) error {
+	fails := 0
+	for {
+		err := op(ctx)
+		switch {
+		case err == nil:
+			r.Progress()
+			return nil
+		case ctx.Err() != nil:
+			return err
+		case Permanent(err):
+			return err
+		}
+		if !errors.Is(err, ErrBusy) {
+			fails++
+		}
+		wait := Backoff(fails)
+		r.mu.Lock()
+		idle := time.Since(r.last)
+		notify := r.Retrying != nil && !r.reported
+		r.reported = true
+		r.mu.Unlock()
+		if idle+wait > r.stall {
+			return &stalledError{what: what, stall: r.stall, err: err}
+		}
+		if notify {
+			r.Retrying(what, err, wait)
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// stalledError ends a request that kept failing until its transfer had made
+// no progress for the stall timeout. It is an ErrStalled and wraps the last
+// error.
+type stalledError struct {
+	what  string
+	stall time.Duration
+	err   error
+}
+
+func (e *stalledError) Error() string {
+	return fmt.Sprintf("%s: gave up after %v without progress (the stall timeout): %v", e.what, e.stall, e.err)
+}
+func (e *stalledError) Unwrap() error        { return e.err }
+func (e *stalledError) Is(target error) bool { return target == ErrStalled }
