@@ -1,9 +1,12 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"log/slog"
 	"time"
+
+	"github.com/spf13/cobra"
 )
 
 // parseDuration parses a Go duration; "0" means none.
@@ -18,4 +21,27 @@ func parseDuration(s string) (time.Duration, error) {
 // client command shows what went wrong (a dropped source) and nothing else.
 func quietLogger(stderr io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+// args checks a command's arguments: at least min, at most max (-1: no
+// bound), and says what to give when they are wrong, unlike cobra's
+// "accepts 1 arg(s), received 0".
+func args(min, max int, usage, what string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, a []string) error {
+		switch {
+		case len(a) < min:
+			return usageError{fmt.Errorf("%s: missing %s; usage: share %s", cmd.Name(), what, usage)}
+		case max >= 0 && len(a) > max:
+			return usageError{fmt.Errorf("%s: %d arguments, want %s (to name several, run it once for each); usage: share %s", cmd.Name(), len(a), what, usage)}
+		}
+		return nil
+	}
+}
+
+// noArgs refuses arguments, naming the first one.
+func noArgs(cmd *cobra.Command, a []string) error {
+	if len(a) > 0 {
+		return usageError{fmt.Errorf("%s takes no arguments, got %q; see 'share %s --help'", cmd.Name(), a[0], cmd.Name())}
+	}
+	return nil
 }

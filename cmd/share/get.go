@@ -40,7 +40,7 @@ written. The file or directory goes to -o PATH (default: its name in the current
 directory; an existing directory: its name inside it). Work in progress is kept
 beside it in .NAME.share-partial, so an interrupted get resumes when run again.
 Prints the output path on stdout.`,
-		Args: cobra.ExactArgs(1),
+		Args: args(1, 1, "get ID [-o PATH]", "the share ID (as 'share put' or 'share ls' printed it)"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.id = args[0]
 			return runGet(cmd.Context(), o, stdout, stderr)

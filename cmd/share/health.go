@@ -20,7 +20,7 @@ func newHealthCmd(stdout, stderr io.Writer) *cobra.Command {
 		Use:   "health",
 		Short: "Check that a server answers; exit 0 if it does",
 		Long:  "Check that a server or peer answers GET /healthz; for scripts and container health checks.",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runHealth(cmd.Context(), o, stdout)
 		},

@@ -417,7 +417,11 @@ func TestMessages(t *testing.T) {
 		{"put of an empty dir", d.env(), []string{"put", "empty"}, 0, []string{"warning: empty holds no files; it is shared as an empty directory"}, nil},
 		{"put of a linked dir", d.env(), []string{"put", "linkdir"}, 0, nil, []string{"skipping", "warning"}},
 		// Flags.
-		{"no args", d.env(), []string{"get"}, 2, []string{"accepts 1 arg"}, nil},
+		{"no args", d.env(), []string{"get"}, 2, []string{"get: missing the share ID (as 'share put' or 'share ls' printed it); usage: share get ID"}, nil},
+		{"two ids", d.env(), []string{"get", id, id}, 2, []string{"get: 2 arguments, want the share ID", "run it once for each"}, nil},
+		{"put nothing", d.env(), []string{"put"}, 2, []string{"put: missing a file or directory to upload; usage: share put PATH..."}, nil},
+		{"ls with an argument", d.env(), []string{"ls", "x"}, 2, []string{`ls takes no arguments, got "x"`}, nil},
+		{"serve without its TLS key file", nil, []string{"serve", "--data", t.TempDir(), "--listen", "127.0.0.1:0", "--tls-cert", "nope.pem", "--tls-key", "nope.key"}, 1, []string{"--tls-cert nope.pem --tls-key nope.key: open nope.pem: no such file or directory"}, []string{"listening"}},
 		{"bad flag", d.env(), []string{"put", "--bogus", "f"}, 2, []string{"unknown flag"}, nil},
 		{"bad rate", d.env(), []string{"get", "--download-limit", "fast", "x"}, 2, []string{"rate"}, nil},
 		// Daemons.

@@ -68,7 +68,7 @@ It prints its peer ID and its full addresses: pass one to --bootstrap of the nex
 peer. The same HTTP API as 'share serve' listens on --api (127.0.0.1:7070), so
 'share put/get/ls/rm/status' work against a peer as against a server; 'share get'
 makes the peer fetch the share from the swarm and streams it to you.`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !cmd.Flags().Changed("listen") {
 				o.listen = nil // node's default: without QUIC in a private swarm

@@ -35,7 +35,7 @@ func newPutCmd(stdout, stderr io.Writer) *cobra.Command {
 		Long: `Upload files or directories. Each is hashed into chunks, its manifest is sent,
 then the chunks the server lacks. Prints each share's ID on stdout, one per
 line, and nothing else there. An interrupted put resumes when run again.`,
-		Args: cobra.MinimumNArgs(1),
+		Args: args(1, -1, "put PATH...", "a file or directory to upload"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.paths = args
 			return runPut(cmd.Context(), o, stdout, stderr)

@@ -21,7 +21,7 @@ func newRmCmd(stdout, stderr io.Writer) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "rm ID...",
 		Short: "Delete shares from the server",
-		Args:  cobra.MinimumNArgs(1),
+		Args:  args(1, -1, "rm ID...", "the ID of a share to delete"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.ids = args
 			return runRm(cmd.Context(), o)

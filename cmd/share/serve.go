@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -49,7 +50,7 @@ func newServeCmd(stdout, stderr io.Writer) *cobra.Command {
 		Long: `Run a share server: an HTTP API that share's clients, curl and browsers use.
 With no flags it listens on :7070, keeps data in the XDG data directory, and
 generates an access token on first start, which it keeps there and prints.`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runServe(cmd.Context(), o, stdout, stderr)
 		},
@@ -108,6 +109,11 @@ func runServe(ctx context.Context, o serveOptions, stdout, stderr io.Writer) err
 	listen, err := parseListen("--listen", o.listen, "")
 	if err != nil {
 		return usageError{err}
+	}
+	if o.tlsCert != "" && o.tlsKey != "" { // before it says it listens
+		if _, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey); err != nil {
+			return fmt.Errorf("--tls-cert %s --tls-key %s: %w", o.tlsCert, o.tlsKey, err)
+		}
 	}
 	st, token, err := openData(o.data, o.token, log)
 	if err != nil {

@@ -27,7 +27,7 @@ func newStatusCmd(stdout, stderr io.Writer) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show a peer's (or server's) state: peer ID, connections, DHT, shares",
-		Args:  cobra.NoArgs,
+		Args:  noArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runStatus(cmd.Context(), o, stdout)
 		},
