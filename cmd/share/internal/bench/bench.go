@@ -32,12 +32,16 @@ const (
 	ScenarioFault   = "fault"    // the server or seed is killed mid-way, and comes back
 	ScenarioBadPeer = "bad-peer" // a peer (or the server) serves corrupted chunks
 	ScenarioChurn   = "churn"    // peers leave as soon as they finish
-	ScenarioRTT     = "rtt"      // N downloaders at several round-trip times (emulated networks only)
+	// ScenarioSecurity: an outsider without the swarm key, a lying member;
+	// a wrong token, a stolen one revoked by a restart (security.go).
+	// Loopback only.
+	ScenarioSecurity = "security"
+	ScenarioRTT      = "rtt" // N downloaders at several round-trip times (emulated networks only)
 )
 
 // AllScenarios in the order they run. "all" runs these but rtt, which
 // needs an emulated network.
-var AllScenarios = []string{ScenarioScaling, ScenarioFault, ScenarioBadPeer, ScenarioChurn, ScenarioRTT}
+var AllScenarios = []string{ScenarioScaling, ScenarioFault, ScenarioBadPeer, ScenarioChurn, ScenarioSecurity, ScenarioRTT}
 
 // RTTs are the round-trip times of the rtt scenario.
 var RTTs = []time.Duration{0, 20 * time.Millisecond, 80 * time.Millisecond}
@@ -103,6 +107,7 @@ type Point struct {
 	BadChunks    int64     `json:"bad_chunks"`
 	Refused      int       `json:"refused"` // downloads that stopped on a chunk failing verification
 	Fault        *Fault    `json:"fault,omitempty"`
+	Security     *Security `json:"security,omitempty"`
 	Cost         *Cost     `json:"cost,omitempty"`
 	Error        string    `json:"error,omitempty"`
 }
@@ -234,7 +239,7 @@ func Run(ctx context.Context, opts Options) (*Results, error) {
 	if opts.Scenarios == nil {
 		opts.Scenarios = AllScenarios[:len(AllScenarios)-1]
 		if opts.Net != nil {
-			opts.Scenarios = AllScenarios
+			opts.Scenarios = slices.DeleteFunc(slices.Clone(AllScenarios), func(s string) bool { return s == ScenarioSecurity })
 		}
 	}
 	if opts.Modes == nil {
@@ -261,6 +266,9 @@ func Run(ctx context.Context, opts Options) (*Results, error) {
 		}
 		if s == ScenarioRTT && opts.Net == nil {
 			return nil, fmt.Errorf("bench: the rtt scenario needs an emulated network (--net lan, dsl, mixed or a file)")
+		}
+		if s == ScenarioSecurity && opts.Net != nil {
+			return nil, fmt.Errorf("bench: the security scenario runs on loopback only (--net loopback)")
 		}
 	}
 	if opts.Net != nil && opts.ServerLink != "" {
@@ -360,6 +368,8 @@ func (b *bencher) allPoints(sc string) []Point {
 		return []Point{{Scenario: sc, Mode: ClientServer, N: n}, {Scenario: sc, Mode: P2P, N: n}}
 	case ScenarioChurn:
 		return []Point{{Scenario: sc, Mode: P2P, N: n}}
+	case ScenarioSecurity:
+		return []Point{{Scenario: sc, Mode: ClientServer, N: n}, {Scenario: sc, Mode: P2P, N: n}}
 	}
 	return nil
 }
@@ -409,6 +419,7 @@ type cluster struct {
 	peers  []*daemon // P2P: the downloaders' peers
 	extra  []*daemon // P2P: other peers (a liar)
 	srcArg []string  // how the source was started, to restart it
+	key    string    // P2P security: the members' swarm key file
 }
 
 // command returns the command that runs the share binary with args on the
@@ -474,6 +485,12 @@ func (b *bencher) startCluster(p Point) (*cluster, error) {
 		c.srcArg[4] = strings.TrimPrefix(d.api, "http://") // restart on the same address
 		return c, nil
 	}
+	if p.Scenario == ScenarioSecurity {
+		var err error
+		if c.key, err = swarmKey(c.dir); err != nil {
+			return nil, err
+		}
+	}
 	seed, err := c.startPeer("seed", nil)
 	if err != nil {
 		return nil, err
@@ -503,6 +520,9 @@ func (c *cluster) startPeer(name string, extra []string) (*daemon, error) {
 	data := filepath.Join(c.dir, name)
 	args := append([]string{"peer", "--data", data, "--listen", "/ip4/" + c.listenIP(name) + "/tcp/0", "--api", "127.0.0.1:0", "--log-level", "warn", "--grace", "1s"}, c.b.capArgs()...)
 	args = append(args, extra...)
+	if c.key != "" {
+		args = append(args, "--swarm-key", c.key)
+	}
 	if name == "seed" {
 		c.srcArg = slices.Clone(args)
 	}
@@ -651,6 +671,8 @@ func (b *bencher) runPoint(ctx context.Context, p Point) Point {
 		err = b.fault(ctx, &p)
 	case p.Scenario == ScenarioBadPeer:
 		err = b.badPeer(ctx, &p)
+	case p.Scenario == ScenarioSecurity:
+		err = b.security(ctx, &p)
 	}
 	if err != nil {
 		p.Error = err.Error()

@@ -91,11 +91,15 @@ func TestQuickRun(t *testing.T) {
 		if p.Scenario == ScenarioScaling && (p.Distribution <= 0 || p.Ratio < 0.95) {
 			t.Errorf("scaling %s N=%d: distribution %v, ratio %v (below the bound?)", p.Mode, p.N, p.Distribution, p.Ratio)
 		}
+		if s := p.Security; p.Scenario == ScenarioSecurity && (s == nil || s.OutsiderBytes != 0 || s.OutsiderJoined ||
+			s.WrongTokenBytes != 0 || s.StolenAfter != 0 || (p.Mode == ClientServer && s.StolenBefore != res.Size)) {
+			t.Errorf("security %s: %+v", p.Mode, s)
+		}
 		if p.Scenario == ScenarioScaling && (p.Identical != p.N || p.Cost.PerGiB <= 0 || p.Cost.Kind(KindClient).Procs < p.N) {
 			t.Errorf("scaling %s N=%d: %d identical, cost %+v", p.Mode, p.N, p.Identical, p.Cost)
 		}
 	}
-	for _, k := range []string{"scaling/client-server", "scaling/p2p", "fault/client-server", "fault/p2p", "bad-peer/client-server", "bad-peer/p2p", "churn/p2p"} {
+	for _, k := range []string{"scaling/client-server", "scaling/p2p", "fault/client-server", "fault/p2p", "bad-peer/client-server", "bad-peer/p2p", "churn/p2p", "security/client-server", "security/p2p"} {
 		if want[k] == 0 {
 			t.Errorf("no %s point", k)
 		}
@@ -320,5 +324,17 @@ func TestKilledRunIsCleaned(t *testing.T) {
 	}
 	if procs, _ := exec.Command("pgrep", "-f", "share-bench-"+strconv.Itoa(first.Process.Pid)).Output(); len(procs) > 0 {
 		t.Errorf("processes of the killed run remain: %s", procs)
+	}
+}
+
+func TestWhy(t *testing.T) {
+	for in, want := range map[string]string{
+		"share get ID -o x: exit status 1: share: no share ID on http://127.0.0.1:1\n  more": "no share ID on http://127.0.0.1:1",
+		"share: HEAD /v1/shares/ID/manifest: Unauthorized (HTTP 401)":                        "HEAD /v1/shares/ID/manifest: Unauthorized (HTTP 401)",
+		"plain": "plain",
+	} {
+		if got := why(in); got != want {
+			t.Errorf("why(%q) = %q, want %q", in, got, want)
+		}
 	}
 }

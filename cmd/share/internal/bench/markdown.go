@@ -84,6 +84,18 @@ func comparison(w io.Writer, res *Results) {
 	for _, p := range res.points(ScenarioBadPeer, "", P2P) {
 		pB = fmt.Sprintf("any peer may lie; one serving a corrupted copy: %d bad chunks detected and dropped, %d/%d copies byte-identical, in %s", p.BadChunks, p.Identical, p.N, secs(p.Distribution))
 	}
+	for _, p := range res.points(ScenarioSecurity, "", ClientServer) {
+		if s := p.Security; s != nil {
+			csB = strings.TrimPrefix(csB+"; ", "; ") + fmt.Sprintf("a wrong token obtained %d bytes; a stolen token %s until the server was restarted with a new one, %d bytes after",
+				s.WrongTokenBytes, humanize.IBytes(uint64(s.StolenBefore)), s.StolenAfter)
+		}
+	}
+	for _, p := range res.points(ScenarioSecurity, "", P2P) {
+		if s := p.Security; s != nil {
+			pB = strings.TrimPrefix(pB+"; ", "; ") + fmt.Sprintf("in a private swarm (swarm key), an outsider without the key obtained %d bytes and joined no routing table; a lying member's %d bad chunks were dropped, %d/%d copies identical",
+				s.OutsiderBytes, p.BadChunks, p.Identical, p.N)
+		}
+	}
 	if csB != "" || pB != "" {
 		row("Security", csB, pB)
 	}

@@ -199,6 +199,9 @@ func Table(w io.Writer, res *Results) {
 	for _, p := range res.points(ScenarioChurn, "", "") {
 		fmt.Fprintf(w, "\n%s\n", describeChurn(p, res))
 	}
+	for _, p := range res.points(ScenarioSecurity, "", "") {
+		fmt.Fprintf(w, "\n%s\n", describeSecurity(p))
+	}
 	bad, finished, identical, downloads := 0, 0, 0, 0
 	for _, p := range res.Points {
 		if p.Corrupt > 0 {
