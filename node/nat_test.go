@@ -61,7 +61,10 @@ func natPeers(t *testing.T, limits RelayLimits, viaBootstrap bool) (relay, home,
 }
 
 func TestLimitedRelayCarriesNoChunks(t *testing.T) {
-	defer func(w time.Duration) { holePunchWait = w }(holePunchWait)
+	// Restored after the nodes are closed (cleanups run last first), so
+	// that no download goroutine reads it meanwhile.
+	saved := holePunchWait
+	t.Cleanup(func() { holePunchWait = saved })
 	holePunchWait = time.Second
 	// The relay is found among the bootstrap peers.
 	relay, home, away := natPeers(t, RelayLimits{}, true)
