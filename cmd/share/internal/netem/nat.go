@@ -1,13 +1,10 @@
 package netem
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
-	"strings"
 
 	"github.com/vishvananda/netlink"
 )
@@ -15,10 +12,10 @@ import (
 // Homes behind NAT routers.
 //
 //	hub:  br0 ─── router's eth0 (WAN: an address of the network's subnet)
-//	      router namespace: forwards and masquerades (nftables)
+//	      router namespace: forwards and masquerades (nftables, RouterRules)
 //	      router's lan0 (LAN.1) ═══ veth ═══ eth0 (LAN.2)  the home host
 //
-// The router does what a home router does: it forwards what the host sends
+// The router does what a home router does (RouterRules): it forwards what the host sends
 // to the network, rewriting the source to its own WAN address (masquerade),
 // and lets in from the WAN only what conntrack knows as replies (established
 // or related); anything else arriving on its WAN side is dropped, silently,
@@ -55,18 +52,12 @@ type HomeOptions struct {
 	Symmetric bool         // a random port per connection: hole punching fails
 }
 
-// ErrNoNft is returned by AddHome when nft(8) is not installed.
-var ErrNoNft = errors.New("netem: nft(8) not found (apt-get install nftables)")
-
 // AddHome adds a home: a router node named name on the network (its link is
 // link, its WAN address the next of the subnet) and a host behind it, named
 // name+".lan", at the second address of the LAN with a default route through
 // the router at the first. The host has no link of its own to shape: what
 // it sends and receives crosses the router's. Close deletes both.
 func (n *Network) AddHome(name string, link Link, opts HomeOptions) (router, host *Node, err error) {
-	if _, err := exec.LookPath("nft"); err != nil {
-		return nil, nil, ErrNoNft
-	}
 	lan := opts.LAN
 	if !lan.IsValid() {
 		lan = DefaultLAN
@@ -147,43 +138,12 @@ func (d *Node) routeFor(host *Node, gw netip.Addr, bits int) error {
 	return nil
 }
 
-// natRules is the router's ruleset (nft -f): masquerade what leaves by the
-// WAN, forward from the LAN, and let in from the WAN only replies.
-const natRules = `table ip home {
-	chain postrouting {
-		type nat hook postrouting priority srcnat; policy accept;
-		oifname "eth0" masquerade MASQ
-	}
-	chain forward {
-		type filter hook forward priority filter; policy drop;
-		ct state established,related accept
-		iifname "lan0" oifname "eth0" accept
-	}
-	chain input {
-		type filter hook input priority filter; policy drop;
-		ct state established,related accept
-		iifname != "eth0" accept
-	}
-}
-`
-
-// nat turns forwarding on in d and loads the NAT ruleset.
+// nat turns forwarding on in d and loads the router's rules (RouterRules).
 func (d *Node) nat(symmetric bool) error {
 	if err := d.Do(func() error {
 		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0)
 	}); err != nil {
 		return fmt.Errorf("forwarding: %w", err)
 	}
-	masq := "" // Linux keeps a mapping's port when free, for every destination
-	if symmetric {
-		masq = "random" // a new random port for every connection
-	}
-	cmd := d.Command("nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(strings.Replace(natRules, "MASQ", masq, 1))
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("nft: %w: %s", err, out.String())
-	}
-	return nil
+	return RouterRules(int(d.nsfd), nodeIf, "lan0", symmetric)
 }
