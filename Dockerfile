@@ -1,7 +1,8 @@
 # The share image: the static share binary on an empty base. Nothing is
 # pulled from a registry. Build it with `make image`, which compiles the
 # binary with the local Go toolchain (CGO_ENABLED=0) and assembles the build
-# context in build/image: share, etc/passwd, etc/group, data/, shared/, tmp/.
+# context in build/image: share, natrouter, etc/passwd, etc/group, data/,
+# shared/, tmp/.
 FROM scratch
 COPY etc/ /etc/
 COPY --chown=10001:10001 data/ /data/
@@ -9,6 +10,8 @@ COPY --chown=10001:10001 data/ /data/
 COPY --chown=10001:10001 shared/ /shared/
 COPY tmp/ /tmp/
 COPY share /share
+# natrouter: the home routers of the p2p-nat demo (docker-compose.yml).
+COPY natrouter /natrouter
 # share runs as an ordinary user; its data (shares, token, peer key) lives in
 # the /data volume.
 USER 10001:10001

@@ -12,6 +12,7 @@ image:
 	mkdir -p $(CONTEXT)/etc $(CONTEXT)/data $(CONTEXT)/shared $(CONTEXT)/tmp
 	chmod 1777 $(CONTEXT)/tmp
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(CONTEXT)/share ./cmd/share
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(CONTEXT)/natrouter ./cmd/share/internal/netem/natrouter
 	printf 'root:x:0:0:root:/:/share\nshare:x:10001:10001:share:/data:/share\n' > $(CONTEXT)/etc/passwd
 	printf 'root:x:0:\nshare:x:10001:\n' > $(CONTEXT)/etc/group
 	docker build -q -t $(IMAGE) -f Dockerfile $(CONTEXT)

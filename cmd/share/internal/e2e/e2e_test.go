@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -64,6 +65,12 @@ func newCluster(t *testing.T, env ...string) *cluster {
 		env: append(os.Environ(), "SHARE_IMAGE="+image, "SHARE_FILES="+files, "SHARE_NETWORK_PREFIX="+project,
 			"SERVER_PORT=127.0.0.1:0", "SHARE_TOKEN=e2e-"+project),
 	}
+	// The p2p-nat networks have fixed subnets, which Docker refuses to
+	// overlap: each run takes its own.
+	r := 200 + rand.IntN(50)
+	c.env = append(c.env, fmt.Sprintf("SHARE_NAT_INTERNET=192.0.0.%d/26", 64*(1+rand.IntN(3))),
+		fmt.Sprintf("SHARE_NAT_HOME_A=10.%d.1.0/24", r), fmt.Sprintf("SHARE_NAT_ROUTER_A=10.%d.1.254", r),
+		fmt.Sprintf("SHARE_NAT_HOME_B=10.%d.2.0/24", r), fmt.Sprintf("SHARE_NAT_ROUTER_B=10.%d.2.254", r))
 	c.env = append(c.env, env...)
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -106,7 +113,7 @@ func (c *cluster) must(args ...string) string {
 
 // allProfiles activates every profile: Compose v2 checks the dependencies of
 // a service (the newcomer's on boot) even for ps.
-var allProfiles = []string{"--profile", "server", "--profile", "p2p", "--profile", "newcomer"}
+var allProfiles = []string{"--profile", "server", "--profile", "p2p", "--profile", "newcomer", "--profile", "p2p-nat"}
 
 // container returns the container ID of a service.
 func (c *cluster) container(service string) string {
@@ -324,4 +331,73 @@ func TestP2PProfile(t *testing.T) {
 	case <-time.After(3 * time.Minute):
 		t.Fatal("peer4 did not finish after it was reconnected")
 	}
+}
+
+// TestP2PNATProfile: two homes, each a peer behind its own NAT router
+// container, and a relay on an "internet" network. A file added in home A
+// is fetched byte-identical in home B, over a connection hole-punched
+// through both NATs.
+func TestP2PNATProfile(t *testing.T) {
+	c := newCluster(t)
+	c.must("--profile", "p2p-nat", "up", "-d")
+	c.waitHealthy("relay", "home-a", "home-b")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	type status struct {
+		Peers []struct {
+			ID, Addr string
+			Relayed  bool
+		}
+		PeerID string `json:"peer_id"`
+		NAT    struct {
+			Reachability string
+			RelayAddrs   []string                       `json:"relay_addrs"`
+			HolePunches  struct{ Tried, Succeeded int } `json:"hole_punches"`
+			BytesDirect  int64                          `json:"bytes_direct"`
+		}
+	}
+	statusOf := func(service string) status {
+		out, err := c.exec(ctx, service, "status", "--json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st status
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			t.Fatalf("%s status: %v\n%s", service, err, out)
+		}
+		return st
+	}
+	// AutoNAT finds each home behind its NAT; each reserves a relay slot.
+	for _, h := range []string{"home-a", "home-b"} {
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			st := statusOf(h)
+			if st.NAT.Reachability == "private" && len(st.NAT.RelayAddrs) > 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not behind a NAT with a relay slot after 2 minutes: %+v", h, st.NAT)
+			}
+			time.Sleep(time.Second)
+		}
+	}
+	c.writeFile("home.bin", 16<<20)
+	id, err := c.exec(ctx, "home-a", "put", "/files/home.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.exec(ctx, "home-b", "get", id, "-o", "/files/home-b.bin"); err != nil {
+		t.Fatal(err)
+	}
+	c.same("home.bin", "home-b.bin")
+	a, b := statusOf("home-a"), statusOf("home-b")
+	for _, p := range b.Peers {
+		if p.ID == a.PeerID && p.Relayed {
+			t.Fatalf("home B reaches home A only through the relay: %+v", p)
+		}
+	}
+	if b.NAT.BytesDirect < 16<<20 || a.NAT.HolePunches.Succeeded+b.NAT.HolePunches.Succeeded == 0 {
+		t.Fatalf("not hole punched: A %+v, B %+v", a.NAT, b.NAT)
+	}
+	t.Logf("home B: %d bytes direct; hole punches A %+v, B %+v", b.NAT.BytesDirect, a.NAT.HolePunches, b.NAT.HolePunches)
 }
