@@ -545,8 +545,9 @@ fetch(%q, {method: 'POST', mode: 'no-cors', credentials: 'include', headers: {'C
 // chunks sent, hashed and written by the server, the share committed) and
 // with curl -T (one streamed PUT, hashed as it arrives). Both end with the
 // data fsynced. Rounds alternate which goes first; each deletes the share
-// after. Reported: MB/s of each (10^6 bytes per second), their ratio, and the
-// server's CPU seconds per GiB for each.
+// after. Reported: MB/s of each (10^6 bytes per second), their ratio, the
+// server's CPU seconds per GiB for each, and Chromium's for the page (all its
+// processes; SHARE_CPU_BY_TYPE=1 logs them by process type).
 //
 //	go test -run '^$' -bench PageUpload -benchtime 3x ./cmd/share
 func BenchmarkPageUpload(b *testing.B) {
@@ -563,7 +564,7 @@ func BenchmarkPageUpload(b *testing.B) {
 	writeFile(b, file, size, 42)
 	login(b, ctx, srv.URL, srv.Token)
 
-	var pageSecs, curlSecs, pageCPU, curlCPU float64
+	var pageSecs, curlSecs, pageCPU, curlCPU, browserSecs float64
 	deleteAll := func() {
 		var l listed
 		apiGet(b, srv.URL, srv.Token, "/v1/shares", &l)
@@ -592,9 +593,24 @@ func BenchmarkPageUpload(b *testing.B) {
 		cpu := procCPU(b, srv.cmd.Process.Pid)
 		start := time.Now()
 		do(b, ctx, "choose the file", 10*time.Second, chromedp.SetUploadFiles(chromedp.ID("file-input"), []string{file}))
+		// With SHARE_CPU_BY_TYPE=1, log Chromium's CPU seconds by process
+		// type (browser, network service, renderer, GPU) around the upload.
+		byType := func() string {
+			if os.Getenv("SHARE_CPU_BY_TYPE") == "" {
+				return ""
+			}
+			out, _ := exec.Command("bash", "-c", `for p in $(pgrep chrom); do t=$(tr '\0' ' ' < /proc/$p/cmdline | grep -o -- '--type=[a-z-]*' | head -1); echo "${t:-browser} $(awk '{print $14+$15}' /proc/$p/stat)"; done | awk '{a[$1]+=$2} END {for (k in a) print k, a[k]/100 " s"}'`).Output()
+			return string(out)
+		}
+		before := byType()
+		bcpu := browserCPU(b)
 		waitJS(b, ctx, "page upload done", `document.querySelector('#uploads li.done') !== null`, 10*time.Minute)
 		pageSecs += time.Since(start).Seconds()
 		pageCPU += procCPU(b, srv.cmd.Process.Pid) - cpu
+		browserSecs += browserCPU(b) - bcpu
+		if before != "" {
+			b.Logf("chromium CPU by process type, cumulative, before:\n%s\nafter:\n%s", before, byType())
+		}
 		if msg := evalJS[string](b, ctx, `document.querySelector('#uploads li.done').innerText`); !strings.Contains(msg, "Done") {
 			b.Fatalf("page upload: %s", msg)
 		}
@@ -618,6 +634,25 @@ func BenchmarkPageUpload(b *testing.B) {
 	b.ReportMetric(curlSecs/pageSecs, "page/curl")
 	b.ReportMetric(pageCPU/n/gib, "page-server-CPU-s/GiB")
 	b.ReportMetric(curlCPU/n/gib, "curl-server-CPU-s/GiB")
+	b.ReportMetric(browserSecs/n/gib, "page-browser-CPU-s/GiB")
+}
+
+// browserCPU returns the CPU seconds used so far by every Chromium process
+// (found by name), for the cost of the page's side of an upload.
+func browserCPU(t testing.TB) float64 {
+	t.Helper()
+	ents, _ := os.ReadDir("/proc")
+	var total float64
+	for _, e := range ents {
+		var pid int
+		if _, err := fmt.Sscan(e.Name(), &pid); err != nil {
+			continue
+		}
+		if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil && strings.HasPrefix(string(comm), "chrom") {
+			total += procCPU(t, pid)
+		}
+	}
+	return total
 }
 
 // procCPU returns the user+system CPU seconds process pid has used.

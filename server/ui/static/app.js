@@ -8,8 +8,14 @@
 
 const POLL_MS = 2000;
 const STATUS_MS = 1000;
-const RUN_BYTES = 32 << 20; // bytes per chunk request: a run of whole chunks
-const IN_FLIGHT = 3;       // chunk requests in flight per upload
+// Bytes per chunk request (a run of whole chunks; the server keeps each whole
+// chunk it got, so a cut request loses at most one chunk) and requests in
+// flight per upload: two uploads at once then leave room for the list's
+// polls within a browser's six HTTP/1.1 connections per host. Measured with
+// BenchmarkPageUpload (cmd/share): runs of 8 to 64 MiB and 2 to 8 requests
+// made little difference; the browser's own upload path was the limit.
+const RUN_BYTES = 32 << 20;
+const IN_FLIGHT = 4;
 const MAX_BACKOFF_MS = 10000;
 
 const $ = (id) => document.getElementById(id);
@@ -69,6 +75,9 @@ function nameNode(display) {
   return frag;
 }
 const shown = (x) => x.display_name ?? x.name;
+// shortID shortens a share ID for the eye (the full ID is in the title and
+// the Copy ID button): its head and tail, as kubo's web UI shows CIDs.
+const shortID = (id) => id.length > 24 ? id.slice(0, 14) + '…' + id.slice(-8) : id;
 
 function el(tag, attrs, ...kids) {
   const e = document.createElement(tag);
@@ -307,7 +316,7 @@ function renderShares() {
     } else {
       name.append(nameNode(r.shown));
     }
-    name.append(el('code', { class: 'id' }, r.kind === 'upload' ? 'upload ' + r.id : r.id));
+    name.append(el('code', { class: 'id', title: r.id }, r.kind === 'upload' ? 'upload ' + r.id.slice(0, 12) + '…' : shortID(r.id)));
     const actions = el('td', { class: 'actions' });
     if (r.kind === 'share') {
       actions.append(
@@ -809,7 +818,7 @@ async function refreshStatus() {
     if (s.downloading) stateTd.append(el('span', { class: 'muted' }, ' · downloading'));
     if (s.last_error) stateTd.append(el('div', { class: 'error' }, s.last_error));
     return el('tr', {},
-      el('td', { class: 'name', 'data-label': 'Name' }, nameNode(shown(s)), el('code', { class: 'id' }, s.id)),
+      el('td', { class: 'name', 'data-label': 'Name' }, nameNode(shown(s)), el('code', { class: 'id', title: s.id }, shortID(s.id))),
       stateTd,
       el('td', { class: 'num', 'data-label': 'Providers' }, String(s.providers ?? 0)),
       el('td', { class: 'num', 'data-label': 'From seed / peers' }, (s.chunks_from_seed ?? 0) + ' / ' + (s.chunks_from_peers ?? 0)),
