@@ -217,6 +217,8 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 		return nil, err
 	}
 	h.SetStreamHandler(ProtocolID, n.handleStream)
+	// A chunk found damaged on disk is fetched again from the swarm.
+	n.store.OnDamaged(func(sh *transfer.Share, _ int) { n.ensureDownload(sh, nil) })
 	if err := d.Bootstrap(nctx); err != nil {
 		n.Close()
 		return nil, fmt.Errorf("node: DHT bootstrap: %w", err)
@@ -368,6 +370,16 @@ func (n *Node) LocalCopy(id transfer.ID) (transfer.LocalCopy, error) {
 	}
 	return sh.LocalCopy()
 }
+
+// Verify scrubs shares of the store (transfer.Store.Verify); a chunk found
+// damaged is fetched again from the swarm.
+func (n *Node) Verify(ctx context.Context, ids []transfer.ID, lim *transfer.Limiter) ([]transfer.VerifyResult, error) {
+	return n.store.Verify(ctx, ids, lim)
+}
+
+// DamagedChunks returns how many stored chunks were found damaged on disk
+// (transfer.Store.DamagedChunks).
+func (n *Node) DamagedChunks() int64 { return n.store.DamagedChunks() }
 
 // WaitHave lets the API's long poll wait for the swarm download's chunks.
 func (n *Node) WaitHave(ctx context.Context, id transfer.ID, chunks int, known uint32) (transfer.Bitfield, error) {

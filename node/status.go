@@ -39,6 +39,7 @@ type ShareStatus struct {
 	Chunks      int         `json:"chunks"`
 	Have        int         `json:"have"`
 	Complete    bool        `json:"complete"`
+	Damaged     int         `json:"damaged,omitempty"` // chunks found damaged on disk, not fetched again yet
 	Downloading bool        `json:"downloading"`
 	Providers   int         `json:"providers"` // other peers seen providing it
 	BytesUp     int64       `json:"bytes_up"`
@@ -71,7 +72,7 @@ func (n *Node) Status(context.Context) any {
 		m := sh.Manifest()
 		ss := ShareStatus{
 			ID: m.ID(), Name: m.Name(), DisplayName: transfer.DisplayName(m.Name()), Size: m.Size(), Chunks: m.NumChunks(),
-			Have: sh.HaveCount(), Complete: sh.Complete(),
+			Have: sh.HaveCount(), Complete: sh.Complete(), Damaged: sh.Damaged(),
 		}
 		_, ss.Downloading = n.downloads[m.ID()]
 		if s, ok := n.stats[m.ID()]; ok {

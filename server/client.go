@@ -446,6 +446,43 @@ func (c *Client) Local() bool {
 	return c.base.Hostname() == "localhost" || (ip != nil && ip.IsLoopback())
 }
 
+// Verify asks the server to scrub the shares ids (all if none): to read
+// every held chunk from disk and hash it, marking those that fail missing.
+// It returns one result per share.
+func (c *Client) Verify(ctx context.Context, ids ...transfer.ID) ([]transfer.VerifyResult, error) {
+	paths := []string{"/v1/verify"}
+	if len(ids) > 0 {
+		paths = paths[:0]
+		for _, id := range ids {
+			paths = append(paths, sharePath(id, "verify"))
+		}
+	}
+	var results []transfer.VerifyResult
+	for _, p := range paths {
+		resp, err := c.do(ctx, http.MethodPost, p, nil, 0)
+		if err != nil {
+			return results, err
+		}
+		dec := json.NewDecoder(io.LimitReader(resp.Body, 1<<30))
+		for {
+			var res transfer.VerifyResult
+			if err := dec.Decode(&res); err == io.EOF {
+				break
+			} else if err != nil {
+				resp.Body.Close()
+				return results, fmt.Errorf("verify: bad response: %w", err)
+			}
+			if res.ID.IsZero() {
+				resp.Body.Close()
+				return results, fmt.Errorf("verify: %s", res.Error)
+			}
+			results = append(results, res)
+		}
+		resp.Body.Close()
+	}
+	return results, nil
+}
+
 // Get downloads share id into opts.Out (see transfer.Get), resuming an
 // interrupted download of the same output. If the server does not hold the
 // share and is a peer, it asks the peer to fetch it first (Fetch), then

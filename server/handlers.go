@@ -25,15 +25,19 @@ type ShareInfo struct {
 	Name string      `json:"name"`
 	// DisplayName is Name as a person should read it (transfer.DisplayName:
 	// look-alikes of '.', '/' and '\' escaped); the web page shows it.
-	DisplayName string    `json:"display_name"`
-	Type        string    `json:"type"` // "file" or "dir"
-	Size        int64     `json:"size"` // bytes
-	Files       int       `json:"files"`
-	ChunkSize   int64     `json:"chunk_size"`
-	Chunks      int       `json:"chunks"`
-	Have        int       `json:"have"` // chunks held
-	Complete    bool      `json:"complete"`
-	Created     time.Time `json:"created"`
+	DisplayName string `json:"display_name"`
+	Type        string `json:"type"` // "file" or "dir"
+	Size        int64  `json:"size"` // bytes
+	Files       int    `json:"files"`
+	ChunkSize   int64  `json:"chunk_size"`
+	Chunks      int    `json:"chunks"`
+	Have        int    `json:"have"` // chunks held
+	Complete    bool   `json:"complete"`
+	// Damaged counts chunks found damaged on disk (they failed verification
+	// when read) and not held again yet: they were dropped, and the share
+	// is partial until they are put or fetched again.
+	Damaged int       `json:"damaged,omitempty"`
+	Created time.Time `json:"created"`
 }
 
 // Info describes sh.
@@ -46,7 +50,7 @@ func Info(sh *transfer.Share) ShareInfo {
 	return ShareInfo{
 		ID: m.ID(), Name: m.Name(), DisplayName: transfer.DisplayName(m.Name()), Type: typ, Size: m.Size(), Files: len(m.Files()),
 		ChunkSize: m.ChunkSize(), Chunks: m.NumChunks(), Have: sh.HaveCount(),
-		Complete: sh.Complete(), Created: sh.Created(),
+		Complete: sh.Complete(), Damaged: sh.Damaged(), Created: sh.Created(),
 	}
 }
 
@@ -388,21 +392,54 @@ type remainder interface {
 }
 
 // ReadFrom copies src. ServeContent sends a body, or a range of it, as
-// io.CopyN(w, content, n): when n covers what a remainder has left, its own
-// WriteTo sends it.
+// io.CopyN(w, content, n): a share's file goes out in checked pieces
+// (sendChecked); when n covers what a remainder has left, its own WriteTo
+// sends it.
 func (w responseWriter) ReadFrom(src io.Reader) (int64, error) {
+	rf, ok := w.Writer.(io.ReaderFrom)
+	if !ok {
+		return io.Copy(writerOnly{w.Writer}, src)
+	}
 	if lr, ok := src.(*io.LimitedReader); ok {
+		// A share's file checks its chunks before they leave; Next hands
+		// out the checked bytes as the bare file, so they still go with
+		// sendfile, whole or in a range.
+		if f, ok := lr.R.(*transfer.FileReader); ok {
+			return sendChecked(rf, f, lr)
+		}
 		if rem, ok := lr.R.(remainder); ok && rem.Remaining() <= lr.N {
 			n, err := rem.WriteTo(w.Writer)
 			lr.N -= n
 			return n, err
 		}
 	}
-	if rf, ok := w.Writer.(io.ReaderFrom); ok {
-		return rf.ReadFrom(src)
-	}
-	return io.Copy(writerOnly{w.Writer}, src)
+	return rf.ReadFrom(src)
 }
+
+// sendChecked sends lr (a limit on f) to rf piece by piece, each piece
+// checked by f.Next.
+func sendChecked(rf io.ReaderFrom, f *transfer.FileReader, lr *io.LimitedReader) (int64, error) {
+	var total int64
+	for lr.N > 0 {
+		r, err := f.Next(min(lr.N, checkedPiece))
+		if err != nil {
+			return total, err
+		}
+		n, err := rf.ReadFrom(r)
+		total += n
+		lr.N -= n
+		if err != nil {
+			return total, err
+		}
+		if n == 0 {
+			break // the file is shorter than the share says
+		}
+	}
+	return total, nil
+}
+
+// checkedPiece is how much of a file is checked, then sent, at a time.
+const checkedPiece = 8 << 20
 
 func (s *Server) remove(w http.ResponseWriter, r *http.Request) {
 	id, err := transfer.ParseID(r.PathValue("id"))
@@ -664,4 +701,43 @@ func (s *Server) putChunk(w http.ResponseWriter, r *http.Request) {
 	}
 	s.m.chunksIn.Inc()
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// verify scrubs the share {id}, or every share (POST /v1/verify), with the
+// backend's Verifier: each chunk is read from disk and hashed; those that
+// fail are marked missing. The answer is one JSON transfer.VerifyResult per
+// line (NDJSON) as each share is done; headers go out at once, so a long
+// scrub does not look like a server that does not answer.
+func (s *Server) verify(w http.ResponseWriter, r *http.Request) {
+	v, ok := s.opts.Backend.(Verifier)
+	if !ok {
+		writeError(w, fmt.Errorf("%w: this backend cannot verify its shares", ErrNotSupported))
+		return
+	}
+	var ids []transfer.ID
+	if r.PathValue("id") != "" {
+		sh, err := s.shareFromPath(r)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		ids = []transfer.ID{sh.ID()}
+	}
+	rc := http.NewResponseController(w)
+	rc.SetWriteDeadline(time.Time{}) // a scrub of many GiB writes nothing for a while
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	rc.Flush()
+	results, err := v.Verify(r.Context(), ids, nil)
+	enc := json.NewEncoder(w)
+	for _, res := range results {
+		if len(res.Damaged) > 0 {
+			s.log.Warn("verify: damaged chunks marked missing", "id", res.ID, "damaged", len(res.Damaged))
+		}
+		enc.Encode(res)
+	}
+	if err != nil {
+		enc.Encode(transfer.VerifyResult{Error: err.Error()})
+	}
 }

@@ -52,6 +52,8 @@ func (s *Server) routes() http.Handler {
 	handle("POST /v1/shares/{id}/fetch", write, s.fetch)
 	handle("GET /v1/shares/{id}/local", write, s.local)
 	s.uploadRoutes(handle)
+	handle("POST /v1/verify", write, s.verify)
+	handle("POST /v1/shares/{id}/verify", write, s.verify)
 	return s.observe(s.checkHost(sanitize(mux)))
 }
 

@@ -51,6 +51,16 @@ type LocalBackend interface {
 	LocalCopy(id transfer.ID) (transfer.LocalCopy, error)
 }
 
+// Verifier is an optional Backend ability: a scrub, which re-reads and
+// hashes every held chunk of the shares ids (all if none) and marks those
+// that fail missing (transfer.Store.Verify). POST /v1/verify and POST
+// /v1/shares/{id}/verify use it.
+type Verifier interface {
+	Verify(ctx context.Context, ids []transfer.ID, lim *transfer.Limiter) ([]transfer.VerifyResult, error)
+}
+
+var _ Verifier = (*transfer.Store)(nil)
+
 // Statuser is an optional Backend ability: GET /v1/status answers its
 // Status as JSON.
 type Statuser interface {
@@ -254,7 +264,13 @@ func newMetrics(reg prometheus.Registerer, b Backend) (*metrics, error) {
 	shares := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "share_shares", Help: "Shares held, complete or partial.",
 	}, func() float64 { return float64(len(b.List())) })
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.sent, m.received, m.chunksOut, m.chunksIn, m.badChunks, m.active, shares} {
+	collectors := []prometheus.Collector{m.requests, m.duration, m.sent, m.received, m.chunksOut, m.chunksIn, m.badChunks, m.active, shares}
+	if d, ok := b.(interface{ DamagedChunks() int64 }); ok {
+		collectors = append(collectors, prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "share_damaged_chunks_total", Help: "Stored chunks found damaged on disk (they failed verification when read to be served, or in a scrub) and marked missing.",
+		}, func() float64 { return float64(d.DamagedChunks()) }))
+	}
+	for _, c := range collectors {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -264,7 +264,9 @@ func (r *run) loop() error {
 			if !d.sh.Complete() && d.sh.HaveCount() == d.m.NumChunks() {
 				return d.sh.finish()
 			}
-			return nil
+			if d.sh.Complete() || !r.relearnNeed() {
+				return nil
+			}
 		}
 		now := time.Now()
 		r.schedule(now)
@@ -284,6 +286,24 @@ func (r *run) loop() error {
 			return r.ctx.Err()
 		}
 	}
+}
+
+// relearnNeed adds to the chunks still needed those the share lost since
+// they were stored (found damaged on disk, see verify.go), so that they are
+// fetched again; it reports whether there were any.
+func (r *run) relearnNeed() bool {
+	have := r.d.sh.Have()
+	lost := false
+	for i := range r.d.m.NumChunks() {
+		if !have.Has(i) && !r.need.Has(i) {
+			r.need.Set(i)
+			lost = true
+		}
+	}
+	if lost {
+		r.requeueAll()
+	}
+	return lost
 }
 
 // checkHope ends a download that cannot finish.
@@ -665,6 +685,13 @@ func (r *run) onChunk(res chunkResult) error {
 	}
 	r.sourceFailed(s, res.err, req.started)
 	return nil
+}
+
+// requeueAll makes every needed chunk available to pick again.
+func (r *run) requeueAll() {
+	for _, s := range r.d.sources {
+		s.starved = false
+	}
 }
 
 // requeue makes chunk i available to pick again.

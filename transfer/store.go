@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -42,6 +43,9 @@ const checkpointInterval = 30 * time.Second
 type shareState struct {
 	Complete bool      `json:"complete"`
 	Created  time.Time `json:"created"`
+	// Damaged lists chunks found damaged on disk (see verify.go) since the
+	// share was last complete; those not held again are shown as damaged.
+	Damaged []int `json:"damaged,omitempty"`
 }
 
 // Share is one share on disk: its manifest, state and data. Complete shares
@@ -57,8 +61,13 @@ type Share struct {
 
 	ckMu sync.Mutex // serializes checkpoints and finishing
 
+	store *Store // nil for a standalone share; set before the share is published
+
 	mu         sync.Mutex
 	have       Bitfield
+	verified   Bitfield // held chunks read (or written) and hashed since the share was opened; see verify.go
+	damaged    Bitfield // chunks found damaged on disk and not held again since
+	lastPut    time.Time
 	complete   bool
 	journal    *journal // nil once complete, removed or closed
 	lastCk     time.Time
@@ -210,6 +219,9 @@ func (s *Share) putHashed(i int, data []byte, sum Hash) error {
 		return err
 	}
 	s.have.Set(i)
+	s.verified.Set(i) // hashed by the caller, from the very bytes written
+	s.damaged.Clear(i)
+	s.lastPut = time.Now()
 	done := s.have.Full()
 	checkpoint := !done && time.Since(s.lastCk) >= checkpointInterval
 	s.notifyLocked()
@@ -277,6 +289,7 @@ func (s *Share) finish() error {
 
 	s.mu.Lock()
 	s.complete = true
+	s.damaged = NewBitfield(s.m.NumChunks())
 	j := s.journal
 	s.journal = nil
 	s.notifyLocked()
@@ -287,7 +300,8 @@ func (s *Share) finish() error {
 }
 
 // ReadChunk reads held chunk i into p, which must be ChunkLen(i) long. It
-// returns ErrChunkNotHeld for a chunk not (yet) held.
+// returns ErrChunkNotHeld for a chunk not (yet) held, or found damaged on
+// disk (see verify.go).
 func (s *Share) ReadChunk(i int, p []byte) error {
 	if err := s.checkHeld(i); err != nil {
 		return err
@@ -296,13 +310,39 @@ func (s *Share) ReadChunk(i int, p []byte) error {
 		return fmt.Errorf("read chunk %d: buffer of %d bytes, chunk has %d", i, len(p), s.m.ChunkLen(i))
 	}
 	off, _ := s.m.ChunkRange(i)
-	return s.tree.readAt(p, off)
+	err := s.tree.readAt(p, off)
+	if err != nil && !lostBytes(err) {
+		return err
+	}
+	s.mu.Lock()
+	verified := s.verified.Has(i)
+	s.mu.Unlock()
+	if err == nil && verified {
+		return nil
+	}
+	if err == nil {
+		err = s.m.VerifyChunk(i, p)
+	}
+	if err != nil {
+		s.markDamaged(i, err)
+		return fmt.Errorf("%w: chunk %d of %s is damaged on disk (%v)", ErrChunkNotHeld, i, s.m.id, err)
+	}
+	s.mu.Lock()
+	if s.have.Has(i) {
+		s.verified.Set(i)
+	}
+	s.mu.Unlock()
+	return nil
 }
 
-// OpenChunk returns a reader of held chunk i. Its WriteTo uses sendfile where
-// the writer can. The caller closes it.
+// OpenChunk returns a reader of held chunk i, verified (see verify.go). Its
+// WriteTo uses sendfile where the writer can. The caller closes it. It
+// returns ErrChunkNotHeld for a chunk not (yet) held, or found damaged.
 func (s *Share) OpenChunk(i int) (io.ReadCloser, error) {
 	if err := s.checkHeld(i); err != nil {
+		return nil, err
+	}
+	if err := s.checkChunk(i); err != nil {
 		return nil, err
 	}
 	off, n := s.m.ChunkRange(i)
@@ -324,16 +364,20 @@ func (s *Share) checkHeld(i int) error {
 	return nil
 }
 
-// OpenFile opens the file of a complete single-file share for reading. The
-// caller closes it.
-func (s *Share) OpenFile() (*os.File, error) {
+// OpenFile opens the file of a complete single-file share for reading; its
+// chunks are checked as they are read (see FileReader). The caller closes it.
+func (s *Share) OpenFile() (*FileReader, error) {
 	if s.m.IsDir() {
 		return nil, fmt.Errorf("share %s is a directory", s.m.id)
 	}
 	if !s.Complete() {
 		return nil, fmt.Errorf("%w: %s", ErrIncomplete, s.m.id)
 	}
-	return s.tree.root.Open(s.tree.top)
+	f, err := s.tree.root.Open(s.tree.top)
+	if err != nil {
+		return nil, err
+	}
+	return &FileReader{sh: s, f: f}, nil
 }
 
 // Close checkpoints a partial share and releases its files. A closed share
@@ -484,6 +528,7 @@ func openShare(dir string, durable bool) (*Share, error) {
 	}
 	s := &Share{m: m, dir: dir, tree: t, created: st.Created, durable: durable, lastCk: time.Now()}
 	n := m.NumChunks()
+	s.verified, s.damaged = NewBitfield(n), NewBitfield(n)
 	if st.Complete {
 		s.have, s.complete = FullBitfield(n), true
 		return s, nil
@@ -491,6 +536,15 @@ func openShare(dir string, durable bool) (*Share, error) {
 	if err := s.recover(); err != nil {
 		t.close()
 		return nil, err
+	}
+	for _, i := range st.Damaged {
+		if i >= 0 && i < n && !s.have.Has(i) {
+			s.damaged.Set(i)
+		}
+	}
+	// An upload's last chunk came when its journal last grew.
+	if fi, err := os.Stat(filepath.Join(dir, haveFile)); err == nil {
+		s.lastPut = fi.ModTime()
 	}
 	if s.have.Full() {
 		if err := s.finish(); err != nil {
@@ -531,6 +585,7 @@ func (s *Share) recover() error {
 		p := buf[:l]
 		if s.tree.readAt(p, off) == nil && s.m.VerifyChunk(i, p) == nil {
 			s.have.Set(i)
+			s.verified.Set(i)
 		}
 	}
 	held := make([]int, 0, s.have.Count())
@@ -559,6 +614,11 @@ type StoreOptions struct {
 	Logger *slog.Logger // nil: slog.Default()
 }
 
+// DamageHook is called when a chunk of a store's share is found damaged on
+// disk and marked missing (see verify.go), from the goroutine that found it,
+// with no lock held.
+type DamageHook func(sh *Share, chunk int)
+
 // Store keeps shares in a data directory, one share directory each:
 // DIR/shares/ID/{manifest.json,state.json,have,data/NAME}. DIR/tmp holds work
 // in progress and is emptied on open, so nothing half-written survives a
@@ -570,6 +630,9 @@ type Store struct {
 
 	mu     sync.Mutex
 	shares map[ID]*Share
+	hooks  []DamageHook
+
+	damaged atomic.Int64 // chunks found damaged on disk since the store was opened
 }
 
 // OpenStore opens (creating if needed) the store in dir and loads its shares.
@@ -620,6 +683,7 @@ func OpenStore(dir string, opts StoreOptions) (*Store, error) {
 			s.Close()
 			continue
 		}
+		s.store = st
 		st.shares[id] = s
 	}
 	ok = true
@@ -693,6 +757,7 @@ func (st *Store) installLocked(tmp string, id ID) (*Share, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.store = st
 	st.shares[id] = s
 	return s, nil
 }
@@ -789,7 +854,15 @@ func (st *Store) Import(ctx context.Context, name string, r io.Reader, opts Impo
 		}
 		defer os.RemoveAll(trash)
 	}
-	return st.installLocked(tmp, m.id)
+	s, err := st.installLocked(tmp, m.id)
+	if err != nil {
+		return nil, err
+	}
+	// Every chunk was hashed from the bytes written.
+	s.mu.Lock()
+	s.verified = FullBitfield(m.NumChunks())
+	s.mu.Unlock()
+	return s, nil
 }
 
 // ctxReader fails reads once ctx is done.
@@ -803,6 +876,60 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return c.r.Read(p)
+}
+
+// OnDamaged registers a hook called whenever a chunk of one of the store's
+// shares is found damaged on disk.
+func (st *Store) OnDamaged(h DamageHook) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.hooks = append(st.hooks, h)
+}
+
+// DamagedChunks returns how many chunks were found damaged on disk since the
+// store was opened (a counter: share_damaged_chunks_total).
+func (st *Store) DamagedChunks() int64 { return st.damaged.Load() }
+
+// noteDamaged logs, counts and reports a chunk found damaged; err is what
+// went wrong recording it, if anything.
+func (st *Store) noteDamaged(s *Share, i int, cause, err error) {
+	st.damaged.Add(1)
+	st.log.Warn("chunk damaged on disk; marked missing", "id", s.ID(), "name", s.m.name, "chunk", i, "cause", cause)
+	if err != nil {
+		st.log.Error("cannot record a damaged chunk; it stays missing until the next start", "id", s.ID(), "chunk", i, "err", err)
+	}
+	st.mu.Lock()
+	hooks := slices.Clone(st.hooks)
+	st.mu.Unlock()
+	for _, h := range hooks {
+		h(s, i)
+	}
+}
+
+// ExpirePartial removes the store's partial shares whose last chunk came
+// more than ttl ago (or, with no chunk yet, that were created that long
+// ago): chunked uploads a client abandoned. A share found damaged is not an
+// upload and is kept. It returns the IDs it removed.
+func (st *Store) ExpirePartial(ttl time.Duration) []ID {
+	var gone []ID
+	for _, s := range st.List() {
+		s.mu.Lock()
+		idle := time.Since(cmp.Or(s.lastPut, s.created))
+		abandoned := !s.complete && s.damaged.Count() == 0 && idle > ttl
+		s.mu.Unlock()
+		if !abandoned {
+			continue
+		}
+		if err := st.Remove(s.ID()); err != nil {
+			if !errors.Is(err, ErrNotFound) {
+				st.log.Warn("cannot remove an abandoned upload", "id", s.ID(), "err", err)
+			}
+			continue
+		}
+		st.log.Info("removed an abandoned upload", "id", s.ID(), "name", s.m.name, "chunks", s.HaveCount(), "of", s.m.NumChunks(), "idle", idle.Round(time.Second))
+		gone = append(gone, s.ID())
+	}
+	return gone
 }
 
 // Remove deletes a share and its files. Readers that already opened a file

@@ -143,6 +143,18 @@ func (t *tree) applyModes() error {
 // rwx kept.
 func dirMode(m fs.FileMode) fs.FileMode { return m&modeMask | 0o700 }
 
+// makeWritable gives the files that hold chunk i their owner's write bit
+// back (applyModes may have taken it), so the chunk can be written again.
+func (t *tree) makeWritable(i int) error {
+	off, n := t.m.ChunkRange(i)
+	for _, s := range t.m.segments(off, n) {
+		if err := t.root.Chmod(t.path(s.file), t.m.files[s.file].Mode&modeMask|0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // handle returns an open read-write handle for file k.
 func (t *tree) handle(k int) (*os.File, error) {
 	t.mu.Lock()
@@ -481,8 +493,10 @@ const tarBlock = 512
 // creation time; its size is known before a byte is read.
 //
 // A TarReader is an io.ReadSeeker; its WriteTo copies file contents with
-// io.CopyN, so a writer that can sendfile does. It is not safe for
-// concurrent use; the caller closes it.
+// io.CopyN, so a writer that can sendfile does. Every chunk is checked
+// before its bytes leave (see verify.go): a damaged one ends the stream with
+// an error wrapping ErrChunkNotHeld. It is not safe for concurrent use; the
+// caller closes it.
 type TarReader struct {
 	t     *tree
 	mtime time.Time
@@ -494,6 +508,11 @@ type TarReader struct {
 	hdr    []byte // its encoded header blocks
 	fileK  int    // the file f is open on, or -1
 	f      *os.File
+
+	// check, if set, is called before content bytes [off, off+n) of the
+	// share's byte stream are read: the share checks their chunks (see
+	// verify.go).
+	check func(off, n int64) error
 }
 
 // tarEntry is one member of the stream.
@@ -511,7 +530,11 @@ func (s *Share) OpenTar() (*TarReader, error) {
 	if !s.Complete() {
 		return nil, fmt.Errorf("%w: %s", ErrIncomplete, s.m.id)
 	}
-	return newTarReader(s.tree, s.created.Truncate(time.Second))
+	r, err := newTarReader(s.tree, s.created.Truncate(time.Second))
+	if err == nil {
+		r.check = s.checkRange
+	}
+	return r, err
 }
 
 // WriteTar writes a complete share as a tar stream (see TarReader).
@@ -664,11 +687,15 @@ func (r *TarReader) Read(p []byte) (int, error) {
 		n = copy(p, h[rel:])
 	case rel-r.ents[k].hdr < r.fileSize(k):
 		in := rel - r.ents[k].hdr
+		want := min(int64(len(p)), r.fileSize(k)-in)
+		if err := r.checkContent(k, in, want); err != nil {
+			return 0, err
+		}
 		f, err := r.fileOf(k)
 		if err != nil {
 			return 0, err
 		}
-		n, err = f.ReadAt(p[:min(int64(len(p)), r.fileSize(k)-in)], in)
+		n, err = f.ReadAt(p[:want], in)
 		if err == io.EOF && n == 0 {
 			return 0, fmt.Errorf("%s: %w (file is shorter than the manifest says)", r.t.path(r.ents[k].file), io.ErrUnexpectedEOF)
 		}
@@ -708,10 +735,16 @@ func (r *TarReader) WriteTo(w io.Writer) (int64, error) {
 			}
 		default:
 			in := rel - r.ents[k].hdr
+			// At most a checked piece at a time: the loop comes back for
+			// the rest of the file.
+			piece := min(r.fileSize(k)-in, tarCheckPiece)
 			var f *os.File
-			if f, err = r.fileOf(k); err == nil {
+			if err = r.checkContent(k, in, piece); err == nil {
+				f, err = r.fileOf(k)
+			}
+			if err == nil {
 				if _, err = f.Seek(in, io.SeekStart); err == nil {
-					n, err = io.CopyN(w, f, r.fileSize(k)-in)
+					n, err = io.CopyN(w, f, piece)
 					if err == io.EOF {
 						err = fmt.Errorf("%s: %w (file is shorter than the manifest says)", r.t.path(r.ents[k].file), io.ErrUnexpectedEOF)
 					}
@@ -725,6 +758,17 @@ func (r *TarReader) WriteTo(w io.Writer) (int64, error) {
 		}
 	}
 	return total, nil
+}
+
+// tarCheckPiece is how much of a file WriteTo checks, then sends, at a time.
+const tarCheckPiece = verifyPiece
+
+// checkContent checks bytes [in, in+n) of entry k's file (see check).
+func (r *TarReader) checkContent(k int, in, n int64) error {
+	if r.check == nil {
+		return nil
+	}
+	return r.check(r.t.m.offsets[r.ents[k].file]+in, n)
 }
 
 // Seek implements io.Seeker.

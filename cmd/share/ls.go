@@ -57,7 +57,10 @@ func runLs(ctx context.Context, o lsOptions, stdout io.Writer) error {
 			name += "/"
 		}
 		state := "complete"
-		if !s.Complete {
+		switch {
+		case s.Damaged > 0:
+			state = fmt.Sprintf("damaged %d/%d", s.Have, s.Chunks)
+		case !s.Complete:
 			state = fmt.Sprintf("partial %d/%d", s.Have, s.Chunks)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.ID, name, humanize.IBytes(uint64(s.Size)), state, s.Created.Local().Format(time.DateTime))

@@ -30,6 +30,7 @@ var (
 	_ server.Backend      = (*node.Node)(nil)
 	_ server.Fetcher      = (*node.Node)(nil) // GET of a share it lacks fetches it from the swarm
 	_ server.Statuser     = (*node.Node)(nil) // GET /v1/status
+	_ server.Verifier     = (*node.Node)(nil) // POST /v1/verify: share verify
 	_ transfer.HaveWaiter = (*node.Node)(nil) // the have route's long poll
 	_ server.LocalBackend = (*node.Node)(nil) // GET /v1/shares/{id}/local: share get on this machine uses the peer's copy
 )

@@ -97,6 +97,10 @@ func printPeerStatus(w io.Writer, st node.Status) {
 	for _, s := range st.Shares {
 		state := "complete"
 		switch {
+		case s.Damaged > 0 && s.Downloading:
+			state = "damaged, repairing"
+		case s.Damaged > 0:
+			state = "damaged"
 		case s.Downloading:
 			state = "downloading"
 		case !s.Complete:
