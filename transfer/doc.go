@@ -86,6 +86,23 @@
 // passed are marked held, served, journaled or counted. A mismatch is a
 // *ChunkError that names the chunk and the source.
 //
+// # Rot on disk
+//
+// Bytes stored can change after they were verified (a failing disk, a flipped
+// bit, a person editing a file in the store). The rule: a share that is served
+// verifies each chunk the first time this process reads it from disk after
+// opening the share, and remembers that in a per-chunk bit in memory; chunks
+// this process verified itself as it wrote them (a download, an upload, an
+// import) count as verified. So serving a chunk costs one hash the first time
+// only, and a whole-file download keeps sendfile (each unverified piece is
+// hashed just before it is sent: FileReader). A chunk that fails is never
+// served: it is marked missing in the have bitfield and the journal, the
+// share becomes partial and damaged (Share.Damaged), the store logs and counts
+// it (Store.DamagedChunks) and calls its OnDamaged hooks (a peer fetches the
+// chunk again from its swarm). Rot that happens after a chunk was verified in
+// this process is found by a scrub: Store.Verify on demand, Store.Scrub
+// periodically at a bounded rate.
+//
 // # Limits
 //
 // Untrusted input is bounded before anything is allocated for it: a manifest

@@ -167,6 +167,7 @@ directory when the server runs on this machine).`,
 		newGetCmd(stdout, stderr),
 		newLsCmd(stdout, stderr),
 		newRmCmd(stdout, stderr),
+		newVerifyCmd(stdout, stderr),
 		newHealthCmd(stdout, stderr),
 		newVersionCmd(stdout),
 	)

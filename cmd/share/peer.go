@@ -50,6 +50,7 @@ type peerOptions struct {
 	grace         time.Duration
 	fetchTimeout  time.Duration
 	partialTTL    time.Duration
+	scrub         scrubFlags
 	logLevel      string
 	logFormat     string
 	pprof         string
@@ -92,6 +93,7 @@ makes the peer fetch the share from the swarm and streams it to you.`,
 	f.DurationVar(&o.partialTTL, "partial-ttl", transfer.DefaultUploadTTL, "delete an unfinished upload (the web page's resumable uploads) after this long without a chunk")
 	f.DurationVar(&o.grace, "grace", 10*time.Second, "on SIGINT/SIGTERM, how long API requests in flight may take to finish")
 	f.DurationVar(&o.fetchTimeout, "fetch-timeout", node.DefaultFetchTimeout, "how long 'share get' of a share this peer lacks looks for a provider before it fails")
+	o.scrub.register(cmd)
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
 	f.StringVar(&o.pprof, "pprof", "", pprofFlagHelp)
@@ -288,5 +290,6 @@ func runPeer(ctx context.Context, o peerOptions, stdout, stderr io.Writer) error
 		fmt.Fprintf(stdout, "pprof: %s\n", pprofURL)
 	}
 	printData(stdout, o.data, token, o.token != "")
+	defer o.scrub.start(ctx, st, log)()
 	return srv.Serve(ctx, ln)
 }

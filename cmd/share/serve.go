@@ -36,6 +36,7 @@ type serveOptions struct {
 	chunkSize     string
 	grace         time.Duration
 	partialTTL    time.Duration
+	scrub         scrubFlags
 	logLevel      string
 	logFormat     string
 	pprof         string
@@ -68,8 +69,9 @@ generates an access token on first start, which it keeps there and prints.`,
 	f.StringVar(&o.maxUpload, "max-upload", "1TiB", "largest share a client may upload")
 	f.IntVar(&o.maxUploads, "max-uploads", server.DefaultMaxUploads, "uploads in progress at once; more get 503")
 	f.StringVar(&o.chunkSize, "chunk-size", "1MiB", "chunk size of files uploaded with PUT /v1/shares/NAME")
-	f.DurationVar(&o.partialTTL, "partial-ttl", transfer.DefaultUploadTTL, "delete an unfinished upload (the web page's resumable uploads) after this long without a chunk")
+	f.DurationVar(&o.partialTTL, "partial-ttl", transfer.DefaultUploadTTL, "delete an unfinished upload (a chunked upload of 'share put', or the web page's resumable upload) after this long without a chunk")
 	f.DurationVar(&o.grace, "grace", server.DefaultShutdownGrace, "on SIGINT/SIGTERM, how long requests in flight may take to finish")
+	o.scrub.register(cmd)
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error (debug logs every chunk request)")
 	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
 	f.StringVar(&o.pprof, "pprof", "", pprofFlagHelp)
@@ -179,6 +181,8 @@ func runServe(ctx context.Context, o serveOptions, stdout, stderr io.Writer) err
 	fmt.Fprintf(stdout, "try:   share put FILE   or   curl -T FILE -H 'Authorization: Bearer TOKEN' %s/v1/shares/NAME\n", url)
 	log.Info("serving", "addr", ln.Addr().String(), "data", o.data, "shares", len(st.List()),
 		"public_read", o.publicRead, "upload_limit", o.uploadLimit, "download_limit", o.downloadLimit)
+	defer o.scrub.start(ctx, st, log)()
+	defer expireUploads(ctx, st, o.partialTTL)()
 	return srv.Serve(ctx, ln)
 }
 
@@ -214,6 +218,33 @@ func printAddrs(w io.Writer, scheme, listen string, addr *net.TCPAddr, allowed [
 	if len(allowed) > 0 {
 		fmt.Fprintf(w, "hosts: %s and IP addresses (--allowed-host adds names)\n", strings.Join(allowed, ", "))
 	}
+}
+
+// expireUploads removes abandoned chunked uploads (transfer.Store.
+// ExpirePartial: partial shares whose manifest was posted and whose chunks
+// stopped coming) in the background, checking every tenth of ttl (at most
+// hourly); the returned function stops it and waits for it. The web page's
+// upload sessions expire on their own (transfer.Uploads).
+func expireUploads(ctx context.Context, st *transfer.Store, ttl time.Duration) (stop func()) {
+	if ttl <= 0 {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(min(max(ttl/10, time.Second), time.Hour))
+		defer t.Stop()
+		for {
+			st.ExpirePartial(ttl)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return func() { cancel(); <-done }
 }
 
 // displayAddr is a URL host for a listener: loopback when it listens on all

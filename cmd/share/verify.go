@@ -1,0 +1,170 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sharefiles/share/server"
+	"github.com/sharefiles/share/transfer"
+)
+
+type verifyOptions struct {
+	client clientFlags
+	data   string
+	json   bool
+	ids    []string
+	remote bool // --server or SHARE_SERVER was given: always ask that API
+}
+
+func newVerifyCmd(stdout, stderr io.Writer) *cobra.Command {
+	var o verifyOptions
+	cmd := &cobra.Command{
+		Use:   "verify [ID...]",
+		Short: "Scrub stored shares: read every chunk from disk and check its hash",
+		Long: `Read every held chunk of the given shares (all shares if none) from disk and
+check it against its hash, as the periodic scrub of 'share serve' and 'share peer'
+(--scrub-interval) does. A chunk that fails is marked missing: the share becomes
+partial and shows as damaged in 'share ls' and 'share status'. A peer fetches such
+chunks again from its swarm; a server gets them back when the file is put again
+('share put FILE').
+
+With a daemon running on this machine, verify asks it (through --server, default the
+local API); with none running on --data, it opens the data directory itself. It
+exits 1 if it found damage.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.ids = args
+			o.remote = cmd.Flags().Changed("server") || os.Getenv("SHARE_SERVER") != ""
+			return runVerify(cmd.Context(), o, stdout, stderr)
+		},
+	}
+	o.client.register(cmd)
+	cmd.Flags().StringVar(&o.data, "data", defaultDataDir(), "data directory to verify when no daemon runs on it (env SHARE_DATA)")
+	cmd.Flags().BoolVar(&o.json, "json", false, "print one JSON result per share")
+	return cmd
+}
+
+func runVerify(ctx context.Context, o verifyOptions, stdout, stderr io.Writer) error {
+	ids := make([]transfer.ID, len(o.ids))
+	for k, s := range o.ids {
+		id, err := transfer.ParseID(s)
+		if err != nil {
+			return usageError{err}
+		}
+		ids[k] = id
+	}
+	var results []transfer.VerifyResult
+	var err error
+	where := o.client.server
+	if !o.remote {
+		// No daemon holds the data directory: verify it here.
+		st, oerr := transfer.OpenStore(o.data, transfer.StoreOptions{Logger: quietLogger(stderr)})
+		switch {
+		case oerr == nil:
+			where = o.data
+			results, err = st.Verify(ctx, ids, nil)
+			st.Close()
+		case errors.Is(oerr, transfer.ErrInUse):
+			o.remote = true // a daemon runs on it: ask it
+		default:
+			return oerr
+		}
+	}
+	if o.remote {
+		c, cerr := o.client.client()
+		if cerr != nil {
+			return cerr
+		}
+		results, err = c.Verify(ctx, ids...)
+		if errors.Is(err, server.ErrNotSupported) {
+			err = fmt.Errorf("%w: the daemon at %s cannot verify its shares (an older version?)", err, o.client.server)
+		}
+	}
+	if err != nil {
+		if errors.Is(err, transfer.ErrNotFound) {
+			return fmt.Errorf("verify: %w on %s", err, where)
+		}
+		return hint(fmt.Errorf("verify: %w", err), &o.client)
+	}
+	damaged := 0
+	for _, r := range results {
+		damaged += len(r.Damaged)
+		if o.json {
+			json.NewEncoder(stdout).Encode(r)
+			continue
+		}
+		switch {
+		case r.Error != "":
+			fmt.Fprintf(stdout, "%s  %s: stopped after %d chunks: %s\n", r.ID, r.Name, r.Checked, r.Error)
+		case len(r.Damaged) > 0:
+			fmt.Fprintf(stdout, "%s  %s: %d of %d chunks damaged, marked missing: %s\n", r.ID, r.Name, len(r.Damaged), r.Checked, chunkList(r.Damaged))
+		default:
+			fmt.Fprintf(stdout, "%s  %s: %d chunks ok\n", r.ID, r.Name, r.Checked)
+		}
+	}
+	if damaged > 0 {
+		return fmt.Errorf("verify: %d damaged chunks found in %s and marked missing\n"+
+			"  a peer fetches them again from its swarm; to repair a server's share, put the file again: share put FILE", damaged, where)
+	}
+	for _, r := range results {
+		if r.Error != "" {
+			return fmt.Errorf("verify: %s could not be checked to its end: %s", r.ID, r.Error)
+		}
+	}
+	return nil
+}
+
+// chunkList shows chunk indexes, the first few of many.
+func chunkList(l []int) string {
+	const show = 10
+	var b strings.Builder
+	for k, i := range l {
+		if k == show {
+			fmt.Fprintf(&b, " and %d more", len(l)-show)
+			break
+		}
+		if k > 0 {
+			b.WriteString(" ")
+		}
+		fmt.Fprint(&b, i)
+	}
+	return b.String()
+}
+
+// scrubFlags are the periodic scrub's flags of the daemons.
+type scrubFlags struct {
+	interval time.Duration
+	rate     transfer.Rate
+}
+
+func (f *scrubFlags) register(cmd *cobra.Command) {
+	f.rate = transfer.DefaultScrubRate
+	cmd.Flags().DurationVar(&f.interval, "scrub-interval", transfer.DefaultScrubInterval,
+		"how often to read every stored chunk and check its hash (0: never; 'share verify' does it on demand)")
+	cmd.Flags().Var(&f.rate, "scrub-rate", "cap on the scrub's disk reads, so transfers keep the disk and CPU")
+}
+
+// start runs the periodic scrub of st in the background; the returned
+// function stops it and waits for it.
+func (f *scrubFlags) start(ctx context.Context, st *transfer.Store, log *slog.Logger) (stop func()) {
+	if f.interval <= 0 {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := st.Scrub(ctx, f.interval, transfer.NewLimiter(f.rate)); err != nil && ctx.Err() == nil {
+			log.Error("scrub stopped", "err", err)
+		}
+	})
+	return func() { cancel(); wg.Wait() }
+}
