@@ -45,7 +45,7 @@ func TestPermanent(t *testing.T) {
 		{"certificate", &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}, true},
 		{"unknown authority", fmt.Errorf("x: %w", x509.UnknownAuthorityError{}), true},
 		{"host name", x509.HostnameError{Host: "x"}, true},
-		{"not TLS", &tls.RecordHeaderError{Msg: "first record does not look like a TLS handshake"}, true},
+		{"not TLS", tls.RecordHeaderError{Msg: "first record does not look like a TLS handshake"}, true},
 		{"busy", fmt.Errorf("chunk 1: %w", ErrBusy), false},
 		{"chunk not held", ErrChunkNotHeld, false},
 		{"incomplete", ErrIncomplete, false},

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -20,7 +22,6 @@ import (
 
 type verifyOptions struct {
 	client clientFlags
-	data   string
 	json   bool
 	ids    []string
 	remote bool // --server or SHARE_SERVER was given: always ask that API
@@ -38,9 +39,9 @@ partial and shows as damaged in 'share ls' and 'share status'. A peer fetches su
 chunks again from its swarm; a server gets them back when the file is put again
 ('share put FILE').
 
-With a daemon running on this machine, verify asks it (through --server, default the
-local API); with none running on --data, it opens the data directory itself. It
-exits 1 if it found damage.`,
+With --server (or SHARE_SERVER) it asks that daemon. Otherwise it opens the data
+directory (--data, SHARE_DATA or the default one) itself, or, if a daemon runs on
+it, asks that daemon. It exits 1 if it found damage.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.ids = args
 			o.remote = cmd.Flags().Changed("server") || os.Getenv("SHARE_SERVER") != ""
@@ -48,7 +49,6 @@ exits 1 if it found damage.`,
 		},
 	}
 	o.client.register(cmd)
-	cmd.Flags().StringVar(&o.data, "data", defaultDataDir(), "data directory to verify when no daemon runs on it (env SHARE_DATA)")
 	cmd.Flags().BoolVar(&o.json, "json", false, "print one JSON result per share")
 	return cmd
 }
@@ -66,11 +66,15 @@ func runVerify(ctx context.Context, o verifyOptions, stdout, stderr io.Writer) e
 	var err error
 	where := o.client.server
 	if !o.remote {
+		data := cmp.Or(o.client.data, os.Getenv("SHARE_DATA"), defaultDataDir())
+		if _, err := os.Stat(filepath.Join(data, "shares")); err != nil {
+			return fmt.Errorf("verify: no share data directory at %s (%v): pass --data DIR", data, err)
+		}
 		// No daemon holds the data directory: verify it here.
-		st, oerr := transfer.OpenStore(o.data, transfer.StoreOptions{Logger: quietLogger(stderr)})
+		st, oerr := transfer.OpenStore(data, transfer.StoreOptions{Logger: quietLogger(stderr)})
 		switch {
 		case oerr == nil:
-			where = o.data
+			where = data
 			results, err = st.Verify(ctx, ids, nil)
 			st.Close()
 		case errors.Is(oerr, transfer.ErrInUse):
@@ -84,6 +88,7 @@ func runVerify(ctx context.Context, o verifyOptions, stdout, stderr io.Writer) e
 		if cerr != nil {
 			return cerr
 		}
+		where = o.client.url
 		results, err = c.Verify(ctx, ids...)
 		if errors.Is(err, server.ErrNotSupported) {
 			err = fmt.Errorf("%w: the daemon at %s cannot verify its shares (an older version?)", err, o.client.server)
