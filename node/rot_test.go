@@ -46,9 +46,15 @@ func TestRotRefetchedFromSwarm(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	st := a.Status(t.Context()).(Status)
-	if len(st.Shares) != 1 || st.Shares[0].Damaged != 1 || st.Shares[0].Complete || !st.Shares[0].Downloading {
-		t.Fatalf("status of the damaged peer: %+v, want damaged 1, not complete, downloading", st.Shares)
+	for {
+		st := a.Status(t.Context()).(Status)
+		if len(st.Shares) == 1 && st.Shares[0].Damaged == 1 && !st.Shares[0].Complete && st.Shares[0].Downloading {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status of the damaged peer: %+v, want damaged 1, not complete, downloading", st.Shares)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	// A peer with a good copy joins: both get the chunk from it.
 	c := testNode(t, "", nil, a)
