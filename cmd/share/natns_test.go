@@ -183,6 +183,7 @@ func connectedTo(st node.Status, id string) (node.PeerStatus, bool) {
 // punch opened; only requests went through the relay. An outsider on the
 // internet without the key gets nothing and is in nobody's tables.
 func TestNATHolePunch(t *testing.T) {
+	t.Parallel() // each NAT test has a network of its own
 	n := newInternet(t)
 	relayNode, err := n.AddNode("relay", netem.Link{})
 	if err != nil {
@@ -262,6 +263,7 @@ func TestNATHolePunch(t *testing.T) {
 // (128 KiB, 2 minutes per relayed connection) do not let chunks through:
 // the download fails, and says why.
 func TestNATSymmetricRelayOnly(t *testing.T) {
+	t.Parallel()
 	n := newInternet(t)
 	relayNode, err := n.AddNode("relay", netem.Link{})
 	if err != nil {
@@ -284,7 +286,7 @@ func TestNATSymmetricRelayOnly(t *testing.T) {
 	id := strings.TrimSpace(r.stdout)
 	// The client waits longer than the peer (60 s), so that the peer's own
 	// download has failed and its reason is in the client's error.
-	r = b.run(t, t.TempDir(), "get", "--stall-timeout", "90s", id)
+	r = b.run(t, t.TempDir(), "get", "--stall-timeout", "75s", id)
 	if r.code == 0 {
 		t.Fatal("got the share through a limited relay")
 	}
