@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -36,10 +37,11 @@ type ClientOptions struct {
 // transfer.Source, and uploads and downloads whole shares. It is safe for
 // concurrent use.
 type Client struct {
-	base  *url.URL
-	token string
-	hc    *http.Client
-	ua    string
+	base    *url.URL
+	token   string
+	hc      *http.Client
+	ua      string
+	reached atomic.Bool // the server answered a request
 }
 
 var (
@@ -106,11 +108,20 @@ func (c *Client) do(ctx context.Context, method, path string, body io.Reader, si
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		err = unwrapURLError(err)
-		if errors.Is(err, http.ErrSchemeMismatch) {
+		var dns *net.DNSError
+		switch {
+		case errors.Is(err, http.ErrSchemeMismatch):
 			err = schemeMismatch{err}
+		case errors.As(err, &dns) && dns.IsNotFound && c.reached.Load():
+			// A name that resolved before and does not now is a server
+			// that is away, not a typo: a stopped container's name leaves
+			// Docker's DNS until it starts again. Transient, unlike an
+			// unknown name (transfer.Permanent).
+			return nil, fmt.Errorf("%s %s: %v (it answered before: it is away)", method, c.base.Host, err)
 		}
 		return nil, fmt.Errorf("%s %s: %w", method, c.base.Host, err)
 	}
+	c.reached.Store(true)
 	if resp.StatusCode/100 != 2 {
 		return nil, responseError(resp, method+" "+path)
 	}
@@ -298,6 +309,7 @@ type PutOptions struct {
 	// Retrying, if set, is told when a request failed and will be retried
 	// (see transfer.Retry.Retrying).
 	Retrying func(what string, err error, wait time.Duration)
+	Resumed  func() // see transfer.Retry.Resumed
 }
 
 // DefaultParallel is how many chunk requests a client keeps in flight.
@@ -316,7 +328,7 @@ func (c *Client) Put(ctx context.Context, path string, opts PutOptions) (ShareIn
 		return ShareInfo{}, err
 	}
 	retry := transfer.NewRetry(opts.StallTimeout)
-	retry.Retrying = opts.Retrying
+	retry.Retrying, retry.Resumed = opts.Retrying, opts.Resumed
 	var info ShareInfo
 	create := func(ctx context.Context) (err error) {
 		info, err = c.CreateShare(ctx, m)

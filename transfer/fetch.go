@@ -48,6 +48,11 @@ type DownloadOptions struct {
 	// for good ends with ErrNoSources.
 	WaitForSources bool
 	Logger         *slog.Logger // nil: slog.Default()
+	// Retry, if set, is the transfer's retry state (see retry.go): a stored
+	// chunk is progress, and a source's transient failure is reported to
+	// its Retrying once per run of failures. The download keeps its own
+	// stall check (StallTimeout).
+	Retry *Retry
 }
 
 // Progress is a download's state after a chunk arrived.
@@ -638,6 +643,9 @@ func (r *run) onChunk(res chunkResult) error {
 		s.stats.Chunks++
 		s.stats.Bytes += n
 		r.last = time.Now()
+		if rt := r.d.opts.Retry; rt != nil {
+			rt.Progress()
+		}
 		for _, q := range r.inflight[i] {
 			q.lost = true
 			q.cancel()
@@ -724,6 +732,9 @@ func (r *run) sourceFailed(s *srcState, err error, started time.Time) {
 	s.failAt = time.Now()
 	back := Backoff(s.fails) // the policy of every request of a transfer: see retry.go
 	s.backoff = time.Now().Add(back)
+	if rt := r.d.opts.Retry; rt != nil {
+		rt.failed(s.name, err, back)
+	}
 	r.d.log.Debug("source failed; backing off", "source", s.name, "err", err, "backoff", back)
 }
 

@@ -43,6 +43,9 @@ func Get(ctx context.Context, id ID, opts GetOptions, sources ...Source) (string
 	if retry == nil {
 		retry = NewRetry(opts.Download.StallTimeout)
 	}
+	if opts.Download.Retry == nil {
+		opts.Download.Retry = retry
+	}
 	var m *Manifest
 	err := retry.Do(ctx, "manifest", func(ctx context.Context) (err error) {
 		m, err = FetchManifest(ctx, id, sources...)

@@ -47,6 +47,9 @@ type Retry struct {
 	// error and will be tried again after wait: once per run of failures
 	// (not again until a request succeeds), from the failing goroutine.
 	Retrying func(what string, err error, wait time.Duration)
+	// Resumed, if set, is called when a request succeeds after Retrying was
+	// called: the transfer moves again.
+	Resumed func()
 
 	mu       sync.Mutex
 	last     time.Time // the last progress
@@ -66,8 +69,30 @@ func (r *Retry) StallTimeout() time.Duration { return r.stall }
 // clock.
 func (r *Retry) Progress() {
 	r.mu.Lock()
+	resumed := r.reported && r.Resumed != nil
 	r.last, r.reported = time.Now(), false
 	r.mu.Unlock()
+	if resumed {
+		r.Resumed()
+	}
+}
+
+// failed records a transient failure of a request named what, to be tried
+// again after wait, and tells Retrying once per run of failures. It reports
+// whether the transfer has gone without progress for its stall timeout by
+// the end of the wait, in which case it should give up.
+func (r *Retry) failed(what string, err error, wait time.Duration) (stalled bool) {
+	r.mu.Lock()
+	idle := time.Since(r.last)
+	notify := r.Retrying != nil && !r.reported && idle+wait <= r.stall
+	if notify {
+		r.reported = true
+	}
+	r.mu.Unlock()
+	if notify {
+		r.Retrying(what, err, wait)
+	}
+	return idle+wait > r.stall
 }
 
 // Do runs op, a request named what (for messages, e.g. "POST manifest"),
@@ -91,16 +116,8 @@ func (r *Retry) Do(ctx context.Context, what string, op func(context.Context) er
 			fails++
 		}
 		wait := Backoff(fails)
-		r.mu.Lock()
-		idle := time.Since(r.last)
-		notify := r.Retrying != nil && !r.reported
-		r.reported = true
-		r.mu.Unlock()
-		if idle+wait > r.stall {
+		if r.failed(what, err, wait) {
 			return &stalledError{what: what, stall: r.stall, err: err}
-		}
-		if notify {
-			r.Retrying(what, err, wait)
 		}
 		select {
 		case <-time.After(wait):

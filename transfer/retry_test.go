@@ -60,7 +60,8 @@ func TestRetryDo(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := NewRetry(tt.stall)
-			var retrying int
+			var retrying, resumed int
+			r.Resumed = func() { resumed++ }
 			r.Retrying = func(what string, err error, wait time.Duration) {
 				retrying++
 				if what != "op" || err == nil || wait <= 0 {
@@ -86,6 +87,9 @@ func TestRetryDo(t *testing.T) {
 			}
 			if retrying != tt.retrying {
 				t.Fatalf("Retrying called %d times, want %d", retrying, tt.retrying)
+			}
+			if want := btoi(tt.retrying > 0 && err == nil); resumed != want {
+				t.Fatalf("Resumed called %d times, want %d", resumed, want)
 			}
 		})
 	}
@@ -140,4 +144,11 @@ func TestRetryContext(t *testing.T) {
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", err)
 	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -87,7 +87,7 @@ func runGet(ctx context.Context, o getOptions, stdout, stderr io.Writer) error {
 	})
 	defer notice.Stop()
 	retry := transfer.NewRetry(stall)
-	retry.Retrying = retrying(stderr, "get "+id.String(), o.client.url, stall)
+	retry.Retrying, retry.Resumed = retrying(stderr, "get "+id.String(), o.client.url, stall)
 	out, stats, err := c.Get(ctx, id, transfer.GetOptions{
 		Out:   o.out,
 		Force: o.force,

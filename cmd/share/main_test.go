@@ -625,6 +625,10 @@ func TestGetSurvivesServerRestart(t *testing.T) {
 	if err := get.Wait(); err != nil {
 		t.Fatalf("get across a server restart: %v\n%s", err, stderr.String())
 	}
+	// It said what it waited for, and when it went on.
+	if !strings.Contains(stderr.String(), "retrying until http://"+addr+" answers again") || !strings.Contains(stderr.String(), "answers again; going on") {
+		t.Fatalf("get across a server restart said:\n%s", stderr.String())
+	}
 	sameFiles(t, filepath.Join(dir, "f.bin"), filepath.Join(out, "f.bin"))
 }
 
@@ -819,7 +823,7 @@ func TestTransfersSurviveServerRestart(t *testing.T) {
 	d.stop(t)
 	time.Sleep(500 * time.Millisecond)
 	startServe(t, data, "--listen", addr)
-	if r := put(); r.code != 0 || strings.TrimSpace(r.stdout) != bigID {
+	if r := put(); r.code != 0 || strings.TrimSpace(r.stdout) != bigID || !strings.Contains(r.stderr, "retrying until "+url) || !strings.Contains(r.stderr, "put big.bin: "+url+" answers again; going on") {
 		t.Fatalf("put across a server restart: %d %q\n%s", r.code, r.stdout, r.stderr)
 	}
 	if r := share(t, out, env, "get", bigID); r.code != 0 {

@@ -72,6 +72,7 @@ func runPut(ctx context.Context, o putOptions, stdout, stderr io.Writer) error {
 		var started bool // the server said what it lacks
 		var sent, toSend atomic.Int64
 		var skipped int
+		retryingPut, resumedPut := retrying(stderr, "put "+path, o.client.url, stall)
 		info, err := c.Put(ctx, path, server.PutOptions{
 			Build: transfer.BuildOptions{
 				ChunkSize: cs,
@@ -83,7 +84,8 @@ func runPut(ctx context.Context, o putOptions, stdout, stderr io.Writer) error {
 			Parallel:     o.parallel,
 			Limiter:      limiter,
 			StallTimeout: stall,
-			Retrying:     retrying(stderr, "put "+path, o.client.url, stall),
+			Retrying:     retryingPut,
+			Resumed:      resumedPut,
 			Started: func(m *transfer.Manifest, n int64) {
 				started = true
 				toSend.Store(n)
@@ -161,11 +163,14 @@ func localError(path string, err error) error {
 	return fmt.Errorf("%s: %w", pe.Path, pe.Err)
 }
 
-// retrying returns the callback that tells the user a transfer is waiting
-// for its server (see transfer.Retry.Retrying): once per run of failures.
-func retrying(stderr io.Writer, op, server string, stall time.Duration) func(string, error, time.Duration) {
+// retrying returns the callbacks that tell the user a transfer is waiting
+// for its server and when it moves again (see transfer.Retry): once per run
+// of failures.
+func retrying(stderr io.Writer, op, server string, stall time.Duration) (retrying func(string, error, time.Duration), resumed func()) {
 	return func(what string, err error, _ time.Duration) {
-		fmt.Fprintf(stderr, "share: %s: %v\n  retrying until %s answers again; after %v without progress it gives up (--stall-timeout)\n",
-			op, err, server, cmp.Or(stall, transfer.DefaultStallTimeout))
-	}
+			fmt.Fprintf(stderr, "share: %s: %v\n  retrying until %s answers again; after %v without progress it gives up (--stall-timeout)\n",
+				op, err, server, cmp.Or(stall, transfer.DefaultStallTimeout))
+		}, func() {
+			fmt.Fprintf(stderr, "share: %s: %s answers again; going on\n", op, server)
+		}
 }
