@@ -644,7 +644,7 @@ func (r *run) onChunk(res chunkResult) error {
 		s.stats.Bytes += n
 		r.last = time.Now()
 		if rt := r.d.opts.Retry; rt != nil {
-			rt.Progress()
+			rt.progress(req.started)
 		}
 		for _, q := range r.inflight[i] {
 			q.lost = true

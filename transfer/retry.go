@@ -51,9 +51,10 @@ type Retry struct {
 	// called: the transfer moves again.
 	Resumed func()
 
-	mu       sync.Mutex
-	last     time.Time // the last progress
-	reported bool      // Retrying was called since the last progress
+	mu         sync.Mutex
+	last       time.Time // the last progress
+	reported   bool      // Retrying was called, and no request started since has succeeded
+	reportedAt time.Time
 }
 
 // NewRetry returns the retry state of a transfer whose stall timeout is
@@ -67,12 +68,21 @@ func (r *Retry) StallTimeout() time.Duration { return r.stall }
 
 // Progress records that the transfer moved forward, restarting its stall
 // clock.
-func (r *Retry) Progress() {
+func (r *Retry) Progress() { r.progress(time.Now()) }
+
+// progress records the success of a request started at started. Only one
+// started after Retrying was called means the server is back (Resumed): a
+// request already under way when a server begins to shut down may still
+// finish.
+func (r *Retry) progress(started time.Time) {
 	r.mu.Lock()
-	resumed := r.reported && r.Resumed != nil
-	r.last, r.reported = time.Now(), false
-	r.mu.Unlock()
+	r.last = time.Now()
+	resumed := r.reported && !started.Before(r.reportedAt)
 	if resumed {
+		r.reported = false
+	}
+	r.mu.Unlock()
+	if resumed && r.Resumed != nil {
 		r.Resumed()
 	}
 }
@@ -86,7 +96,7 @@ func (r *Retry) failed(what string, err error, wait time.Duration) (stalled bool
 	idle := time.Since(r.last)
 	notify := r.Retrying != nil && !r.reported && idle+wait <= r.stall
 	if notify {
-		r.reported = true
+		r.reported, r.reportedAt = true, time.Now()
 	}
 	r.mu.Unlock()
 	if notify {
@@ -102,10 +112,11 @@ func (r *Retry) failed(what string, err error, wait time.Duration) (stalled bool
 func (r *Retry) Do(ctx context.Context, what string, op func(context.Context) error) error {
 	fails := 0
 	for {
+		start := time.Now()
 		err := op(ctx)
 		switch {
 		case err == nil:
-			r.Progress()
+			r.progress(start)
 			return nil
 		case ctx.Err() != nil:
 			return err

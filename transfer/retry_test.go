@@ -152,3 +152,30 @@ func btoi(b bool) int {
 	}
 	return 0
 }
+
+// A request already under way when the failures began (a server shutting
+// down gracefully) may still succeed: that is progress, but not the server
+// being back.
+func TestRetryResumedOnlyByNewRequests(t *testing.T) {
+	r := NewRetry(time.Minute)
+	var retrying, resumed int
+	r.Retrying = func(string, error, time.Duration) { retrying++ }
+	r.Resumed = func() { resumed++ }
+	before := time.Now()
+	time.Sleep(time.Millisecond)
+	r.failed("GET chunk 1", syscall.ECONNREFUSED, time.Millisecond)
+	r.failed("GET chunk 2", syscall.ECONNREFUSED, time.Millisecond) // the same outage: told once
+	r.progress(before)
+	if retrying != 1 || resumed != 0 {
+		t.Fatalf("after an older request's success: Retrying %d, Resumed %d; want 1, 0", retrying, resumed)
+	}
+	r.progress(time.Now())
+	r.progress(time.Now())
+	if resumed != 1 {
+		t.Fatalf("after a new request's success: Resumed %d, want 1", resumed)
+	}
+	r.failed("GET chunk 3", syscall.ECONNREFUSED, time.Millisecond) // a new outage: told again
+	if retrying != 2 {
+		t.Fatalf("a second outage: Retrying %d, want 2", retrying)
+	}
+}
