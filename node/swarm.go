@@ -87,7 +87,8 @@ func (n *Node) fetchManifest(ctx context.Context, id transfer.ID) (*transfer.Man
 	}
 	if m == nil {
 		if len(errs) > 0 {
-			return nil, nil, fmt.Errorf("%w: %s: providers found, but none sent a valid manifest: %w", transfer.ErrNotFound, id, errors.Join(errs...))
+			return nil, nil, fmt.Errorf("%w: %s: %d %s found in the DHT, but none could be reached or sent a valid manifest: %w",
+				transfer.ErrNotFound, id, len(providers), plural(len(providers), "provider", "providers"), errors.Join(errs...))
 		}
 		return nil, nil, fmt.Errorf("%w: no peer provides %s: %s", transfer.ErrNotFound, id, n.lookupReport(time.Since(start), lookups))
 	}

@@ -244,7 +244,7 @@ func notFound(id transfer.ID, err error, f *clientFlags) error {
 	reason = strings.TrimPrefix(strings.TrimPrefix(reason, ":"), " ")
 	msg := fmt.Sprintf("no share %s on %s", id, f.url)
 	if reason != "" && reason != id.String() {
-		msg += ": " + reason
+		return fmt.Errorf("%s: %s", msg, reason) // a peer's own account of where it looked
 	}
-	return fmt.Errorf("%s\n  check the ID: 'share ls' lists the shares there; a peer also finds shares that peers it is connected to announce ('share status' shows them)", msg)
+	return fmt.Errorf("%s\n  check the ID: 'share ls' lists the shares there", msg)
 }
