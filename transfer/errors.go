@@ -38,12 +38,6 @@ var (
 	ErrNoSources = errors.New("no usable source")
 	// ErrStalled: a download made no progress for its stall timeout.
 	ErrStalled = errors.New("download stalled")
-	// ErrLinked: a file of a share has other hard links (a `share get`
-	// output made from the store's copy, see LocalSource); the store never
-	// writes into it, so that the user's file cannot change under them. To
-	// repair such a share, remove it (the user's file stays as it is) and
-	// fetch it again into new files.
-	ErrLinked = errors.New("file has other hard links; not written")
 	// ErrBadChunk is matched by every *ChunkError (errors.Is).
 	ErrBadChunk = errors.New("chunk failed verification")
 	// ErrBusy: the source is at a limit right now (upload slots, concurrent

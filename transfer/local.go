@@ -25,7 +25,8 @@ import (
 //  2. a hard link, when the store is on the output's file system and its file
 //     belongs to the user running Get: the output is the store's file under a
 //     second name. The store never writes into a file that has other links
-//     (ErrLinked), so the output does not change under the user; a user who
+//     (to write one again it first gives its copy an inode of its own, see
+//     unshare), so the output does not change under the user; a user who
 //     edits the output in place edits the daemon's copy too, which the
 //     daemon's verification then finds damaged: edit a copy, not in place;
 //  3. copy_file_range (an in-kernel copy, also across file systems where the

@@ -3,7 +3,6 @@ package transfer
 import (
 	"bytes"
 	"context"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -359,30 +358,64 @@ func TestLocalCopySymlinkOut(t *testing.T) {
 	t.Logf("Get: %v", err)
 }
 
-// TestStoreNeverWritesIntoALinkedFile: a file with another name (a
-// hard-linked output) is never written, whatever the chunk.
+// TestStoreNeverWritesIntoALinkedFile: a store file with another name (a
+// hard-linked output) gets an inode of its own before the store writes into
+// it (a chunk fetched again): the user's file does not change.
 func TestStoreNeverWritesIntoALinkedFile(t *testing.T) {
-	st := openStore(t)
+	dir := t.TempDir()
+	st, err := OpenStore(dir, StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	full := openStore(t)
-	m, _ := localFixture(t, full, false)
+	m, want := localFixture(t, full, false)
 	sh, _, err := st.Create(m)
 	if err != nil {
 		t.Fatal(err)
 	}
+	src, _ := full.Get(m.ID())
+	put := func(i int) {
+		t.Helper()
+		p := make([]byte, m.ChunkLen(i))
+		src.ReadChunk(i, p)
+		if err := sh.PutChunk(i, p); err != nil {
+			t.Fatalf("PutChunk %d: %v", i, err)
+		}
+	}
+	put(0)
+	// The file gets another name while the store is closed (a restart):
+	// the next write opens it anew.
+	st.Close()
 	user := filepath.Join(t.TempDir(), "users-file")
 	if err := os.Link(sh.DataPath(), user); err != nil {
 		t.Fatal(err)
 	}
+	if st, err = OpenStore(dir, StoreOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if sh, err = st.Get(m.ID()); err != nil {
+		t.Fatal(err)
+	}
 	before, _ := os.ReadFile(user)
-	src, _ := full.Get(m.ID())
-	p := make([]byte, m.ChunkLen(1))
-	src.ReadChunk(1, p)
-	if err := sh.PutChunk(1, p); !errors.Is(err, ErrLinked) {
-		t.Fatalf("PutChunk into a linked file: %v, want ErrLinked", err)
+	_, uino, _ := inode(t, user)
+	for i := 1; i < m.NumChunks(); i++ {
+		put(i)
 	}
 	after, _ := os.ReadFile(user)
-	if !bytes.Equal(before, after) || sh.HasChunk(1) {
-		t.Fatal("the linked file changed, or the chunk counts as held")
+	if !bytes.Equal(before, after) {
+		t.Fatal("the linked file changed")
+	}
+	_, sino, nl := inode(t, sh.DataPath())
+	if sino == uino || nl != 1 {
+		t.Fatalf("store file: inode %d (user's %d), %d links; want an inode of its own", sino, uino, nl)
+	}
+	if !sh.Complete() {
+		t.Fatal("share not complete")
+	}
+	sameTree(t, m, want, sh.DataPath())
+	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(sh.DataPath()), ".unshare-*")); len(left) > 0 {
+		t.Fatalf("left behind: %v", left)
 	}
 }
 

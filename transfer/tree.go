@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"sync"
@@ -95,10 +96,10 @@ func (t *tree) create() error {
 		if err != nil {
 			return err
 		}
-		err = checkUnlinked(h)
-		if err == nil {
-			err = allocate(h, f.Size)
+		if h, err = unshare(t.root, p, h); err != nil {
+			return err
 		}
+		err = allocate(h, f.Size)
 		if cerr := h.Close(); err == nil {
 			err = cerr
 		}
@@ -174,25 +175,77 @@ func (t *tree) handle(k int) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := checkUnlinked(h); err != nil {
-		h.Close()
+	if h, err = unshare(t.root, t.path(k), h); err != nil {
 		return nil, err
 	}
 	t.open[k] = h
 	return h, nil
 }
 
-// checkUnlinked returns ErrLinked if h, opened for writing, has other hard
-// links: another name (a user's file) would see every write.
-func checkUnlinked(h *os.File) error {
+// linked reports whether h has other hard links.
+func linked(h *os.File) (bool, error) {
 	fi, err := h.Stat()
 	if err != nil {
-		return err
+		return false, err
 	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink > 1 {
-		return fmt.Errorf("%s: %d links: %w", h.Name(), st.Nlink, ErrLinked)
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && st.Nlink > 1, nil
+}
+
+// unshare returns a read-write handle of path in root that no other name
+// shares: h itself if the file has no other hard links. Otherwise (a `share
+// get` output was hard-linked to it, see LocalSource) it copies the file to
+// a new one beside it, in the kernel where it can, syncs it and renames it
+// over path, so that writes (a chunk fetched again after it was found
+// damaged on disk) never reach the user's file, which keeps the old inode
+// as it is. It closes h in that case.
+func unshare(root *os.Root, path string, h *os.File) (*os.File, error) {
+	shared, err := linked(h)
+	if err != nil || !shared {
+		return h, err
 	}
-	return nil
+	defer h.Close()
+	fi, err := h.Stat()
+	if err != nil {
+		return nil, err
+	}
+	tmp := parentOf(path) + "/.unshare-" + fi.Name()
+	if parentOf(path) == "." {
+		tmp = ".unshare-" + fi.Name()
+	}
+	n, err := root.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			n.Close()
+			root.Remove(tmp)
+		}
+	}()
+	if err := allocate(n, fi.Size()); err != nil {
+		return nil, err
+	}
+	if err := copyRange(n, h, 0, fi.Size()); errors.Is(err, errNoCopyRange) {
+		_, err = io.Copy(io.NewOffsetWriter(n, 0), io.NewSectionReader(h, 0, fi.Size()))
+		if err != nil {
+			return nil, err
+		}
+	} else if err != nil {
+		return nil, err
+	}
+	if err := n.Chmod(fi.Mode().Perm()); err != nil {
+		return nil, err
+	}
+	if err := n.Sync(); err != nil {
+		return nil, err
+	}
+	if err := root.Rename(tmp, path); err != nil {
+		return nil, fmt.Errorf("unshare %s: %w", path, err)
+	}
+	ok = true
+	return n, syncDir(filepath.Join(root.Name(), filepath.FromSlash(parentOf(path))))
 }
 
 // directHandle returns an O_DIRECT write handle for file k, or nil if the
@@ -218,9 +271,9 @@ func (t *tree) directHandle(k int) *os.File {
 		t.noDirect = true
 		return nil
 	}
-	if checkUnlinked(h) != nil {
+	if shared, err := linked(h); err != nil || shared {
 		h.Close()
-		return nil // handle reports it
+		return nil // handle gives the file an inode of its own first
 	}
 	t.direct[k] = h
 	return h
