@@ -68,7 +68,6 @@ var permanentErrors = []error{
 	ErrExists,    // the destination is there; the user decides
 	ErrNoSources, // every source failed permanently
 	ErrNoSpace,   // a full disk needs an operator
-	ErrLinked,    // the store never writes into a file the user holds a link to
 	errClosed,
 	syscall.ENOSPC,
 	syscall.EDQUOT,
@@ -85,8 +84,7 @@ var permanentErrors = []error{
 //     allowed), a share or chunk the source does not have for good (not
 //     found, removed, out of range), a request the source cannot accept
 //     (bad ID, name, manifest or request; too large; a chunk that fails
-//     verification), a destination that exists, a share file with other
-//     hard links (the store never writes into it), a download whose every
+//     verification), a destination that exists, a download whose every
 //     source failed for good, and a full disk or quota or a read-only file
 //     system (ENOSPC, EDQUOT, EROFS: they need an operator);
 //   - a host name that does not resolve (*net.DNSError with IsNotFound, as

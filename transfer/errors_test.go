@@ -34,7 +34,6 @@ func TestPermanent(t *testing.T) {
 		{"too large", ErrTooLarge, true},
 		{"bad chunk", &ChunkError{Index: 1}, true},
 		{"exists", ErrExists, true},
-		{"linked", fmt.Errorf("f: 2 links: %w", ErrLinked), true},
 		{"no sources left", ErrNoSources, true},
 		{"remote disk full", fmt.Errorf("PUT: %w", ErrNoSpace), true},
 		{"local disk full", &os.PathError{Op: "write", Path: "f", Err: syscall.ENOSPC}, true},

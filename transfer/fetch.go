@@ -249,6 +249,9 @@ func (d *Download) Run(ctx context.Context) (Stats, error) {
 	err := r.loop()
 	cancel()
 	r.wg.Wait()
+	for _, b := range r.bufs {
+		chunkBuffers.put(b)
+	}
 	if cerr := d.sh.Checkpoint(); err == nil && cerr != nil {
 		err = cerr
 	}
@@ -526,7 +529,7 @@ func (r *run) startChunk(i int, s *srcState, now time.Time) {
 	if k := len(r.bufs); k > 0 {
 		buf, r.bufs = r.bufs[k-1], r.bufs[:k-1]
 	} else {
-		buf = AlignedBuffer(int(r.d.m.chunkSize))
+		buf = chunkBuffers.get(int(r.d.m.chunkSize))
 	}
 	ctx, cancel := context.WithCancel(r.ctx)
 	req := &request{i: i, s: s, started: now, cancel: cancel}
@@ -567,7 +570,9 @@ func (d *Download) receive(ctx context.Context, req *request, buf []byte) (chunk
 	defer rc.Close()
 	// Hash each piece as it arrives, while it is in cache, rather than in a
 	// second pass over the chunk.
-	h := blake3.New()
+	h := hashers.Get().(*blake3.Hasher)
+	h.Reset()
+	defer hashers.Put(h)
 	got, err := io.ReadFull(io.TeeReader(d.opts.Limiter.Reader(ctx, rc), h), buf[:n])
 	if err == io.EOF || err == io.ErrUnexpectedEOF {
 		res.err = fmt.Errorf("chunk %d: short read, %d of %d bytes: %w", i, got, n, io.ErrUnexpectedEOF)

@@ -439,3 +439,39 @@ func removeMidDownload(t *testing.T, closeFirst bool) {
 		t.Fatalf("PutChunk on a removed share: %v", err)
 	}
 }
+
+func TestBufferPool(t *testing.T) {
+	const k = 64 << 10
+	p := bufferPool{max: 3 * k, idle: 50 * time.Millisecond}
+	same := func(a, b []byte) bool { return &a[0] == &b[0] }
+	a := p.get(k)
+	if len(a) != k || !canDirect(a, 0) {
+		t.Fatalf("buffer of %d bytes, aligned %v", len(a), canDirect(a, 0))
+	}
+	p.put(a)
+	if b := p.get(2 * k); same(a, b) || len(b) != 2*k {
+		t.Fatal("a buffer of another size was reused")
+	}
+	if b := p.get(k); !same(a, b) {
+		t.Fatal("the kept buffer was not reused")
+	}
+	for range 4 { // four offered, three kept
+		p.put(AlignedBuffer(k))
+	}
+	if p.bytes != 3*k || len(p.free) != 3 {
+		t.Fatalf("kept %d bytes in %d buffers, want the bound of %d", p.bytes, len(p.free), 3*k)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		p.mu.Lock()
+		n := len(p.free)
+		p.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("an idle pool kept its buffers")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

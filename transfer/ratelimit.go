@@ -124,6 +124,14 @@ func (l *Limiter) Rate() Rate {
 	return Rate(l.l.Limit())
 }
 
+// Burst returns the bucket size in bytes, 0 for no limit.
+func (l *Limiter) Burst() int {
+	if l == nil {
+		return 0
+	}
+	return l.burst
+}
+
 // WaitN blocks until n bytes may pass, or ctx is done.
 func (l *Limiter) WaitN(ctx context.Context, n int) error {
 	if l == nil {

@@ -38,6 +38,7 @@ type tree struct {
 	mu       sync.Mutex
 	open     map[int]*os.File // write handles, by file index; at most maxOpenFiles
 	direct   map[int]*os.File // O_DIRECT write handles, likewise
+	read     map[int]*os.File // read handles shared by every reader (ReadAt), likewise
 	noDirect bool             // the file system refused direct I/O
 	dirty    map[int]bool     // files written since the last takeDirty
 }
@@ -61,7 +62,7 @@ func openTree(dir string, m *Manifest) (*tree, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &tree{m: m, root: root, top: m.Name(), open: map[int]*os.File{}, direct: map[int]*os.File{}, dirty: map[int]bool{}}, nil
+	return &tree{m: m, root: root, top: m.Name(), open: map[int]*os.File{}, direct: map[int]*os.File{}, read: map[int]*os.File{}, dirty: map[int]bool{}}, nil
 }
 
 // path returns file k's path in root.
@@ -178,8 +179,53 @@ func (t *tree) handle(k int) (*os.File, error) {
 	if h, err = unshare(t.root, t.path(k), h); err != nil {
 		return nil, err
 	}
+	if r, ok := t.read[k]; ok { // it may be the old inode
+		r.Close()
+		delete(t.read, k)
+	}
 	t.open[k] = h
 	return h, nil
+}
+
+// readHandle returns a read handle of file k, shared by every reader: open
+// once, not once per chunk read (an open, a close and their bookkeeping are
+// several system calls, as many as the read itself for small chunks). It may
+// be closed under a reader, which then gets os.ErrClosed and asks again
+// (readFileAt).
+func (t *tree) readHandle(k int) (*os.File, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if h, ok := t.read[k]; ok {
+		return h, nil
+	}
+	if len(t.read) >= maxOpenFiles {
+		for j, h := range t.read {
+			h.Close()
+			delete(t.read, j)
+			break
+		}
+	}
+	h, err := t.root.Open(t.path(k))
+	if err != nil {
+		return nil, err
+	}
+	t.read[k] = h
+	return h, nil
+}
+
+// readFileAt fills p from offset off of file k.
+func (t *tree) readFileAt(k int, p []byte, off int64) (int, error) {
+	for attempt := 0; ; attempt++ {
+		h, err := t.readHandle(k)
+		if err != nil {
+			return 0, err
+		}
+		n, err := h.ReadAt(p, off)
+		if errors.Is(err, os.ErrClosed) && attempt == 0 {
+			continue // evicted or dropped meanwhile
+		}
+		return n, err
+	}
 }
 
 // linked reports whether h has other hard links.
@@ -333,12 +379,7 @@ func (t *tree) writeAt(p []byte, off int64) error {
 // readAt fills p from offset off of the byte stream.
 func (t *tree) readAt(p []byte, off int64) error {
 	for _, s := range t.m.segments(off, int64(len(p))) {
-		h, err := t.root.Open(t.path(s.file))
-		if err != nil {
-			return err
-		}
-		_, err = h.ReadAt(p[:s.n], s.off)
-		h.Close()
+		_, err := t.readFileAt(s.file, p[:s.n], s.off)
 		if err == io.EOF {
 			return fmt.Errorf("%s: %w (file is shorter than the manifest says)", t.path(s.file), io.ErrUnexpectedEOF)
 		}
@@ -358,14 +399,16 @@ func (t *tree) openRange(off, n int64) *rangeReader {
 }
 
 // rangeReader reads a byte range of a tree; it is an io.ReadSeeker within
-// the range. It is not safe for concurrent use.
+// the range. Read goes through the tree's shared read handles (pread),
+// WriteTo through files of its own (sendfile needs a file offset). It is not
+// safe for concurrent use.
 type rangeReader struct {
 	t          *tree
 	base, size int64 // the range in the byte stream
 	pos        int64 // the position in the range
 	segs       []segment
-	cur        *os.File // open on segs[0], positioned; nil until needed
-	left       int64    // bytes of segs[0] not yet read through cur
+	done       int64    // bytes of segs[0] read
+	cur        *os.File // WriteTo: open on segs[0] at done; nil until needed
 }
 
 // Size returns the length of the range.
@@ -381,36 +424,39 @@ func (r *rangeReader) openSeg() error {
 	if err != nil {
 		return err
 	}
-	if _, err := h.Seek(s.off, io.SeekStart); err != nil {
+	if _, err := h.Seek(s.off+r.done, io.SeekStart); err != nil {
 		h.Close()
 		return err
 	}
-	r.cur, r.left = h, s.n
+	r.cur = h
 	return nil
 }
 
 func (r *rangeReader) nextSeg() {
-	r.cur.Close()
-	r.cur = nil
-	r.segs = r.segs[1:]
+	if r.cur != nil {
+		r.cur.Close()
+		r.cur = nil
+	}
+	r.segs, r.done = r.segs[1:], 0
 }
 
 func (r *rangeReader) Read(p []byte) (int, error) {
 	for len(r.segs) > 0 {
-		if r.cur == nil {
-			if err := r.openSeg(); err != nil {
-				return 0, err
-			}
-		}
-		if r.left == 0 {
+		s := r.segs[0]
+		if r.done == s.n {
 			r.nextSeg()
 			continue
 		}
-		n, err := r.cur.Read(p[:min(int64(len(p)), r.left)])
-		r.left -= int64(n)
+		want := min(int64(len(p)), s.n-r.done)
+		n, err := r.t.readFileAt(s.file, p[:want], s.off+r.done)
+		r.done += int64(n)
 		r.pos += int64(n)
 		if err == io.EOF {
-			err = io.ErrUnexpectedEOF // the file is shorter than the manifest says
+			if int64(n) == want {
+				err = nil
+			} else {
+				err = io.ErrUnexpectedEOF // the file is shorter than the manifest says
+			}
 		}
 		return n, err
 	}
@@ -426,9 +472,9 @@ func (r *rangeReader) WriteTo(w io.Writer) (int64, error) {
 				return total, err
 			}
 		}
-		n, err := io.CopyN(w, r.cur, r.left)
+		n, err := io.CopyN(w, r.cur, r.segs[0].n-r.done)
 		total += n
-		r.left -= n
+		r.done += n
 		r.pos += n
 		if err == io.EOF {
 			return total, io.ErrUnexpectedEOF
@@ -451,7 +497,7 @@ func (r *rangeReader) Seek(offset int64, whence int) (int64, error) {
 		r.cur.Close()
 		r.cur = nil
 	}
-	r.pos, r.segs = pos, nil
+	r.pos, r.segs, r.done = pos, nil, 0
 	if pos < r.size {
 		r.segs = r.t.m.segments(r.base+pos, r.size-pos)
 	}
@@ -519,7 +565,7 @@ func (t *tree) syncFiles(ks []int) error {
 func (t *tree) closeFiles() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for _, m := range []map[int]*os.File{t.open, t.direct} {
+	for _, m := range []map[int]*os.File{t.open, t.direct, t.read} {
 		for k, h := range m {
 			h.Close()
 			delete(m, k)
