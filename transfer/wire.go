@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 	"time"
 )
@@ -29,9 +30,11 @@ import (
 //	          or for 'H' Complete: the source holds every chunk, though it may
 //	          offer fewer, see HaveWaiter)
 //
-// The asker closes its write side when it has no more requests; the server
-// then closes the stream, and closes it too after streamIdle without a
-// request. Everything is bounded before it is read: requests have a fixed
+// An asker may pipeline: write further requests before it has read the
+// responses to earlier ones; the server reads a stream's requests one after
+// the other and answers them in order. The asker closes its write side when
+// it has no more requests; the server then closes the stream, and closes it
+// too after streamIdle without a request. Everything is bounded before it is read: requests have a fixed
 // size, payloads a per-op limit. Status codes map to the Source sentinels
 // (wireStatus, statusError); no error text crosses the wire.
 const (
@@ -361,8 +364,14 @@ type StreamSource struct {
 	// source holds every chunk of the share.
 	Complete func(id ID, complete bool)
 
-	mu   sync.Mutex
-	idle []idleStream // streams ready for a request, most recently used last
+	// Lanes is how many streams chunk requests are pipelined on (see
+	// lane); 0: DefaultLanes.
+	Lanes int
+
+	mu      sync.Mutex
+	idle    []idleStream // streams ready for a request, most recently used last
+	lanes   []*lane      // streams chunk requests are pipelined on
+	opening int          // lanes being opened
 }
 
 type idleStream struct {
@@ -418,12 +427,15 @@ func (ss *StreamSource) put(s Stream) {
 // closes them too. Streams in use are closed as they finish.
 func (ss *StreamSource) Close() error {
 	ss.mu.Lock()
-	idle := ss.idle
-	ss.idle = nil
+	idle, lanes := ss.idle, ss.lanes
+	ss.idle, ss.lanes = nil, nil
 	ss.mu.Unlock()
 	for _, is := range idle {
 		is.s.CloseWrite()
 		is.s.Close()
+	}
+	for _, l := range lanes {
+		l.close()
 	}
 	return nil
 }
@@ -521,56 +533,363 @@ func (ss *StreamSource) have(ctx context.Context, req Request, n int) (Bitfield,
 	return bf, err
 }
 
-// OpenChunk implements Source. Closing the reader before the chunk was read
-// to its end resets the stream.
+// OpenChunk implements Source. It pipelines the request on a lane (see
+// lane) and returns once the response header arrived; the caller reads the
+// chunk and closes the reader, which lets the next response on the lane be
+// read. A reader closed before the end (or a request whose ctx ends first)
+// has the rest of its response read and dropped in the background, so the
+// requests queued behind it on the lane go on.
 func (ss *StreamSource) OpenChunk(ctx context.Context, id ID, i int) (io.ReadCloser, error) {
-	s, n, _, err := ss.roundTrip(ctx, Request{Op: opChunk, ID: id, A: uint32(i)}, fmt.Sprintf("chunk %d", i), MaxChunkSize)
+	req := Request{Op: opChunk, ID: id, A: uint32(i)}
+	what := fmt.Sprintf("chunk %d", i)
+	for attempt := 0; ; attempt++ {
+		l, fresh, err := ss.lane(ctx, attempt > 0)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		t, err := l.send(req)
+		if err == nil {
+			n, answer, lerr := t.await(ctx, what, MaxChunkSize)
+			switch {
+			case answer != nil:
+				return nil, answer
+			case lerr == nil:
+				return &laneReader{ctx: ctx, t: t, left: n, set: time.Now()}, nil
+			}
+			err = lerr
+		}
+		// The lane broke before this response began: a reused one may
+		// have been closed by the server meanwhile; try a new one once.
+		if fresh || attempt > 0 || ctx.Err() != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+	}
+}
+
+// DefaultLanes is how many streams a StreamSource pipelines chunk requests
+// on. Few streams carry more bytes each, so their multiplexer windows grow
+// large at once (a yamux stream starts at 256 KiB and grows only while it
+// is read fast); one chunk arrives after the other instead of many
+// interleaved, so the receiver works on one buffer at a time, in cache;
+// and the server sends from one goroutine per lane. Two, not one, so that
+// a chunk being hashed on one lane does not hold up the other.
+const DefaultLanes = 2
+
+// lane is a stream chunk requests are pipelined on: requests are written
+// as they come, and responses read in the same order, each by the caller
+// that asked for it, once the response before it was read to its end (its
+// turn). A lane that fails (a read or write error, a response over its
+// limit) is reset, and every request on it fails.
+type lane struct {
+	s Stream
+
+	wmu  sync.Mutex    // request writes, in turn order
+	tail chan struct{} // closed when the last response asked for was read
+
+	mu      sync.Mutex
+	pending int       // requests asked and not yet read (or being asked)
+	used    time.Time // when the last response was read
+	err     error     // why the lane broke; nil while it works
+}
+
+// turn is one request's place on a lane. It is owned by one goroutine at
+// a time: the asker, then the one that reads and drops what the asker left.
+type turn struct {
+	l    *lane
+	prev chan struct{} // closed when the response before this one was read
+	mine chan struct{} // closed by done
+	// While t is read, its asker's ctx ending interrupts the read (a past
+	// deadline): stop unregisters that, and stopped is closed once an
+	// interrupt that ran has set its deadline.
+	stop    func() bool
+	stopped chan struct{}
+}
+
+// lane returns a lane for a new request, counted as pending: an idle one,
+// a new one while there are fewer than Lanes, else the least busy one; a
+// new one if fresh is set.
+func (ss *StreamSource) lane(ctx context.Context, fresh bool) (*lane, bool, error) {
+	max := ss.Lanes
+	if max <= 0 {
+		max = DefaultLanes
+	}
+	ss.mu.Lock()
+	var best *lane
+	bestPending := 0
+	keep := ss.lanes[:0]
+	for _, l := range ss.lanes {
+		l.mu.Lock()
+		dead, pending := l.err != nil, l.pending
+		idle := pending == 0 && time.Since(l.used) > maxStreamIdle
+		l.mu.Unlock()
+		if dead || idle {
+			l.close()
+			continue
+		}
+		keep = append(keep, l)
+		if best == nil || pending < bestPending {
+			best, bestPending = l, pending
+		}
+	}
+	clear(ss.lanes[len(keep):])
+	ss.lanes = keep
+	if best != nil && !fresh && (bestPending == 0 || len(ss.lanes)+ss.opening >= max) {
+		best.mu.Lock()
+		best.pending++
+		best.mu.Unlock()
+		ss.mu.Unlock()
+		return best, false, nil
+	}
+	ss.opening++
+	ss.mu.Unlock()
+	s, err := ss.Open(ctx)
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.opening--
 	if err != nil {
+		return nil, false, err
+	}
+	done := make(chan struct{})
+	close(done)
+	l := &lane{s: s, tail: done, pending: 1, used: time.Now()}
+	ss.lanes = append(ss.lanes, l)
+	return l, true, nil
+}
+
+// send writes req on the lane and returns its turn.
+func (l *lane) send(req Request) (*turn, error) {
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	t := &turn{l: l, prev: l.tail, mine: make(chan struct{})}
+	l.tail = t.mine
+	if err := l.broken(); err != nil {
+		t.done()
 		return nil, err
 	}
-	return &chunkStream{ss: ss, s: s, left: n, stop: context.AfterFunc(ctx, func() { s.Reset() }), set: time.Now()}, nil
+	l.s.SetWriteDeadline(time.Now().Add(streamIdle))
+	if _, err := l.s.Write(EncodeRequest(req)); err != nil {
+		l.fail(err)
+		t.done()
+		return nil, err
+	}
+	return t, nil
 }
 
-// chunkStream reads one chunk payload off a stream, extending the read
+// await waits for the turn and reads the response header. It returns the
+// payload length; or answer, the error a status other than OK stands for
+// (the response was read and the turn passed; the lane is fine); or lerr,
+// why the lane broke (the turn passed). If ctx ends first (the wait for an
+// upload slot or a rate cap can hold a header back), it returns ctx's error
+// as answer, and the rest of the response is read and dropped in the
+// background.
+func (t *turn) await(ctx context.Context, what string, maxLen int64) (n int64, answer, lerr error) {
+	select {
+	case <-t.prev:
+	case <-ctx.Done():
+		go t.abandon(nil, 0)
+		return 0, ctx.Err(), nil
+	}
+	t.stopped = make(chan struct{})
+	t.stop = context.AfterFunc(ctx, t.interrupt)
+	var h [responseHdr]byte
+	l := t.l
+	err := l.broken()
+	got := 0
+	if err == nil {
+		l.s.SetReadDeadline(time.Now().Add(streamIdle))
+		got, err = io.ReadFull(l.s, h[:])
+	}
+	switch {
+	case ctx.Err() != nil && (err == nil || os.IsTimeout(err)):
+		go t.abandon(h[:got], got)
+		return 0, ctx.Err(), nil
+	case err != nil:
+		l.fail(err)
+		t.done()
+		return 0, nil, err
+	}
+	n, answer = parseHeader(h, what, maxLen)
+	if answer != nil {
+		if n > maxLen {
+			l.fail(answer)
+		}
+		t.done()
+		return 0, answer, nil
+	}
+	return n, nil, nil
+}
+
+// parseHeader returns a response header's payload length, or the error its
+// status stands for, or (with n over maxLen) an error for the length.
+func parseHeader(h [responseHdr]byte, what string, maxLen int64) (int64, error) {
+	if err := statusError(h[0], what); err != nil {
+		return 0, err
+	}
+	n := int64(binary.BigEndian.Uint32(h[1:]))
+	if n > maxLen {
+		return n, fmt.Errorf("%s: %w: response of %d bytes, limit %d", what, ErrBadChunk, n, maxLen)
+	}
+	return n, nil
+}
+
+// abandon reads and drops t's response once its turn comes, got bytes of
+// whose header are in head already.
+func (t *turn) abandon(head []byte, got int) {
+	<-t.prev
+	t.settle()
+	l := t.l
+	var h [responseHdr]byte
+	copy(h[:], head)
+	if l.broken() == nil {
+		l.s.SetReadDeadline(time.Now().Add(streamIdle))
+		if _, err := io.ReadFull(l.s, h[got:]); err != nil {
+			l.fail(err)
+		} else if n, err := parseHeader(h, "", MaxChunkSize); err == nil {
+			t.drop(n)
+		} else if n > MaxChunkSize {
+			l.fail(err)
+		}
+	}
+	t.done()
+}
+
+// drop reads and drops the n bytes left of t's payload.
+func (t *turn) drop(n int64) {
+	t.settle()
+	l := t.l
+	if l.broken() != nil {
+		return
+	}
+	l.s.SetReadDeadline(time.Now().Add(streamIdle))
+	bp := sendBufs.Get().(*[]byte)
+	_, err := io.CopyBuffer(io.Discard, struct{ io.Reader }{io.LimitReader(l.s, n)}, *bp)
+	sendBufs.Put(bp)
+	if err != nil {
+		l.fail(err)
+	}
+}
+
+// interrupt makes a read blocked on t's response return (its asker's ctx
+// ended).
+func (t *turn) interrupt() {
+	t.l.s.SetReadDeadline(time.Unix(1, 0))
+	close(t.stopped)
+}
+
+// settle makes sure no interrupt of t is pending: one that runs later
+// would cut a read of the next response short.
+func (t *turn) settle() {
+	if t.stop != nil && !t.stop() {
+		<-t.stopped
+	}
+	t.stop = nil
+}
+
+// done passes the turn to the next response.
+func (t *turn) done() {
+	t.settle()
+	l := t.l
+	l.mu.Lock()
+	l.pending--
+	l.used = time.Now()
+	l.mu.Unlock()
+	close(t.mine)
+}
+
+func (l *lane) broken() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
+// fail breaks the lane: it is reset, and every request on it fails.
+func (l *lane) fail(err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err == nil {
+		l.err = fmt.Errorf("stream broke: %w", err)
+		l.s.Reset()
+	}
+}
+
+// close ends the lane: an idle one gracefully (the server closes its end
+// too), a busy one with a reset, failing the requests on it.
+func (l *lane) close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err != nil {
+		return
+	}
+	l.err = errors.New("stream closed")
+	if l.pending == 0 {
+		l.s.CloseWrite()
+		l.s.Close()
+		return
+	}
+	l.s.Reset()
+}
+
+// laneReader reads one chunk payload off a lane, extending the read
 // deadline as bytes arrive.
-type chunkStream struct {
-	ss   *StreamSource
-	s    Stream
+type laneReader struct {
+	ctx  context.Context
+	t    *turn
 	left int64
-	stop func() bool
 	set  time.Time // when the read deadline was last set
+	err  error     // sticky
 }
 
-func (c *chunkStream) Read(p []byte) (int, error) {
-	if c.left == 0 {
+func (r *laneReader) Read(p []byte) (int, error) {
+	if r.left == 0 {
 		return 0, io.EOF
 	}
-	if int64(len(p)) > c.left {
-		p = p[:c.left]
+	if r.err != nil {
+		return 0, r.err
 	}
-	if now := time.Now(); now.Sub(c.set) > deadlineRefresh {
-		c.s.SetReadDeadline(now.Add(streamIdle))
-		c.set = now
+	if int64(len(p)) > r.left {
+		p = p[:r.left]
 	}
-	n, err := c.s.Read(p)
-	c.left -= int64(n)
-	if err == io.EOF && c.left > 0 {
+	l := r.t.l
+	if now := time.Now(); now.Sub(r.set) > deadlineRefresh {
+		l.s.SetReadDeadline(now.Add(streamIdle))
+		r.set = now
+	}
+	n, err := l.s.Read(p)
+	r.left -= int64(n)
+	switch {
+	case err == nil:
+	case err == io.EOF && r.left == 0: // the server closed the stream after it
+		l.fail(err)
+		return n, nil
+	case r.ctx.Err() != nil && os.IsTimeout(err): // interrupted: the rest is dropped on Close
+		r.err = r.ctx.Err()
+		return n, r.err
+	case err == io.EOF && r.left > 0:
 		err = io.ErrUnexpectedEOF
+		fallthrough
+	default:
+		r.err = err
+		l.fail(err)
 	}
 	return n, err
 }
 
-// Close gives the stream back for reuse if the chunk was read to its end;
-// otherwise the rest of it is still coming, and the stream is reset.
-func (c *chunkStream) Close() error {
-	if c.s == nil {
+// Close passes the turn on, first reading and dropping the rest of the
+// payload in the background if it was not read to its end.
+func (r *laneReader) Close() error {
+	t := r.t
+	if t == nil {
 		return nil
 	}
-	if !c.stop() || c.left > 0 {
-		c.s.Reset()
-	} else {
-		c.ss.put(c.s)
+	r.t = nil
+	if r.left == 0 || t.l.broken() != nil {
+		t.done()
+		return nil
 	}
-	c.s = nil
+	left := r.left
+	go func() {
+		t.drop(left)
+		t.done()
+	}()
 	return nil
 }

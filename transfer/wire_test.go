@@ -3,9 +3,11 @@ package transfer_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -227,4 +229,205 @@ func FuzzStreamResponse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// countOpens makes src count the streams it opens.
+func countOpens(src *transfer.StreamSource) *atomic.Int32 {
+	var n atomic.Int32
+	open := src.Open
+	src.Open = func(ctx context.Context) (transfer.Stream, error) {
+		n.Add(1)
+		return open(ctx)
+	}
+	return &n
+}
+
+// TestPipelinedChunks: chunk requests share a lane, answered in order, each
+// reader getting its own chunk; an error answer in between leaves the lane
+// working; a reader closed early, or a request whose ctx ends while it
+// waits its turn, has its response dropped in the background, and the
+// lane goes on.
+func TestPipelinedChunks(t *testing.T) {
+	st, f := transfertest.NewStore(t)
+	src := serveTCP(t, st, transfer.ServeOptions{})
+	src.Lanes = 1
+	opens := countOpens(src)
+	m := f.Complete.Manifest()
+	ctx := context.Background()
+	want := func(i int) []byte { off, n := m.ChunkRange(i); return f.Content[off : off+n] }
+
+	// Chunk 0 holds the lane's turn while the others queue behind it.
+	first, err := src.OpenChunk(ctx, m.ID(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	got := make([][]byte, m.NumChunks())
+	for i := 1; i < m.NumChunks(); i++ {
+		wg.Go(func() {
+			rc, err := src.OpenChunk(ctx, m.ID(), i)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			got[i], _ = io.ReadAll(rc)
+			rc.Close()
+		})
+	}
+	time.Sleep(50 * time.Millisecond)
+	got[0], _ = io.ReadAll(first)
+	first.Close()
+	wg.Wait()
+	for i := range got {
+		if !bytes.Equal(got[i], want(i)) {
+			t.Fatalf("chunk %d: %d bytes, not the chunk's %d", i, len(got[i]), len(want(i)))
+		}
+	}
+
+	// An error answer, a reader closed after one byte, a request given up
+	// while queued: the next request on the lane still gets its chunk.
+	if _, err := src.OpenChunk(ctx, f.Partial.ID(), 1); !errors.Is(err, transfer.ErrChunkNotHeld) {
+		t.Fatalf("odd chunk of the partial share: %v", err)
+	}
+	rc, err := src.OpenChunk(ctx, m.ID(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Read(make([]byte, 1))
+	qctx, cancel := context.WithCancel(ctx)
+	queued := make(chan error, 1)
+	go func() {
+		_, err := src.OpenChunk(qctx, m.ID(), 1)
+		queued <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // queued behind chunk 0
+	cancel()
+	if err := <-queued; !errors.Is(err, context.Canceled) {
+		t.Fatalf("a queued request whose ctx ended: %v", err)
+	}
+	rc.Close()
+	last := m.NumChunks() - 1
+	rc, err = src.OpenChunk(ctx, m.ID(), last)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(rc)
+	rc.Close()
+	if !bytes.Equal(b, want(last)) {
+		t.Fatalf("after dropped responses: %d bytes, not chunk %d", len(b), last)
+	}
+	if n := opens.Load(); n != 1 {
+		t.Fatalf("%d streams opened, want one lane", n)
+	}
+}
+
+// TestPipelinedChunksCancelMidChunk: a reader whose ctx ends in the middle
+// of a chunk returns at once; its lane survives for the next request.
+func TestPipelinedChunksCancelMidChunk(t *testing.T) {
+	st, f := transfertest.NewStore(t)
+	// 16 KiB chunks at 16 KiB/s, once two chunks took the limiter's burst.
+	src := serveTCP(t, st, transfer.ServeOptions{Limiter: transfer.NewLimiter(transfer.MinChunkSize)})
+	src.Lanes = 1
+	opens := countOpens(src)
+	m := f.Complete.Manifest()
+	read := func(ctx context.Context, i int) ([]byte, error) {
+		rc, err := src.OpenChunk(ctx, m.ID(), i)
+		if err != nil {
+			return nil, err
+		}
+		defer rc.Close()
+		return io.ReadAll(rc)
+	}
+	for i := range 2 {
+		if _, err := read(context.Background(), i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if _, err := read(ctx, 2); err == nil || time.Since(start) > 500*time.Millisecond {
+		t.Fatalf("read of a chunk whose ctx ended: %v after %v", err, time.Since(start))
+	}
+	b, err := read(context.Background(), 3)
+	off, n := m.ChunkRange(3)
+	if err != nil || !bytes.Equal(b, f.Content[off:off+n]) || opens.Load() != 1 {
+		t.Fatalf("next chunk: %d bytes, %v, %d streams opened; want it on the same lane", len(b), err, opens.Load())
+	}
+}
+
+// TestPipelinedChunksServerClosesLane: a server that answers one request
+// per stream closes a lane under queued requests: each is asked again once
+// on a new lane.
+func TestPipelinedChunksServerClosesLane(t *testing.T) {
+	st, f := transfertest.NewStore(t)
+	src := serveTCP(t, st, transfer.ServeOptions{MaxRequests: 1})
+	src.Lanes = 1
+	m := f.Complete.Manifest()
+	var wg sync.WaitGroup
+	for i := range m.NumChunks() {
+		wg.Go(func() {
+			rc, err := src.OpenChunk(context.Background(), m.ID(), i)
+			if err != nil {
+				return // a request whose retry met a closed lane too: the download retries it
+			}
+			b, err := io.ReadAll(rc)
+			rc.Close()
+			off, n := m.ChunkRange(i)
+			if err == nil && !bytes.Equal(b, f.Content[off:off+n]) {
+				t.Errorf("chunk %d: wrong bytes", i)
+			}
+		})
+	}
+	wg.Wait()
+	rc, err := src.OpenChunk(context.Background(), m.ID(), 2)
+	if err != nil {
+		t.Fatalf("after the server closed lanes: %v", err)
+	}
+	rc.Close()
+}
+
+// TestPipelinedChunksCancelMidPayload: a reader whose ctx ends in the
+// middle of a chunk's payload returns at once; the rest is dropped in the
+// background and the lane serves the next request.
+func TestPipelinedChunksCancelMidPayload(t *testing.T) {
+	st, err := transfer.OpenStore(t.TempDir(), transfer.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	const cs = 256 << 10
+	content := transfertest.Bytes(5, 3*cs)
+	sh, err := st.Import(context.Background(), "big.bin", bytes.NewReader(content), transfer.ImportOptions{ChunkSize: cs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first 32 KiB (the limiter's burst) go at once, the rest at 256 KiB/s.
+	src := serveTCP(t, st, transfer.ServeOptions{Limiter: transfer.NewLimiter(cs)})
+	src.Lanes = 1
+	opens := countOpens(src)
+	ctx, cancel := context.WithCancel(context.Background())
+	rc, err := src.OpenChunk(ctx, sh.ID(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := make([]byte, 16<<10)
+	if _, err := io.ReadFull(rc, first); err != nil {
+		t.Fatal(err)
+	}
+	time.AfterFunc(50*time.Millisecond, cancel)
+	start := time.Now()
+	if _, err := io.ReadAll(rc); !errors.Is(err, context.Canceled) || time.Since(start) > 400*time.Millisecond {
+		t.Fatalf("read of a chunk whose ctx ended mid-way: %v after %v", err, time.Since(start))
+	}
+	rc.Close()
+	rc, err = src.OpenChunk(context.Background(), sh.ID(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || !bytes.Equal(b, content[cs:2*cs]) || opens.Load() != 1 {
+		t.Fatalf("next chunk: %d bytes, %v, %d streams opened; want it on the same lane", len(b), err, opens.Load())
+	}
 }
