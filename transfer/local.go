@@ -125,7 +125,7 @@ func fileID(fi fs.FileInfo) (dev, ino uint64, uid int, ok bool) {
 
 // localPoll is how long Get waits between looks at a daemon whose download
 // holds every chunk but is not yet recorded complete (its files being synced).
-const localPoll = 20 * time.Millisecond
+const localPoll = 5 * time.Millisecond
 
 // localStore is the store side of a local copy, as the client sees it.
 type localStore struct {

@@ -67,7 +67,10 @@ func (st *Store) WaitHave(ctx context.Context, id ID, n int, known uint32) (Bitf
 		if s.gone() {
 			return Bitfield{}, fmt.Errorf("%w: %s", ErrNotFound, id)
 		}
-		if s.Have().Digest() != known {
+		if have := s.Have(); have.Digest() != known {
+			if have.Full() { // nothing more to come: no reason to wait
+				return have, nil
+			}
 			select {
 			case <-time.After(haveCoalesce):
 			case <-ctx.Done():
