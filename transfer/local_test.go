@@ -3,6 +3,7 @@ package transfer
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -476,5 +477,64 @@ func TestReflinkOnXFS(t *testing.T) {
 	sh, _ := st.Get(m.ID())
 	if b, _ := os.ReadFile(filepath.Join(sh.DataPath(), "a.bin")); !bytes.Equal(b, want["a.bin"]) {
 		t.Fatal("the store's copy changed with the output")
+	}
+}
+
+// TestRepairOfALinkedShare: a user who edits a hard-linked output in place
+// edits the store's copy too; the store finds the chunk damaged and fetches
+// it again into a file of its own, and the user's file keeps their edit
+// and its mode.
+func TestRepairOfALinkedShare(t *testing.T) {
+	dir := t.TempDir()
+	st, err := OpenStore(dir, StoreOptions{Logger: quietLog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	content := randomBytes(33, 10*MinChunkSize+99)
+	sh, err := st.Import(context.Background(), "ro.bin", bytes.NewReader(content), ImportOptions{ChunkSize: MinChunkSize, Mode: 0o444})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &daemonStore{Store: st}
+	out := filepath.Join(t.TempDir(), "ro.bin")
+	if _, stats, err := Get(context.Background(), sh.ID(), GetOptions{Out: out, Local: d}, d); err != nil || stats.Local != CloneHardlink {
+		t.Fatalf("get: %v, %v", err, stats.Local)
+	}
+	id := sh.ID()
+	st.Close()
+	os.Chmod(out, 0o644) // the user edits their file in place
+	off, _ := sh.Manifest().ChunkRange(4)
+	flip(t, out, off+7)
+	os.Chmod(out, 0o444)
+	edited, _ := os.ReadFile(out)
+
+	// A new process of the daemon verifies the chunk on its first read.
+	if st, err = OpenStore(dir, StoreOptions{Logger: quietLog}); err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if sh, err = st.Get(id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sh.OpenChunk(4); !errors.Is(err, ErrChunkNotHeld) {
+		t.Fatalf("OpenChunk of the edited chunk: %v, want ErrChunkNotHeld", err)
+	}
+	off, n := sh.Manifest().ChunkRange(4)
+	if err := sh.PutChunk(4, content[off:off+n]); err != nil {
+		t.Fatal(err)
+	}
+	if !sh.Complete() {
+		t.Fatal("repaired share not complete")
+	}
+	if got, _ := os.ReadFile(sh.DataPath()); !bytes.Equal(got, content) {
+		t.Fatal("the store's repaired copy differs from the share")
+	}
+	if got, _ := os.ReadFile(out); !bytes.Equal(got, edited) {
+		t.Fatal("the repair changed the user's file")
+	}
+	fi, _ := os.Stat(out)
+	_, _, nl := inode(t, out)
+	if fi.Mode().Perm() != 0o444 || nl != 1 {
+		t.Fatalf("the user's file: mode %v, %d links; want 0444 and its own inode", fi.Mode().Perm(), nl)
 	}
 }

@@ -150,6 +150,11 @@ func dirMode(m fs.FileMode) fs.FileMode { return m&modeMask | 0o700 }
 func (t *tree) makeWritable(i int) error {
 	off, n := t.m.ChunkRange(i)
 	for _, s := range t.m.segments(off, n) {
+		// A file hard-linked to a user's output gets an inode of its own
+		// first: the chmod and the repair must not reach the user's file.
+		if err := t.unshareFile(s.file); err != nil {
+			return err
+		}
 		if err := t.root.Chmod(t.path(s.file), t.m.files[s.file].Mode&modeMask|0o600); err != nil {
 			return err
 		}
@@ -226,6 +231,30 @@ func (t *tree) readFileAt(k int, p []byte, off int64) (int, error) {
 		}
 		return n, err
 	}
+}
+
+// unshareFile gives file k an inode of its own if it has other hard links
+// (see unshare), and drops the handles open on the old one.
+func (t *tree) unshareFile(k int) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	h, err := t.root.Open(t.path(k))
+	if err != nil {
+		return err
+	}
+	n, err := unshare(t.root, t.path(k), h)
+	if err != nil {
+		return err
+	}
+	if n != h {
+		for _, m := range []map[int]*os.File{t.open, t.direct, t.read} {
+			if old, ok := m[k]; ok {
+				old.Close()
+				delete(m, k)
+			}
+		}
+	}
+	return n.Close()
 }
 
 // linked reports whether h has other hard links.
