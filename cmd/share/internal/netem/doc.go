@@ -27,35 +27,63 @@
 // (the kernel shapes only what a device sends): on the node's eth0 for what
 // it uploads (Link.Up) and on the hub's end for what it downloads
 // (Link.Down). Each end gets an HTB qdisc whose one class has the rate as
-// its rate and ceiling (the layout Mininet's TCLink uses). The rate counts
-// whole Ethernet frames (HTB charges skb->len, headers included): TCP over
-// IPv4 with timestamps carries at most 1448 bytes of payload per 1514-byte
-// frame, so TCP goodput is at most 95.6 % of the rate (HTB charges a GSO
-// segment the headers of each packet in it). Segmentation offload stays on:
-// turning it off costs 16 times the CPU per byte on this project's VMs
-// (iperf3 over a veth pair: 164 Mbit/s with one packet per segment, 2.6
-// Gbit/s with GSO), and TCP sizes its segments to about 1 ms at its pacing
-// rate, so at residential rates a segment is one or two packets anyway; at
-// LAN rates a segment of up to 44 packets is lost, delayed and queued as
-// one. Each end queues Link.Queue worth of packets at its rate (default 100
-// ms, at least 64 packets); a full queue drops, as a router's would.
+// its rate and ceiling (the layout Mininet's TCLink uses), with a burst of
+// 10 ms at the rate (a dequeue timer that fires late on a loaded machine
+// then loses no rate). The rate counts whole Ethernet frames (HTB charges
+// each packet of a GSO segment its headers): TCP over IPv4 with timestamps
+// carries at most 1448 bytes of payload per 1514-byte frame, so TCP
+// goodput is at most PayloadFraction (95.6 %) of the rate.
+//
+// Below HTB, each end queues Link.Queue worth of bytes at its rate (default
+// 100 ms, at least 72 KiB), a bfifo: a modem or a home router holds that
+// much or more, enough for TCP to keep the link busy after a loss on paths
+// of up to 100 ms RTT (a queue smaller than the bandwidth-delay product
+// leaves the link idle while the window regrows). A full queue drops, as a
+// router's does. The queue counts bytes, not packets: a GSO segment takes
+// the room of the packets in it. A sending host's own queue is its uplink's
+// (as if the host were the modem), so TCP small queues (TSQ) hold a flow's
+// data in its socket instead of in the queue, and a lone flow does not fill
+// its uplink's queue; flows from elsewhere fill a download's queue as they
+// would a real line's.
+//
+// Segmentation offload stays on: turning it off costs 16 times the CPU per
+// byte on this project's VMs (iperf3 over a veth pair: 164 Mbit/s with one
+// packet per segment, 2.6 Gbit/s with GSO). TCP sizes its segments to about
+// 1 ms at its pacing rate, at least two packets (tcp_min_tso_segs), so at
+// residential rates a segment is one to three packets; at LAN rates up to
+// 44. Segments are delayed and queued as one, but lost packet by packet
+// (below).
 //
 // Delay, Jitter and Loss need Options.Latency. A packet from node A to
 // node B is delayed by A's Delay plus B's Delay, so the round trip between
 // A and B is 2 × (A.Delay + B.Delay): two nodes of Delay 7.5 ms have a 30 ms
-// RTT; loss applies likewise on both links. Where the kernel has the netem
-// qdisc, a netem qdisc below each HTB class adds them (DelayNetem). Where it
-// has none (kernels built without CONFIG_NET_SCH_NETEM, as the 6.18
-// Firecracker kernel this project's machines run), the hub has no bridge:
-// a switch in the calling process joins the hub ends (AF_PACKET sockets,
-// frames forwarded by destination MAC) and holds each frame until its
-// release time before sending it on (DelayUserspace): one engine thread
-// at nice -10 waits on all ports and on a timerfd, so the load under test
-// does not delay the delay line. The rates stay the kernel's in both cases;
-// the switch costs CPU in the calling process (one receive and one send per
-// frame) and adds its wake-up latency (0.3-0.5 ms per round trip measured
-// on a loaded 2-core machine) to the delay; it forwarded 789 Mbit/s of one
-// TCP stream between two 1 Gbit/s links where the bridge gave 951.
+// RTT; loss applies likewise on both links, to each packet independently
+// (Bernoulli, as on a line with random bit errors; not in bursts). Where the
+// kernel has the netem qdisc, a netem qdisc below each HTB class adds them
+// (DelayNetem). Where it has none (kernels built without
+// CONFIG_NET_SCH_NETEM, as the 6.18 Firecracker kernel this project's
+// machines run), the hub has no bridge: a switch in the calling process
+// joins the hub ends (DelayUserspace). It reads every frame with one
+// AF_PACKET socket, holds it until its release time and sends it out of its
+// destination's hub end with another, in batches (recvmmsg, sendmmsg); a
+// GSO segment that a loss hits in part is cut into its packets, and only the
+// survivors go on. One engine thread, SCHED_FIFO (nice -10 where real-time
+// scheduling is refused), waits on the socket with a timeout at the next
+// release time, so the load under test does not delay the delay line; the
+// process gets one more P (GOMAXPROCS) per switch, so the engine never
+// waits for the Go scheduler. The rates stay the kernel's in both cases.
+//
+// The delay line has costs a bridge has not, and reports them
+// (Network.DelayLineStats): the CPU of its engine thread, which includes
+// the kernel's delivery of each frame it sends into the receiving namespace
+// (the receiver's TCP runs in that thread's softirq), 50-130 µs a frame on
+// a loaded 2-core VM where a system call alone costs ~10 µs; and how late
+// after their release time frames leave (on a 2-core VM at load 20-30:
+// 0.2-0.9 ms on average, 2-5 % of frames more than 1 ms late). A frame's
+// delay counts from when the engine read it. It forwarded 186 Mbit/s of one
+// TCP stream between two 200 Mbit/s links at 97 % of the payload rate.
+// Node.Counters reads what each direction of a link carried, queued,
+// dropped and lost, cheaply enough to sample several times a second.
 //
 // # Running processes in a node
 //

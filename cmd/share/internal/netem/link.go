@@ -22,16 +22,30 @@ type Link struct {
 }
 
 // DefaultQueue is the queue of a Link whose Queue is zero: 100 ms at the
-// link's rate, as much as a home router holds (often more), and enough
-// for TCP to keep a path of up to ~100 ms RTT busy after a loss (a queue
-// smaller than the bandwidth-delay product leaves the link idle while the
-// window regrows).
+// link's rate, as much as a home router or a DSL modem holds (often more),
+// and at least the bandwidth-delay product of a path of up to 100 ms RTT,
+// so that TCP keeps the link busy after a loss (a queue smaller than the
+// bandwidth-delay product leaves the link idle while the window regrows).
 const DefaultQueue = 100 * time.Millisecond
 
-// Frame sizes that turn rates into packet counts.
+// Frame sizes that turn rates into queue lengths.
 const (
 	frameBytes = 1514 // a full Ethernet frame of a 1500-byte MTU, as HTB charges it
-	minQueue   = 64   // packets
+	minQueue   = 48   // frames: the least queue, 72 KiB (a 64 KiB GSO frame and its packets' headers fit)
+)
+
+// PayloadFraction is the share of a full Ethernet frame that is TCP
+// payload, for IPv4 with the timestamp option (RFC 7323, on by default in
+// Linux) over a 1500-byte MTU: MSS = 1500 - 20 (IPv4) - 20 (TCP) - 12
+// (timestamps) = 1448 bytes in a frame of 1500 + 14 (Ethernet header) =
+// 1514 bytes, as HTB counts it (no preamble, FCS or gap: a veth has none).
+// TCP's goodput on a link of rate R is at most R × PayloadFraction.
+const PayloadFraction = float64(mtu-ipv4HdrLen-tcpHdrLen-tcpTimestampsLen) / (mtu + ethHdrLen)
+
+const (
+	ipv4HdrLen       = 20
+	tcpHdrLen        = 20
+	tcpTimestampsLen = 12 // the option's 10 bytes, padded to 4-byte words
 )
 
 func (l Link) validate() error {
@@ -97,21 +111,24 @@ var (
 	htbRoot   = netlink.MakeHandle(1, 0)
 	htbClass  = netlink.MakeHandle(1, 1)
 	netemLeaf = netlink.MakeHandle(10, 0)
+	fifoLeaf  = netlink.MakeHandle(20, 0)
 )
 
-// queueLen returns the packets a queue of l.Queue at rate holds.
+// queueLen returns the full frames a queue of l.Queue at rate holds, at
+// least minQueue.
 func queueLen(rate int64, l Link) int {
 	q := l.Queue
 	if q == 0 {
 		q = DefaultQueue
 	}
-	return int(math.Ceil(float64(rate)*q.Seconds()/frameBytes)) + minQueue
+	return max(int(math.Ceil(float64(rate)*q.Seconds()/frameBytes)), minQueue)
 }
 
 // shape replaces the egress qdiscs of link: HTB at rate (if any), with
 // netem below it for delay, jitter and loss when withNetem (the kernel's
-// delay line). HTB's leaf is otherwise the default pfifo, whose limit is the
-// device's txqueuelen, set to Queue's worth of packets.
+// delay line), else a bfifo: a queue of Queue's worth of bytes at the rate,
+// as a modem's buffer (bytes, not packets: a GSO frame of many packets
+// takes the room of its packets, qdisc_pkt_len).
 func shape(h *netlink.Handle, link netlink.Link, rate int64, l Link, withNetem bool) error {
 	idx := link.Attrs().Index
 	// Remove what is there; a veth starts with no qdisc (noqueue).
@@ -131,6 +148,9 @@ func shape(h *netlink.Handle, link netlink.Link, rate int64, l Link, withNetem b
 		return nil
 	}
 	if rate > 0 {
+		// bfifo's limit, given no options, is txqueuelen × (MTU + link
+		// header) bytes (net/sched/sch_fifo.c, __fifo_init): the library
+		// has no bfifo type, so the limit is set through txqueuelen.
 		if err := h.LinkSetTxQLen(link, queueLen(rate, l)); err != nil {
 			return fmt.Errorf("set txqueuelen: %w", err)
 		}
@@ -157,6 +177,10 @@ func shape(h *netlink.Handle, link netlink.Link, rate int64, l Link, withNetem b
 		parent = htbClass
 	}
 	if !needNetem {
+		fifo := &netlink.GenericQdisc{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: idx, Handle: fifoLeaf, Parent: htbClass}, QdiscType: "bfifo"}
+		if err := h.QdiscAdd(fifo); err != nil {
+			return fmt.Errorf("add bfifo: %w", err)
+		}
 		return nil
 	}
 	// netem holds the packets in its delay line and, below HTB, the backlog

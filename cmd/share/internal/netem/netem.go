@@ -85,6 +85,10 @@ type Node struct {
 	handle *netlink.Handle // a netlink socket inside the namespace
 	nsfd   netns.NsHandle
 
+	// Its veth's ends: eth0 in the node, hubIf(index) in the hub (nil
+	// for the hub and hosts behind routers).
+	eth0, hubEnd netlink.Link
+
 	mu   sync.Mutex
 	link Link
 }
@@ -126,7 +130,7 @@ func New(opts Options) (*Network, error) {
 	}
 	n.hub = hub
 	if opts.Latency && !hasNetem(hub.handle) {
-		if n.sw, err = newDelaySwitch(); err != nil {
+		if n.sw, err = newDelaySwitch(hub); err != nil {
 			n.Close()
 			return nil, err
 		}
@@ -302,9 +306,7 @@ func (d *Node) attach(link Link) error {
 		}
 	}
 	if sw := d.net.sw; sw != nil {
-		if err := sw.attach(d.net.hub, d.index, hl.Attrs().Index, nl.Attrs().HardwareAddr, link); err != nil {
-			return fmt.Errorf("netem: node %s: %w", d.name, err)
-		}
+		sw.attach(d.index, hl.Attrs().Index, nl.Attrs().HardwareAddr, link)
 	} else {
 		br, err := hub.LinkByName(bridgeName)
 		if err != nil {
@@ -314,6 +316,7 @@ func (d *Node) attach(link Link) error {
 			return fmt.Errorf("netem: node %s: attach to the bridge: %w", d.name, err)
 		}
 	}
+	d.eth0, d.hubEnd = nl, hl
 	if err := d.handle.AddrAdd(nl, &netlink.Addr{IPNet: ipNet(d.addr, d.net.subnet.Bits())}); err != nil {
 		return fmt.Errorf("netem: node %s: address: %w", d.name, err)
 	}

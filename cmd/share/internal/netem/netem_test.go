@@ -2,16 +2,19 @@ package netem
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -87,7 +90,7 @@ func TestLinkValidate(t *testing.T) {
 
 // goodput is the TCP payload a link of rate bytes/s carries at most: 1448
 // bytes of payload (MSS with timestamps) per 1514-byte Ethernet frame.
-func goodput(rate int64) float64 { return float64(rate) * 1448 / frameBytes }
+func goodput(rate int64) float64 { return float64(rate) * PayloadFraction }
 
 // TestShapedRateAndDelay checks, iperf-style, that the kernel gives what was
 // asked within 5 %: the rate of a node's upload and of another's download
@@ -210,6 +213,212 @@ func TestShapedRateAndDelay(t *testing.T) {
 			t.Errorf("after SetLink: RTT %v, want %v", got, want)
 		}
 	})
+}
+
+// TestLossyLink checks what TCP gets from a DSL line: 10 Mbit/s up, 50
+// down, 30 ms RTT and 0.1 % loss between two such nodes. By Mathis et al.
+// (1997), a loss-limited Reno flow gets MSS/RTT × 1.22/√p = 14.9 Mbit/s
+// there, more than the line: one long flow must fill the line (at least
+// 90 % of its payload rate; 96-99 % measured with BBR and CUBIC, on a
+// loaded machine). The loss is per packet: over a faster lossy link, where
+// segments carry many packets, the packets lost are the fraction asked, the
+// delay line cuts the GSO frames a loss hits, and what it cuts arrives
+// whole (no checksum errors at the receiver, every byte as sent).
+func TestLossyLink(t *testing.T) {
+	if testing.Short() {
+		t.Skip("measures a TCP flow for seconds; not with -short")
+	}
+	const mbit = 1e6 / 8
+	n := newNetwork(t, true)
+	dsl := Link{Up: 10 * mbit, Down: 50 * mbit, Delay: 7500 * time.Microsecond, Loss: 1 - math.Sqrt(1-0.001)}
+	a, err := n.AddNode("a", dsl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := n.AddNode("b", dsl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("one-flow", func(t *testing.T) {
+		got := throughput(t, a, b, 12*time.Second)
+		want := goodput(dsl.Up)
+		t.Logf("one flow over a 0.1 %% loss, 30 ms RTT, 10 Mbit/s line: %.3f Mbit/s (%.1f %% of %.3f Mbit/s of payload)", got*8/1e6, 100*got/want, want*8/1e6)
+		if got < 0.9*want || got > 1.05*want {
+			t.Errorf("goodput %.0f B/s, want at least 90 %% of %.0f", got, want)
+		}
+	})
+	t.Run("per-packet", func(t *testing.T) {
+		const p = 0.003
+		fast := Link{Up: 400 * mbit, Down: 400 * mbit, Delay: 500 * time.Microsecond, Loss: p}
+		c, err := n.AddNode("c", fast)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := n.AddNode("d", fast)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st0, _ := n.DelayLineStats()
+		c0, _ := c.Counters()
+		bad0 := inErrors(t, d)
+		const size = 64 << 20
+		sendChecked(t, c, d, size)
+		st, _ := n.DelayLineStats()
+		st = st.Sub(st0)
+		c1, _ := c.Counters()
+		bad := inErrors(t, d) - bad0
+		pk, lost := c1.Up.Packets-c0.Up.Packets, c1.Up.Lost-c0.Up.Lost
+		t.Logf("%d MiB over a link losing %.1f %% each way: %d packets from c, %d lost on its upload (%.3f %%), %d frames sent on by the delay line, %d cut; receiver checksum and header errors: %d",
+			size>>20, 100*p, pk, lost, 100*float64(lost)/float64(pk), st.Frames, st.Cut, bad)
+		if n.DelayLine() != DelayUserspace {
+			return // the kernel's netem loses packets: nothing of ours to check
+		}
+		if frac := float64(lost) / float64(pk); math.Abs(frac-p) > p/4 {
+			t.Errorf("lost %.4f of the packets, want %.4f", frac, p)
+		}
+		if st.Cut == 0 || float64(pk) < 1.5*float64(st.Frames) {
+			t.Errorf("%d frames cut, %d packets in %d frames: the test did not exercise GSO frames", st.Cut, pk, st.Frames)
+		}
+		if bad != 0 {
+			t.Errorf("the receiver counted %d checksum or header errors: a cut frame was malformed", bad)
+		}
+	})
+}
+
+// inErrors returns the IPv4 header and TCP checksum errors node d counted
+// (/proc/net/snmp of its namespace).
+func inErrors(t *testing.T, d *Node) int64 {
+	t.Helper()
+	var b []byte
+	if err := d.Do(func() error {
+		var err error
+		b, err = os.ReadFile("/proc/thread-self/net/snmp")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var total int64
+	lines := strings.Split(string(b), "\n")
+	for i := 0; i+1 < len(lines); i += 2 {
+		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		for k := 1; k < len(names) && k < len(values); k++ {
+			if names[0] == "Ip:" && names[k] == "InHdrErrors" || names[0] == "Tcp:" && names[k] == "InCsumErrors" {
+				v, _ := strconv.ParseInt(values[k], 10, 64)
+				total += v
+			}
+		}
+	}
+	return total
+}
+
+// sendChecked sends n pseudo-random bytes from a to b over TCP and checks
+// that b receives them as sent.
+func sendChecked(t *testing.T, from, to *Node, n int64) {
+	t.Helper()
+	ln, err := to.Listen("tcp", net.JoinHostPort(to.Addr().String(), "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	seed := [32]byte{1, 2, 3}
+	res := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			res <- err
+			return
+		}
+		defer c.Close()
+		want := io.LimitReader(rand.NewChaCha8(seed), n)
+		got, wbuf := make([]byte, 64<<10), make([]byte, 64<<10)
+		var off int64
+		for {
+			k, err := c.Read(got)
+			if k > 0 {
+				if _, err := io.ReadFull(want, wbuf[:k]); err != nil {
+					res <- fmt.Errorf("more than the %d bytes sent", n)
+					return
+				}
+				if !bytes.Equal(got[:k], wbuf[:k]) {
+					res <- fmt.Errorf("bytes at %d differ from those sent", off)
+					return
+				}
+				off += int64(k)
+			}
+			if err == io.EOF {
+				if off != n {
+					err = fmt.Errorf("%d of %d bytes arrived", off, n)
+				} else {
+					err = nil
+				}
+				res <- err
+				return
+			}
+			if err != nil {
+				res <- err
+				return
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := from.DialContext(ctx, "tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(time.Minute))
+	if _, err := io.Copy(c, io.LimitReader(rand.NewChaCha8(seed), n)); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if err := <-res; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestQueueBytes checks that a link's queue holds Queue's worth of bytes
+// at its rate (a modem's buffer), whatever the packets: a sender that
+// outruns a 10 Mbit/s uplink with a 100 ms queue fills 125 kB, then the
+// queue drops.
+func TestQueueBytes(t *testing.T) {
+	const mbit = 1e6 / 8
+	n := newNetwork(t, false)
+	l := Link{Up: 10 * mbit, Queue: 100 * time.Millisecond}
+	a, err := n.AddNode("a", l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := n.AddNode("b", Link{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c net.Conn
+	if err := a.Do(func() error {
+		var err error
+		c, err = net.Dial("udp", net.JoinHostPort(b.Addr().String(), "9"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var most uint32
+	var drops uint32
+	buf := make([]byte, 1400)
+	for end := time.Now().Add(time.Second); time.Now().Before(end); {
+		for range 64 {
+			c.Write(buf) // a full queue refuses some (ENOBUFS): the point
+		}
+		cs, err := a.Counters()
+		if err != nil {
+			t.Fatal(err)
+		}
+		most, drops = max(most, cs.Up.Backlog), cs.Up.Drops
+	}
+	limit := float64(queueLen(l.Up, l) * frameBytes)
+	t.Logf("10 Mbit/s uplink, 100 ms queue: at most %d bytes queued (limit %.0f), %d packets dropped", most, limit, drops)
+	if float64(most) > limit || float64(most) < 0.8*limit || drops == 0 {
+		t.Errorf("queue held at most %d bytes and dropped %d packets; want up to %.0f bytes, then drops", most, drops, limit)
+	}
 }
 
 // pingPong returns the least round trip of one byte over TCP from a to b.
