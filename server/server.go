@@ -94,7 +94,7 @@ type Options struct {
 	UploadLimit, DownloadLimit *transfer.Limiter
 	MaxUploadSize              int64 // bytes per raw upload; 0: DefaultMaxUploadSize
 	MaxUploads                 int   // concurrent uploads; 0: DefaultMaxUploads
-	ChunkSize                  int64 // chunk size of raw uploads; 0: transfer.DefaultChunkSize
+	ChunkSize                  int64 // chunk size of raw uploads; 0: transfer.ChunkSizeFor each upload's size
 	ShutdownGrace              time.Duration
 	IdleTimeout                time.Duration
 	TransferIdle               time.Duration
@@ -166,7 +166,9 @@ func New(opts Options) (*Server, error) {
 }
 
 // chunkSize is the chunk size of uploads that do not choose one.
-func (s *Server) chunkSize() int64 { return cmp.Or(s.opts.ChunkSize, transfer.DefaultChunkSize) }
+// chunkSize is the chunk size of uploads that do not ask for one; 0: each
+// share's default for its size (transfer.ChunkSizeFor).
+func (s *Server) chunkSize() int64 { return s.opts.ChunkSize }
 
 // Handler returns the API's handler, for tests and for embedding.
 func (s *Server) Handler() http.Handler { return s.handler }

@@ -138,7 +138,7 @@ func TestClientIsASource(t *testing.T) {
 func TestRawUploadListRangeAndETag(t *testing.T) {
 	ts := startServer(t, nil, nil)
 	content := transfertest.Bytes(1, 3<<20+17)
-	resp := request(t, "PUT", ts.URL+"/v1/shares/data.bin", testToken, bytes.NewReader(content))
+	resp := request(t, "PUT", ts.URL+"/v1/shares/data.bin?chunk_size=1MiB", testToken, bytes.NewReader(content))
 	if resp.StatusCode != http.StatusCreated {
 		t.Fatalf("PUT: %d %s", resp.StatusCode, readBody(t, resp))
 	}
@@ -467,11 +467,13 @@ func TestCorruptChunkOnServerDiskIsRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.WriteAt([]byte("rot"), 1<<20+12345) // chunk 1
+	const off = 1<<20 + 12345
+	f.WriteAt([]byte("rot"), off)
 	f.Close()
 	out := filepath.Join(t.TempDir(), "f.bin")
 	_, stats, err := c.Get(context.Background(), info.ID, transfer.GetOptions{Out: out})
-	if !errors.Is(err, transfer.ErrNoSources) || !strings.Contains(err.Error(), "chunk 1 ") || !strings.Contains(err.Error(), ts.URL) {
+	bad := fmt.Sprintf("chunk %d ", off/info.ChunkSize)
+	if !errors.Is(err, transfer.ErrNoSources) || !strings.Contains(err.Error(), bad) || !strings.Contains(err.Error(), ts.URL) {
 		t.Fatalf("get of a corrupt share: %v", err)
 	}
 	if stats.BadChunks != 1 {
@@ -531,7 +533,7 @@ func TestResumeAfterInterruptedGet(t *testing.T) {
 	_, _, err = c.Get(ctx, info.ID, transfer.GetOptions{Out: out, Download: transfer.DownloadOptions{
 		MaxInFlight: 2,
 		Progress: func(p transfer.Progress) {
-			if p.Chunks >= 8 {
+			if p.Bytes >= 8<<20 {
 				cancel()
 			}
 		}}})

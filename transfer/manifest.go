@@ -472,7 +472,7 @@ const hashBufSize = 1 << 20
 
 // BuildOptions configures BuildManifest. The zero value works.
 type BuildOptions struct {
-	ChunkSize int64 // 0 means DefaultChunkSize
+	ChunkSize int64 // 0: ChunkSizeFor the share's size
 	// Skipped, if set, is called for each entry of a directory that is left
 	// out because it is not a regular file or directory (symlinks, devices,
 	// sockets, pipes).
@@ -501,10 +501,7 @@ type BuildOptions struct {
 // A file that changes size while it is read is an error.
 func BuildManifest(ctx context.Context, path string, opts BuildOptions) (*Manifest, error) {
 	cs := opts.ChunkSize
-	if cs == 0 {
-		cs = DefaultChunkSize
-	}
-	if cs < MinChunkSize || cs > MaxChunkSize {
+	if cs != 0 && (cs < MinChunkSize || cs > MaxChunkSize) {
 		return nil, fmt.Errorf("chunk size %d outside [%d, %d]", cs, MinChunkSize, MaxChunkSize)
 	}
 	path = filepath.Clean(path)
@@ -544,6 +541,13 @@ func BuildManifest(ctx context.Context, path string, opts BuildOptions) (*Manife
 	}
 
 	slices.SortFunc(files, func(a, b File) int { return strings.Compare(a.Path, b.Path) })
+	if cs == 0 {
+		var total int64
+		for _, f := range files {
+			total += f.Size
+		}
+		cs = ChunkSizeFor(total)
+	}
 	c := newChunker(cs)
 	buf := make([]byte, hashBufSize)
 	var hashed int64

@@ -1,6 +1,7 @@
 package transfer
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -467,4 +468,70 @@ func FuzzParseID(f *testing.F) {
 			t.Fatalf("round trip of %q failed: %v", s, err)
 		}
 	})
+}
+
+func TestChunkSizeFor(t *testing.T) {
+	for _, tc := range []struct {
+		size, want int64
+	}{
+		{0, MinChunkSize},
+		{1, MinChunkSize},
+		{1 << 20, MinChunkSize},
+		{4 << 20, 64 << 10},
+		{16<<20 - 1, 128 << 10},
+		{16 << 20, 256 << 10},
+		{64 << 20, DefaultChunkSize},
+		{1 << 30, DefaultChunkSize},
+		{MaxShareSize, DefaultChunkSize},
+	} {
+		got := ChunkSizeFor(tc.size)
+		if got != tc.want {
+			t.Errorf("ChunkSizeFor(%d) = %d, want %d", tc.size, got, tc.want)
+		}
+		if tc.size >= MinChunks*MinChunkSize && tc.size/got < MinChunks {
+			t.Errorf("ChunkSizeFor(%d) = %d: %d chunks, fewer than %d", tc.size, got, tc.size/got, MinChunks)
+		}
+	}
+}
+
+// The default chunk size depends on the content's size alone: a file built
+// into a manifest, and the same bytes imported with or without a size hint
+// (right or wrong), get the same ID; an explicit chunk size another.
+func TestDefaultChunkSizeGivesOneID(t *testing.T) {
+	content := randomBytes(5, 3<<20+123)
+	dir := t.TempDir()
+	writeTree(t, dir, map[string]string{"f.bin": string(content)})
+	built, err := BuildManifest(context.Background(), filepath.Join(dir, "f.bin"), BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if built.ChunkSize() != ChunkSizeFor(int64(len(content))) {
+		t.Fatalf("built with %d-byte chunks, want %d", built.ChunkSize(), ChunkSizeFor(int64(len(content))))
+	}
+	for _, tc := range []struct {
+		name string
+		opts ImportOptions
+		same bool
+	}{
+		{"no hint", ImportOptions{}, true},
+		{"right hint", ImportOptions{SizeHint: int64(len(content))}, true},
+		{"hint too large", ImportOptions{SizeHint: 1 << 30}, true},
+		{"hint too small", ImportOptions{SizeHint: 10}, true},
+		{"explicit chunk size", ImportOptions{ChunkSize: DefaultChunkSize}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st := openStore(t)
+			sh, err := st.Import(context.Background(), "f.bin", bytes.NewReader(content), tc.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (sh.ID() == built.ID()) != tc.same {
+				t.Fatalf("ID %s, built %s (chunks %d and %d)", sh.ID(), built.ID(), sh.Manifest().ChunkSize(), built.ChunkSize())
+			}
+			got, err := os.ReadFile(sh.DataPath())
+			if err != nil || !bytes.Equal(got, content) {
+				t.Fatalf("stored bytes differ (%v)", err)
+			}
+		})
+	}
 }

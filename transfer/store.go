@@ -764,7 +764,7 @@ func (st *Store) installLocked(tmp string, id ID) (*Share, error) {
 
 // ImportOptions configures Store.Import. The zero value works.
 type ImportOptions struct {
-	ChunkSize int64       // 0: DefaultChunkSize
+	ChunkSize int64       // 0: ChunkSizeFor the stream's size
 	MaxSize   int64       // bytes; 0: MaxShareSize
 	Mode      fs.FileMode // 0: 0644
 	// SizeHint, if positive, is the expected size (a Content-Length): the
@@ -781,7 +781,10 @@ func (st *Store) Import(ctx context.Context, name string, r io.Reader, opts Impo
 	if err := ValidName(name); err != nil {
 		return nil, err
 	}
-	cs := cmp.Or(opts.ChunkSize, DefaultChunkSize)
+	// Without a chunk size, the stream is cut as its size asks (see
+	// ChunkSizeFor): guessed from SizeHint, or DefaultChunkSize, and checked
+	// once the size is known.
+	cs := cmp.Or(opts.ChunkSize, ChunkSizeFor(cmp.Or(opts.SizeHint, MaxShareSize)))
 	maxSize := cmp.Or(opts.MaxSize, MaxShareSize)
 	mode := cmp.Or(opts.Mode, 0o644)
 	if cs < MinChunkSize || cs > MaxChunkSize {
@@ -795,7 +798,7 @@ func (st *Store) Import(ctx context.Context, name string, r io.Reader, opts Impo
 	if err := os.Mkdir(filepath.Join(tmp, dataDir), 0o755); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(filepath.Join(tmp, dataDir, name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := os.OpenFile(filepath.Join(tmp, dataDir, name), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -818,6 +821,18 @@ func (st *Store) Import(ctx context.Context, name string, r io.Reader, opts Impo
 			return nil, err
 		}
 	}
+	hashes := c.finish()
+	if want := ChunkSizeFor(n); opts.ChunkSize == 0 && want != cs {
+		// The guess was wrong (no or a wrong size hint): hash it again, cut
+		// as its size asks. Only shares smaller than MinChunks default
+		// chunks get here, so this reads at most that much again.
+		cs = want
+		c = newChunker(cs)
+		if _, err := io.CopyBuffer(c, &ctxReader{ctx, io.NewSectionReader(f, 0, n)}, make([]byte, hashBufSize)); err != nil {
+			return nil, fmt.Errorf("import %q: %w", name, err)
+		}
+		hashes = c.finish()
+	}
 	if err := f.Sync(); err != nil {
 		return nil, fmt.Errorf("import %q: %w", name, err)
 	}
@@ -827,7 +842,7 @@ func (st *Store) Import(ctx context.Context, name string, r io.Reader, opts Impo
 	if err := f.Close(); err != nil {
 		return nil, err
 	}
-	m, err := NewManifest(name, false, cs, []File{{Path: name, Size: n, Mode: mode.Perm()}}, nil, c.finish())
+	m, err := NewManifest(name, false, cs, []File{{Path: name, Size: n, Mode: mode.Perm()}}, nil, hashes)
 	if err != nil {
 		return nil, err
 	}

@@ -71,7 +71,7 @@ const (
 type UploadSpec struct {
 	Name      string // the share's name
 	Dir       bool   // a directory tree (Files' paths relative to it), else one file named Name
-	ChunkSize int64  // bytes; 0: DefaultChunkSize
+	ChunkSize int64  // bytes; 0: ChunkSizeFor the share's size
 	Files     []File
 	Dirs      []Dir
 	// Key is the client's fingerprint of its files (at most MaxUploadKey
@@ -181,7 +181,6 @@ func (s UploadSpec) Layout() (*Manifest, error) {
 	if len(s.Key) > MaxUploadKey {
 		return nil, fmt.Errorf("%w: upload key longer than %d bytes", ErrBadManifest, MaxUploadKey)
 	}
-	cs := cmp.Or(s.ChunkSize, DefaultChunkSize)
 	var size int64
 	for _, f := range s.Files {
 		if f.Size < 0 || f.Size > MaxShareSize {
@@ -192,6 +191,7 @@ func (s UploadSpec) Layout() (*Manifest, error) {
 			return nil, fmt.Errorf("%w: share larger than %d bytes", ErrBadManifest, int64(MaxShareSize))
 		}
 	}
+	cs := cmp.Or(s.ChunkSize, ChunkSizeFor(size))
 	if cs < MinChunkSize || cs > MaxChunkSize {
 		return nil, fmt.Errorf("%w: chunk size %d outside [%d, %d]", ErrBadManifest, cs, MinChunkSize, MaxChunkSize)
 	}

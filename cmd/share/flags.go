@@ -6,8 +6,22 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/sharefiles/share/transfer"
 	"github.com/spf13/cobra"
 )
+
+// parseChunkSize parses --chunk-size: "auto" (0: chosen from each share's
+// size, see transfer.ChunkSizeFor) or a size within the chunk limits.
+func parseChunkSize(s string) (int64, error) {
+	if s == "auto" {
+		return 0, nil
+	}
+	cs, err := transfer.ParseSize(s)
+	if err != nil || cs < transfer.MinChunkSize || cs > transfer.MaxChunkSize {
+		return 0, fmt.Errorf("--chunk-size %q: want auto or %d to %d bytes", s, transfer.MinChunkSize, transfer.MaxChunkSize)
+	}
+	return cs, nil
+}
 
 // parseDuration parses a Go duration; "0" means none.
 func parseDuration(s string) (time.Duration, error) {

@@ -43,7 +43,7 @@ line, and nothing else there. An interrupted put resumes when run again.`,
 	}
 	o.client.register(cmd)
 	f := cmd.Flags()
-	f.StringVar(&o.chunkSize, "chunk-size", "1MiB", "chunk size")
+	f.StringVar(&o.chunkSize, "chunk-size", "auto", "chunk size (auto: from the share's size, 16KiB to 1MiB)")
 	f.IntVar(&o.parallel, "parallel", server.DefaultParallel, "chunk uploads in flight")
 	f.Var(&o.uploadLimit, "upload-limit", "cap on bytes sent, e.g. 20MiB/s")
 	f.StringVar(&o.stall, "stall-timeout", transfer.DefaultStallTimeout.String(), "give up when no request succeeds for this long (a server restarting is waited for)")
@@ -51,9 +51,9 @@ line, and nothing else there. An interrupted put resumes when run again.`,
 }
 
 func runPut(ctx context.Context, o putOptions, stdout, stderr io.Writer) error {
-	cs, err := transfer.ParseSize(o.chunkSize)
-	if err != nil || cs < transfer.MinChunkSize || cs > transfer.MaxChunkSize {
-		return usageError{fmt.Errorf("--chunk-size %q: want %d to %d bytes", o.chunkSize, transfer.MinChunkSize, transfer.MaxChunkSize)}
+	cs, err := parseChunkSize(o.chunkSize)
+	if err != nil {
+		return usageError{err}
 	}
 	if o.parallel < 1 {
 		return usageError{fmt.Errorf("--parallel must be at least 1")}

@@ -68,7 +68,7 @@ generates an access token on first start, which it keeps there and prints.`,
 	f.Var(&o.downloadLimit, "download-limit", "cap on share bytes received")
 	f.StringVar(&o.maxUpload, "max-upload", "1TiB", "largest share a client may upload")
 	f.IntVar(&o.maxUploads, "max-uploads", server.DefaultMaxUploads, "uploads in progress at once; more get 503")
-	f.StringVar(&o.chunkSize, "chunk-size", "1MiB", "chunk size of files uploaded with PUT /v1/shares/NAME")
+	f.StringVar(&o.chunkSize, "chunk-size", "auto", "chunk size of files uploaded with PUT /v1/shares/NAME (auto: from each file's size)")
 	f.DurationVar(&o.partialTTL, "partial-ttl", transfer.DefaultUploadTTL, "delete an unfinished upload (a chunked upload of 'share put', or the web page's resumable upload) after this long without a chunk")
 	f.DurationVar(&o.grace, "grace", server.DefaultShutdownGrace, "on SIGINT/SIGTERM, how long requests in flight may take to finish")
 	o.scrub.register(cmd)
@@ -90,9 +90,9 @@ func runServe(ctx context.Context, o serveOptions, stdout, stderr io.Writer) err
 	if o.partialTTL <= 0 {
 		return usageError{fmt.Errorf("--partial-ttl %v: want a positive duration, e.g. 24h", o.partialTTL)}
 	}
-	chunkSize, err := transfer.ParseSize(o.chunkSize)
-	if err != nil || chunkSize < transfer.MinChunkSize || chunkSize > transfer.MaxChunkSize {
-		return usageError{fmt.Errorf("--chunk-size %q: want %d to %d bytes", o.chunkSize, transfer.MinChunkSize, transfer.MaxChunkSize)}
+	chunkSize, err := parseChunkSize(o.chunkSize)
+	if err != nil {
+		return usageError{err}
 	}
 	for _, h := range o.allowedHosts {
 		if h == "" || strings.ContainsAny(h, "/:[] ") && net.ParseIP(strings.Trim(h, "[]")) == nil {
