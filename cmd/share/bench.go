@@ -72,7 +72,7 @@ opentracker mktorrent).`,
 	f.StringVar(&o.peers, "peers", "1,2,4,8,16", fmt.Sprintf("the N of the scaling scenario: numbers from 1 to %d, comma separated", maxPeers))
 	f.Var(&o.uploadLimit, "upload-limit", "upload cap of every process")
 	f.Var(&o.downloadLimit, "download-limit", "download cap of every downloader")
-	f.StringVar(&o.chunkSize, "chunk-size", "1MiB", "chunk size")
+	f.StringVar(&o.chunkSize, "chunk-size", "auto", "chunk size (auto: the share's default for --size)")
 	f.StringVar(&o.scenario, "scenario", "all", "scaling, fault, bad-peer, churn, security, rtt, or all (comma separated; all has rtt only on an emulated network, security only on loopback)")
 	f.StringVar(&o.mode, "mode", "both", "client-server, p2p, or both")
 	f.IntVar(&o.scenarioPeers, "scenario-peers", 8, "the N of the fault, bad-peer, churn and security scenarios")
@@ -110,9 +110,9 @@ func runBench(ctx context.Context, o benchOptions, changed func(string) bool, st
 	if err != nil || size <= 0 {
 		return usageError{fmt.Errorf("--size %q: want a size such as 64MiB", o.size)}
 	}
-	cs, err := transfer.ParseSize(o.chunkSize)
-	if err != nil || cs < transfer.MinChunkSize || cs > transfer.MaxChunkSize {
-		return usageError{fmt.Errorf("--chunk-size %q: want %d to %d bytes", o.chunkSize, transfer.MinChunkSize, transfer.MaxChunkSize)}
+	cs, err := parseChunkSize(o.chunkSize)
+	if err != nil {
+		return usageError{err}
 	}
 	var peers []int
 	for _, s := range strings.Split(o.peers, ",") {

@@ -24,6 +24,8 @@ import (
 
 	"github.com/sharefiles/share/cmd/share/internal/netem"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/sharefiles/share/transfer"
 )
 
 // Scenarios.
@@ -61,7 +63,7 @@ type Options struct {
 	Peers         []int         // the N of the scaling scenario
 	UploadCap     int64         // u: bytes/s every process may upload (server, seed, peers)
 	DownloadCap   int64         // d: bytes/s every downloader may receive; 0: none
-	ChunkSize     int64         // 0: share's default
+	ChunkSize     int64         // 0: share's default for Size (transfer.ChunkSizeFor)
 	Scenarios     []string      // nil: AllScenarios
 	Modes         []string      // nil: both
 	ScenarioPeers int           // the N of the fault, bad-peer and churn scenarios; 0: 8
@@ -235,7 +237,7 @@ func Run(ctx context.Context, opts Options) (*Results, error) {
 	opts.ScenarioPeers = cmp.Or(opts.ScenarioPeers, 8)
 	opts.RTTPeers = cmp.Or(opts.RTTPeers, 16)
 	opts.Downtime = cmp.Or(opts.Downtime, 10*time.Second)
-	opts.ChunkSize = cmp.Or(opts.ChunkSize, 1<<20)
+	opts.ChunkSize = cmp.Or(opts.ChunkSize, transfer.ChunkSizeFor(opts.Size))
 	if opts.Scenarios == nil {
 		opts.Scenarios = AllScenarios[:len(AllScenarios)-1]
 		if opts.Net != nil {
