@@ -172,3 +172,51 @@ func BenchmarkRawStream(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkRoundTrip measures what one chunk-protocol message costs between
+// two peers on loopback, in CPU time of both ends together: a have request
+// answered at once (the cost of one offer, one long-poll answer or one busy
+// answer), and a whole 64 KiB chunk request.
+func BenchmarkRoundTrip(b *testing.B) {
+	tcpOnly := func(o *Options) { o.Listen = []string{"/ip4/127.0.0.1/tcp/0"} }
+	provider := testNode(b, "", tcpOnly)
+	downloader := testNode(b, "", tcpOnly, provider)
+	var key [32]byte
+	sh, err := provider.Import(context.Background(), "rt.bin", io.LimitReader(rand.NewChaCha8(key), 4<<20), transfer.ImportOptions{ChunkSize: 64 << 10})
+	if err != nil {
+		b.Fatal(err)
+	}
+	src := downloader.peerSource(provider.ID())
+	defer src.Close()
+	n := sh.Manifest().NumChunks()
+	buf := make([]byte, 64<<10)
+	for _, tc := range []struct {
+		name string
+		do   func(i int) error
+	}{
+		{"have", func(int) error { _, err := src.Have(context.Background(), sh.ID(), n); return err }},
+		{"chunk-64KiB", func(i int) error {
+			rc, err := src.OpenChunk(context.Background(), sh.ID(), i%n)
+			if err != nil {
+				return err
+			}
+			_, err = io.ReadFull(rc, buf)
+			rc.Close()
+			return err
+		}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			var cpu time.Duration
+			i := 0
+			for b.Loop() {
+				c0 := cpuTime()
+				if err := tc.do(i); err != nil {
+					b.Fatal(err)
+				}
+				cpu += cpuTime() - c0
+				i++
+			}
+			b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "CPU-µs/op")
+		})
+	}
+}

@@ -83,10 +83,13 @@ type Options struct {
 	ConnLow, ConnHigh          int
 	// PerSource and MaxInFlight bound a swarm download's requests.
 	PerSource, MaxInFlight int
-	StallTimeout           time.Duration // see transfer.DownloadOptions
-	UserAgent              string
-	Logger                 *slog.Logger          // nil: slog.Default()
-	Registry               prometheus.Registerer // nil: metrics are kept but not exported
+	// MaxActive is how many peers a swarm download trades with at once (see
+	// transfer.DownloadOptions.MaxActive); 0: transfer.DefaultMaxActive.
+	MaxActive    int
+	StallTimeout time.Duration // see transfer.DownloadOptions
+	UserAgent    string
+	Logger       *slog.Logger          // nil: slog.Default()
+	Registry     prometheus.Registerer // nil: metrics are kept but not exported
 
 	// denyDial, for tests: addresses this peer must not dial (see allowList).
 	denyDial func(peer.ID, ma.Multiaddr) bool

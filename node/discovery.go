@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -13,6 +14,10 @@ import (
 )
 
 const (
+	// RefreshInterval is how often the DHT routing table is refreshed: the
+	// DHT's own period (go-libp2p-kad-dht's RoutingTableRefreshPeriod).
+	RefreshInterval = 10 * time.Minute
+
 	provideQueueLen = 4096
 	provideWorkers  = 4 // Provides in flight: each waits on up to 20 peers
 	provideAttempts = 6
@@ -24,12 +29,13 @@ const (
 
 // startDiscovery joins the network and starts announcing: it dials the
 // bootstrap peers (and keeps retrying those it cannot reach, as a peer may
-// start before its bootstrap peer does), runs the provide workers and the
-// reprovide loop, and mDNS if asked.
+// start before its bootstrap peer does), keeps the DHT routing table, runs
+// the provide workers and the reprovide loop, and mDNS if asked.
 func (n *Node) startDiscovery(boot []peer.AddrInfo) {
 	for _, ai := range boot {
 		n.wg.Go(func() { n.connectLoop(ai) })
 	}
+	n.wg.Go(n.joinLoop)
 	for range provideWorkers {
 		n.wg.Go(n.provideWorker)
 	}
@@ -84,6 +90,44 @@ func (n *Node) connectLoop(ai peer.AddrInfo) {
 	}
 }
 
+// joinLoop keeps the DHT routing table: a refresh (a lookup of this peer's
+// own ID and of a random ID in each bucket) every RefreshInterval, the first
+// after a random part of it, so that peers started together do not refresh
+// together.
+//
+// A Kademlia node joins by looking up its own ID (Maymounkov and Mazières,
+// "Kademlia", 2002, section 2.3), and go-libp2p-kad-dht's own refresh does
+// that and more at start: its own ID and a random ID in every bucket, up to
+// three times while bootstrapping, each lookup dialling some twenty peers.
+// With 64 peers started at once off one bootstrap peer, that was every peer
+// dialling half of the others (a TLS handshake and an identify exchange
+// each, ~8 ms of CPU together on this project's machines): 0.3 CPU-s per
+// peer, about a third of what a 16 MiB swarm transfer costs, spent before
+// any transfer (BENCHMARKS.md). It is not needed to start working: a peer
+// that knows its bootstrap peer can look up and announce at once, the
+// bootstrap peer knows every peer that joined through it, and the peers a
+// peer trades with join its routing table as they connect (the DHT adds
+// every connected DHT server it can query). So a peer is ready as soon as it
+// is connected to its bootstrap peer, and the table fills in the background.
+func (n *Node) joinLoop() {
+	if err := n.waitRoutingTable(n.ctx); err != nil {
+		return
+	}
+	for {
+		wait := RefreshInterval/2 + rand.N(RefreshInterval/2)
+		select {
+		case <-time.After(wait):
+		case <-n.ctx.Done():
+			return
+		}
+		select {
+		case <-n.dht.RefreshRoutingTable():
+		case <-n.ctx.Done():
+			return
+		}
+	}
+}
+
 // announce queues a provider record for id. Never blocks: if the queue is
 // full, the next reprovide round catches up.
 func (n *Node) announce(id transfer.ID) {
@@ -127,9 +171,10 @@ func (n *Node) provide(id transfer.ID) {
 		n.m.provideSeconds.Observe(time.Since(start).Seconds())
 		if err == nil {
 			n.m.provides.WithLabelValues("ok").Inc()
-			n.mu.Lock()
-			n.statsLocked(id).provided = time.Now()
-			n.mu.Unlock()
+			st := n.share(id)
+			st.mu.Lock()
+			st.provided = time.Now()
+			st.mu.Unlock()
 			n.log.Debug("announced", "share", id, "took", time.Since(start).Round(time.Millisecond))
 			return
 		}
@@ -178,15 +223,19 @@ func (n *Node) waitRoutingTable(ctx context.Context) error {
 }
 
 // findProviders looks id up on the DHT and calls found for each provider
-// other than this peer, as they arrive, until the lookup ends or ctx is
-// done. It returns how many it found.
-func (n *Node) findProviders(ctx context.Context, id transfer.ID, found func(peer.AddrInfo) bool) (int, error) {
+// other than this peer, as they arrive, until found returns false, the
+// lookup has found max providers (0: no limit), it ends, or ctx is done. It
+// returns how many it found.
+func (n *Node) findProviders(ctx context.Context, id transfer.ID, max int, found func(peer.AddrInfo) bool) (int, error) {
 	if err := n.waitRoutingTable(ctx); err != nil {
 		return 0, err
 	}
 	start := time.Now()
 	count := 0
-	for ai := range n.dht.FindProvidersAsync(ctx, id.CID(), 0) {
+	if max > 0 {
+		max++ // the lookup may find this peer too
+	}
+	for ai := range n.dht.FindProvidersAsync(ctx, id.CID(), max) {
 		if ai.ID == n.host.ID() {
 			continue
 		}
@@ -197,9 +246,10 @@ func (n *Node) findProviders(ctx context.Context, id transfer.ID, found func(pee
 		if len(ai.Addrs) > 0 {
 			n.host.Peerstore().AddAddrs(ai.ID, ai.Addrs, peerstore.AddressTTL)
 		}
-		n.mu.Lock()
-		n.statsLocked(id).providers[ai.ID] = true
-		n.mu.Unlock()
+		st := n.share(id)
+		st.mu.Lock()
+		st.providers[ai.ID] = true
+		st.mu.Unlock()
 		if !found(ai) {
 			break
 		}

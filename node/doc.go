@@ -8,4 +8,48 @@
 // of server.Backend (List, Get, Create, Import, Remove) plus Fetch, which
 // gets a share it does not hold from the swarm, and Status. cmd/share
 // composes the two; node never imports server.
+//
+// # Swarm policy
+//
+// A peer's cost must not grow with the size of its swarm: per chunk it
+// receives or sends, a peer does a bounded amount of work, however many
+// peers share the file (a flash crowd of 128 peers on one 2-core machine is
+// what share bench measures). The policy that keeps it so, in BitTorrent's
+// terms (Cohen, "Incentives Build Robustness in BitTorrent", 2003):
+//
+//   - Active set (the downloader's side of choking; transfer's picker.go). A
+//     download knows up to wantSources (32) peers of its swarm but trades
+//     with at most transfer.DefaultMaxActive (8) at once; the others are
+//     candidates and cost nothing. Every 10 s the active peer that delivered
+//     least gives way to a random candidate: the optimistic slot, through
+//     which better peers are found. A peer that fails twice in a row gives
+//     way at once; a super-seeding seed is kept (it is slow by design).
+//   - Choking (the uploader's side; choke.go). A peer's upload holds
+//     2 × uploadSlotBytes (an eighth of a second of its cap each): one chunk
+//     being sent, one queued. A request beyond that is answered "busy": the
+//     asker is choked, and waits with a long poll, which the peer answers
+//     when it has room, first come first served, keeping the room for the
+//     asker's request for grantTTL (500 ms). No peer retries on a timer.
+//   - Offers and haves, coalesced (transfer/doc.go, "Offers"). A download
+//     long-polls a peer only while that peer offers nothing it needs, or
+//     after a busy answer; a peer answers the polls waiting on it one per
+//     freed upload room, not all at once when it gains a chunk. So the
+//     answers a peer gives cost O(1) per chunk it sends.
+//   - Super-seeding (seeding.go, BEP 16). A complete holder offers the
+//     chunks it has sent least in the last seedRecent (20 s) and nobody is
+//     fetching from it: each chunk leaves it once before any leaves twice,
+//     and the peers trade the copies.
+//   - Request depth (transfer's srcState.depth): a source's
+//     bandwidth-delay product plus transfer.DepthQueueTime (250 ms) of its
+//     rate, at least 2 and at most DefaultPerSource requests.
+//   - Chunk size (transfer.ChunkSizeFor): at least 64 chunks per share, as
+//     far as 16 KiB chunks allow, so that the store-and-forward hops of a
+//     chunk through the swarm stay short.
+//
+// Discovery must not steal the CPU of running transfers either: a download
+// looks up providers with a bounded lookup (wantSources at most), skips
+// lookups while it knows enough peers and backs off when they find nothing
+// new (swarm.go); the DHT's routing table is refreshed every RefreshInterval
+// (10 min), staggered, instead of by every peer at start (discovery.go);
+// provides run on provideWorkers (4) goroutines off the request path.
 package node

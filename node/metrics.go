@@ -15,6 +15,7 @@ type metrics struct {
 	chunksSent     prometheus.Counter
 	badChunks      prometheus.Counter
 	refused        prometheus.Counter     // requests refused at the per-peer limit
+	busy           prometheus.Counter     // chunk requests answered busy (the asker is choked)
 	lookups        *prometheus.CounterVec // DHT provider lookups, by result
 	lookupSeconds  prometheus.Histogram   // time to the first provider
 	provides       *prometheus.CounterVec // announcements, by result
@@ -38,6 +39,9 @@ func newMetrics(reg prometheus.Registerer, n *Node) (*metrics, error) {
 		refused: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "share_peer_requests_refused_total", Help: "Chunk-protocol requests refused because the peer had too many in progress.",
 		}),
+		busy: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "share_peer_chunk_requests_busy_total", Help: "Chunk requests answered busy: the upload was full, and the asker is served when it has room.",
+		}),
 		lookups: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "share_dht_lookups_total", Help: "DHT provider lookups, by result (found, none).",
 		}, []string{"result"}),
@@ -57,10 +61,10 @@ func newMetrics(reg prometheus.Registerer, n *Node) (*metrics, error) {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "share_dht_routing_table_size", Help: "Peers in the DHT routing table."},
 			func() float64 { return float64(n.dht.RoutingTable().Size()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "share_swarm_downloads", Help: "Swarm downloads in progress."},
-			func() float64 { n.mu.Lock(); defer n.mu.Unlock(); return float64(len(n.downloads)) }),
+			func() float64 { n.mu.RLock(); defer n.mu.RUnlock(); return float64(len(n.downloads)) }),
 	}
 	gauges = append(gauges, n.nat.collectors()...)
-	for _, c := range append([]prometheus.Collector{m.peerSent, m.peerRecv, m.chunksRecv, m.chunksSent, m.badChunks, m.refused,
+	for _, c := range append([]prometheus.Collector{m.peerSent, m.peerRecv, m.chunksRecv, m.chunksSent, m.badChunks, m.refused, m.busy,
 		m.lookups, m.lookupSeconds, m.provides, m.provideSeconds}, gauges...) {
 		if err := reg.Register(c); err != nil {
 			return nil, err

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
@@ -26,7 +27,6 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sync/semaphore"
 
 	"github.com/sharefiles/share/transfer"
 )
@@ -49,27 +49,54 @@ type Node struct {
 	nat    *nat           // NAT traversal state; see nat.go
 	gater  *allowList     // nil unless Options.AllowPeers; see private.go
 
-	provideQ  chan transfer.ID    // announcements to make; see discovery.go
-	slotBytes int64               // see uploadSlotBytes
-	slots     *semaphore.Weighted // chunk bytes being sent
-	queue     *semaphore.Weighted // chunk bytes waiting for a slot
+	provideQ  chan transfer.ID // announcements to make; see discovery.go
+	slotBytes int64            // see uploadSlotBytes
+	uploads   *uploads         // upload capacity and the peers waiting for it; see choke.go
 
-	mu        sync.Mutex
+	// Each lock guards its own state, so that the per-chunk paths (serving a
+	// request, storing a chunk) do not contend on one lock: mu the downloads
+	// and closing, sharesMu the per-share state (whose counters are atomic),
+	// inboundMu the requests being served.
+	mu        sync.RWMutex
 	downloads map[transfer.ID]*swarmDownload // swarm downloads running
-	seeding   map[transfer.ID]*seeding       // complete shares served to peers; see seeding.go
-	inbound   map[peer.ID]int                // chunk-protocol requests being served, per peer
-	stats     map[transfer.ID]*shareStats
 	closed    bool
+
+	sharesMu sync.RWMutex
+	shares   map[transfer.ID]*shareState
+
+	inboundMu sync.Mutex
+	inbound   map[peer.ID]int // chunk-protocol requests being served, per peer
 }
 
-// shareStats are what status shows of one share besides its store state.
-type shareStats struct {
-	up, down  int64 // chunk bytes sent and received
-	fromSeed  int   // chunks received from a seed (a peer holding every chunk)
-	fromPeers int   // chunks received from other downloaders
+// shareState is what the node keeps of one share besides its store state:
+// what status shows, and how it is seeded.
+type shareState struct {
+	up, down  atomic.Int64 // chunk bytes sent and received
+	fromSeed  atomic.Int64 // chunks received from a seed (a peer holding every chunk)
+	fromPeers atomic.Int64 // chunks received from other downloaders
+
+	mu        sync.Mutex // guards the fields below
 	providers map[peer.ID]bool
 	provided  time.Time // last successful announcement
 	lastErr   string    // of the last swarm download
+	seeding   *seeding  // once served complete; see seeding.go
+}
+
+// share returns the state of share id, creating it.
+func (n *Node) share(id transfer.ID) *shareState {
+	n.sharesMu.RLock()
+	st, ok := n.shares[id]
+	n.sharesMu.RUnlock()
+	if ok {
+		return st
+	}
+	n.sharesMu.Lock()
+	defer n.sharesMu.Unlock()
+	if st, ok = n.shares[id]; !ok {
+		st = &shareState{providers: map[peer.ID]bool{}}
+		n.shares[id] = st
+	}
+	return st
 }
 
 // quicDelay is how long a dial waits for TCP before it also tries QUIC.
@@ -185,8 +212,10 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 		return nil, err
 	}
 	// ModeAutoServer: a DHT server, unless AutoNAT finds the peer behind a
-	// NAT, where others could not reach it: then a client.
-	d, err := dht.New(h, dht.Mode(dht.ModeAutoServer), dht.ProtocolPrefix(DHTPrefix), dht.BootstrapPeers(boot...))
+	// NAT, where others could not reach it: then a client. The routing
+	// table is refreshed by joinLoop (discovery.go), not at start by the
+	// DHT itself: see there.
+	d, err := dht.New(h, dht.Mode(dht.ModeAutoServer), dht.ProtocolPrefix(DHTPrefix), dht.BootstrapPeers(boot...), dht.DisableAutoRefresh())
 	if err != nil {
 		h.Close()
 		return nil, fmt.Errorf("node: DHT: %w", err)
@@ -197,13 +226,11 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 		ctx: nctx, cancel: cancel,
 		provideQ:  make(chan transfer.ID, provideQueueLen),
 		slotBytes: uploadSlotBytes(opts.UploadLimit),
-		slots:     semaphore.NewWeighted(uploadSlotBytes(opts.UploadLimit)),
-		queue:     semaphore.NewWeighted(uploadSlotBytes(opts.UploadLimit)),
 		downloads: map[transfer.ID]*swarmDownload{},
-		seeding:   map[transfer.ID]*seeding{},
+		shares:    map[transfer.ID]*shareState{},
 		inbound:   map[peer.ID]int{},
-		stats:     map[transfer.ID]*shareStats{},
 	}
+	n.uploads = newUploads(n.slotBytes, n.offerDigest)
 	reg := opts.Registry
 	if reg == nil {
 		reg = prometheus.NewRegistry()
@@ -219,10 +246,7 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 	h.SetStreamHandler(ProtocolID, n.handleStream)
 	// A chunk found damaged on disk is fetched again from the swarm.
 	n.store.OnDamaged(func(sh *transfer.Share, _ int) { n.ensureDownload(sh, nil) })
-	if err := d.Bootstrap(nctx); err != nil {
-		n.Close()
-		return nil, fmt.Errorf("node: DHT bootstrap: %w", err)
-	}
+	n.wg.Go(n.offerLoop)
 	n.startDiscovery(boot)
 	// Resume downloads a previous run left partial, and announce everything.
 	for _, sh := range n.store.List() {
@@ -311,15 +335,6 @@ func (n *Node) Close() error {
 	return err
 }
 
-func (n *Node) statsLocked(id transfer.ID) *shareStats {
-	st, ok := n.stats[id]
-	if !ok {
-		st = &shareStats{providers: map[peer.ID]bool{}}
-		n.stats[id] = st
-	}
-	return st
-}
-
 // The methods below make a Node the backend of the peer's local HTTP API.
 
 // List returns the shares held, complete or partial.
@@ -350,14 +365,17 @@ func (n *Node) Import(ctx context.Context, name string, r io.Reader, opts transf
 // stops announcing it (its provider records expire; until then requests for
 // it get "not found").
 func (n *Node) Remove(id transfer.ID) error {
-	n.mu.Lock()
+	n.mu.RLock()
 	if sw, ok := n.downloads[id]; ok {
 		sw.cancel()
 	}
-	delete(n.stats, id)
-	delete(n.seeding, id)
-	n.mu.Unlock()
-	return n.store.Remove(id)
+	n.mu.RUnlock()
+	n.sharesMu.Lock()
+	delete(n.shares, id)
+	n.sharesMu.Unlock()
+	err := n.store.Remove(id)
+	n.uploads.changed() // polls for it learn it is gone
+	return err
 }
 
 // LocalCopy tells a client on this machine where the store keeps a share

@@ -319,11 +319,12 @@ func TestRestart(t *testing.T) {
 	if err := c2.host.Connect(context.Background(), seed.host.Peerstore().PeerInfo(seed.ID())); err != nil {
 		t.Fatal(err)
 	}
-	c2.mu.Lock()
-	if sw, ok := c2.downloads[sh.ID()]; ok {
-		c2.addSourceLocked(sw, seed.ID())
+	c2.mu.RLock()
+	sw, ok := c2.downloads[sh.ID()]
+	c2.mu.RUnlock()
+	if ok {
+		c2.addSource(sw, seed.ID())
 	}
-	c2.mu.Unlock()
 	sameContent(t, waitComplete(t, c2, sh.ID(), time.Minute), content)
 	fetched := testutil.ToFloat64(c2.m.chunksRecv.WithLabelValues("seed")) + testutil.ToFloat64(c2.m.chunksRecv.WithLabelValues("peer"))
 	if int(fetched) != 40-had {

@@ -22,9 +22,9 @@ func (n *Node) handleStream(s network.Stream) {
 		return
 	}
 	defer n.releaseInbound(pid)
-	var src transfer.Source = servingSource{n}
+	var src transfer.Source = servingSource{n, pid}
 	if s.Conn().Stat().Limited {
-		src = limitedSource{servingSource{n}} // no chunks through a limited relay
+		src = limitedSource{servingSource{n, pid}} // no chunks through a limited relay
 	}
 	req, err := transfer.ServeStream(n.ctx, n.countStream(s, "sent"), src, transfer.ServeOptions{
 		Limiter:   n.opts.UploadLimit,
@@ -32,9 +32,7 @@ func (n *Node) handleStream(s network.Stream) {
 		Served: func(id transfer.ID, _ int, size int64) {
 			n.m.peerSent.add(pid.String(), float64(size))
 			n.m.chunksSent.Inc()
-			n.mu.Lock()
-			n.statsLocked(id).up += size
-			n.mu.Unlock()
+			n.share(id).up.Add(size)
 		},
 	})
 	if err != nil {
@@ -43,8 +41,8 @@ func (n *Node) handleStream(s network.Stream) {
 }
 
 func (n *Node) acquireInbound(pid peer.ID) bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
+	n.inboundMu.Lock()
+	defer n.inboundMu.Unlock()
 	if n.inbound[pid] >= n.opts.MaxStreamsPerPeer {
 		return false
 	}
@@ -53,8 +51,8 @@ func (n *Node) acquireInbound(pid peer.ID) bool {
 }
 
 func (n *Node) releaseInbound(pid peer.ID) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
+	n.inboundMu.Lock()
+	defer n.inboundMu.Unlock()
 	if n.inbound[pid]--; n.inbound[pid] <= 0 {
 		delete(n.inbound, pid)
 	}

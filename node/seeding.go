@@ -6,84 +6,94 @@ import (
 	"sync"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
 	"github.com/sharefiles/share/transfer"
 )
 
 // Seeding: how a peer holding a complete share serves it (BitTorrent's
-// "super-seeding", done with the chunk protocol's offers: see
+// "super-seeding", BEP 16, done with the chunk protocol's offers: see
 // transfer.HaveWaiter).
 //
 // Left to themselves, downloaders that start together ask the seed for the
 // same chunks, and a capped seed spends its upload sending some chunks
 // several times while others have not left it at all. A swarm can only go as
 // fast as new chunks enter it, so a seed should send each chunk once and let
-// the peers trade the copies. A complete holder therefore advertises (in its
-// answer to "which chunks do you have") only the chunks that nobody is
-// fetching from it and that it has not sent recently; downloaders take those
-// from it, and the others from the peers that got them. When every chunk not
-// yet sent is being fetched, it offers nothing more: new requests would only
-// duplicate. Once every chunk has left it recently, it offers all of them
-// again, so the tail of a swarm, or a lone late downloader, gets everything.
-// It never refuses a request: the offer is a hint.
+// the peers trade the copies. A complete holder therefore offers (in its
+// answer to "which chunks do you have") only the chunks it has sent least
+// recently — at first those it has not sent at all — and among them only
+// those nobody is fetching from it; downloaders take those from it, and the
+// others from the peers that got them. Once every chunk has left it once, it
+// offers them all again, but still each chunk to one asker at a time and the
+// least sent first: at the end of a swarm every downloader wants the same
+// last, rarest chunks, and the seed sends each of them again rather than one
+// of them to everyone. A send counts for seedRecent; after that a chunk is
+// as good as unsent, so a lone late downloader gets everything.
+//
+// It never refuses a request for being outside its offer: the offer is a
+// hint. Offers and their changes reach the askers through choke.go's queue:
+// one asker per free upload slot, so a seed's offer costs O(1) per chunk it
+// sends, however many peers wait.
 const seedRecent = 20 * time.Second // a chunk sent this recently is spreading through its recipient
 
 // seeding tracks, for one complete share, which chunks are being fetched
-// from this peer and when each was last sent.
+// from this peer and how often each was sent recently.
 type seeding struct {
 	mu      sync.Mutex
 	claimed []int32     // requests in progress (queued or sending), per chunk
+	sends   []uint16    // sends of each chunk, counted while recent
 	sent    []time.Time // when each chunk was last sent in full
-	changed chan struct{}
 }
 
 func newSeeding(n int) *seeding {
-	return &seeding{claimed: make([]int32, n), sent: make([]time.Time, n), changed: make(chan struct{})}
-}
-
-// notifyLocked wakes the long polls waiting for a change.
-func (s *seeding) notifyLocked() {
-	close(s.changed)
-	s.changed = make(chan struct{})
+	return &seeding{claimed: make([]int32, n), sends: make([]uint16, n), sent: make([]time.Time, n)}
 }
 
 func (s *seeding) claim(i int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.claimed[i]++
-	s.notifyLocked()
 }
 
-func (s *seeding) release(i int, sent bool) {
+// release ends a claim; sent says whether the chunk went out in full.
+func (s *seeding) release(i int, sent bool, now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.claimed[i]--
 	if sent {
-		s.sent[i] = time.Now()
+		s.sends[i] = s.recentLocked(i, now) + 1
+		s.sent[i] = now
 	}
-	s.notifyLocked()
 }
 
-// advertised returns the chunks to offer, and a channel closed at the next
-// change: until every chunk has been sent (recently), the chunks nobody is
-// fetching and that were not sent; after that, all of them.
-func (s *seeding) advertised(now time.Time) (transfer.Bitfield, <-chan struct{}) {
+// recentLocked is how often chunk i was sent recently: since its last send,
+// seedRecent has not passed.
+func (s *seeding) recentLocked(i int, now time.Time) uint16 {
+	if now.Sub(s.sent[i]) > seedRecent {
+		return 0
+	}
+	return s.sends[i]
+}
+
+// advertised returns the chunks to offer: of those nobody is fetching, the
+// ones sent recently the fewest times.
+func (s *seeding) advertised(now time.Time) transfer.Bitfield {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := len(s.claimed)
 	bf := transfer.NewBitfield(n)
-	allSent := true
+	least := uint16(1<<16 - 1)
 	for i := range n {
-		if now.Sub(s.sent[i]) > seedRecent {
-			allSent = false
-			if s.claimed[i] == 0 {
-				bf.Set(i)
-			}
+		if s.claimed[i] == 0 {
+			least = min(least, s.recentLocked(i, now))
 		}
 	}
-	if allSent {
-		bf = transfer.FullBitfield(n)
+	for i := range n {
+		if s.claimed[i] == 0 && s.recentLocked(i, now) == least {
+			bf.Set(i)
+		}
 	}
-	return bf, s.changed
+	return bf
 }
 
 // seedingFor returns the seeding state of a complete share, or nil for a
@@ -92,20 +102,38 @@ func (n *Node) seedingFor(sh *transfer.Share) *seeding {
 	if !sh.Complete() {
 		return nil
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	st, ok := n.seeding[sh.ID()]
-	if !ok {
-		st = newSeeding(sh.Manifest().NumChunks())
-		n.seeding[sh.ID()] = st
+	st := n.share(sh.ID())
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.seeding == nil {
+		st.seeding = newSeeding(sh.Manifest().NumChunks())
 	}
-	return st
+	return st.seeding
 }
 
-// servingSource is what a peer serves to other peers: its store, with upload
-// slots (see uploadSlots) and the seeding policy above.
+// offer returns what this peer offers of sh: what it holds, or for a
+// complete share what the seeding policy offers.
+func (n *Node) offer(sh *transfer.Share) transfer.Bitfield {
+	if st := n.seedingFor(sh); st != nil {
+		return st.advertised(time.Now())
+	}
+	return sh.Have()
+}
+
+// offerDigest is the digest of the offer of share id; false if it is gone.
+func (n *Node) offerDigest(id transfer.ID) (uint32, bool) {
+	sh, err := n.store.Get(id)
+	if err != nil {
+		return 0, false
+	}
+	return n.offer(sh).Digest(), true
+}
+
+// servingSource is what a peer serves to another peer: its store, with the
+// upload capacity and choking of choke.go and the seeding policy above.
 type servingSource struct {
-	n *Node
+	n   *Node
+	pid peer.ID // the asker
 }
 
 var (
@@ -124,36 +152,31 @@ func (s servingSource) Have(ctx context.Context, id transfer.ID, chunks int) (tr
 	return s.n.store.Have(ctx, id, chunks)
 }
 
-// WaitHave implements transfer.HaveWaiter: the chunks offered now, once they
-// differ from the set the asker knows.
+// WaitHave implements transfer.HaveWaiter: the chunks offered, once the
+// asker is owed an answer (the offer differs from the set it knows, or it
+// was answered busy) and there is room for its next request (see choke.go),
+// or when ctx is done.
 func (s servingSource) WaitHave(ctx context.Context, id transfer.ID, chunks int, known uint32) (transfer.Bitfield, error) {
 	sh, err := s.n.store.Get(id)
 	if err != nil {
 		return transfer.Bitfield{}, err
 	}
-	st := s.n.seedingFor(sh)
-	if st == nil {
-		return s.n.store.WaitHave(ctx, id, chunks, known)
+	m := sh.Manifest()
+	if chunks != m.NumChunks() {
+		return s.n.store.Have(ctx, id, chunks) // reports the mismatch
 	}
-	if chunks != sh.Manifest().NumChunks() {
-		return s.n.store.Have(ctx, id, chunks)
+	if ctx.Err() == nil { // a have request that asks for no wait takes no place in the queue
+		s.n.uploads.wait(ctx, uploadKey{s.pid, id}, known, min(m.ChunkSize(), s.n.slotBytes))
 	}
-	for {
-		bf, changed := st.advertised(time.Now())
-		if bf.Digest() != known {
-			return bf, nil
-		}
-		select {
-		case <-changed:
-		case <-time.After(seedRecent): // recent sends age out without an event
-		case <-ctx.Done():
-			return bf, nil
-		}
+	if _, err := s.n.store.Get(id); err != nil {
+		return transfer.Bitfield{}, err // removed meanwhile
 	}
+	return s.n.offer(sh), nil
 }
 
-// OpenChunk implements transfer.Source: it claims the chunk (so it is not
-// advertised to others meanwhile), takes an upload slot, and records the
+// OpenChunk implements transfer.Source: it takes room in the upload queue or
+// answers busy (see choke.go), claims the chunk (so that a seed does not
+// offer it to others meanwhile), waits for the upload slot, and records the
 // send when the chunk was read to its end.
 func (s servingSource) OpenChunk(ctx context.Context, id transfer.ID, i int) (io.ReadCloser, error) {
 	sh, err := s.n.store.Get(id)
@@ -163,35 +186,36 @@ func (s servingSource) OpenChunk(ctx context.Context, id transfer.ID, i int) (io
 	if i < 0 || i >= sh.Manifest().NumChunks() {
 		return s.n.store.OpenChunk(ctx, id, i) // reports the range error
 	}
+	w := min(int64(sh.Manifest().ChunkLen(i)), s.n.slotBytes)
+	u := s.n.uploads
+	if !u.admit(uploadKey{s.pid, id}, w) {
+		s.n.m.busy.Inc()
+		return nil, transfer.ErrBusy // choked: it polls, and is answered when there is room
+	}
 	st := s.n.seedingFor(sh)
 	if st != nil {
 		st.claim(i)
+		u.changed()
 	}
 	release := func(sent bool) {
 		if st != nil {
-			st.release(i, sent)
+			st.release(i, sent, time.Now())
 		}
+		u.done(w) // wakes the next waiting peer
 	}
-	w := min(int64(sh.Manifest().ChunkLen(i)), s.n.slotBytes)
-	if !s.n.queue.TryAcquire(w) {
-		release(false)
-		return nil, transfer.ErrBusy // enough requests wait: ask another holder
-	}
-	err = s.n.slots.Acquire(ctx, w)
-	s.n.queue.Release(w)
-	if err != nil {
+	if err := u.slots.Acquire(ctx, w); err != nil {
 		release(false)
 		return nil, err
 	}
 	rc, err := s.n.store.OpenChunk(ctx, id, i)
 	if err != nil {
-		s.n.slots.Release(w)
+		u.slots.Release(w)
 		release(false)
 		return nil, err
 	}
 	size := rc.(interface{ Size() int64 }).Size()
 	return &slotReader{ReadCloser: rc, size: size, release: func(read int64) {
-		s.n.slots.Release(w)
+		u.slots.Release(w)
 		release(read == size)
 	}}, nil
 }
@@ -227,10 +251,9 @@ func (r *slotReader) Close() error {
 // through a swarm costs the time it takes to send; one chunk at a time at
 // 8 MiB/s measured 1.23x the distribution bound at N=16, two at a time
 // 1.27-1.35x.) Without a cap, enough to keep the cores busy. As many bytes
-// more may wait for a slot; beyond that a peer answers "busy", so that a
-// downloader asks another holder rather than wait in a long line
-// (BitTorrent's choking, without its timers): a chunk spreads from whoever
-// has room.
+// more may wait for a slot; beyond that a peer answers "busy" and serves the
+// asker later, when it has room (see choke.go), so that a chunk spreads from
+// whoever has room rather than waiting in a long line.
 func uploadSlotBytes(limit *transfer.Limiter) int64 {
 	if limit == nil {
 		return maxSlotBytes

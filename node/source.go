@@ -28,6 +28,7 @@ type peerSource struct {
 var (
 	_ transfer.Source     = (*peerSource)(nil)
 	_ transfer.HaveWaiter = (*peerSource)(nil)
+	_ transfer.Seeder     = (*peerSource)(nil)
 )
 
 func (n *Node) peerSource(pid peer.ID) *peerSource {
@@ -58,6 +59,10 @@ func (p *peerSource) Have(ctx context.Context, id transfer.ID, n int) (transfer.
 func (p *peerSource) WaitHave(ctx context.Context, id transfer.ID, n int, known uint32) (transfer.Bitfield, error) {
 	return p.ctl.WaitHave(ctx, id, n, known)
 }
+
+// Seeding implements transfer.Seeder: have answers come over the control
+// streams.
+func (p *peerSource) Seeding(id transfer.ID) bool { return p.ctl.Seeding(id) }
 
 // Close ends the streams kept for reuse.
 func (p *peerSource) Close() error {

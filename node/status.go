@@ -66,8 +66,8 @@ func (n *Node) Status(context.Context) any {
 		return cmp.Or(strings.Compare(a.ID, b.ID), cmp.Compare(boolInt(a.Relayed), boolInt(b.Relayed)))
 	})
 	st.Peers = slices.CompactFunc(st.Peers, func(a, b PeerStatus) bool { return a.ID == b.ID })
-	n.mu.Lock()
-	defer n.mu.Unlock()
+	n.mu.RLock()
+	defer n.mu.RUnlock()
 	for _, sh := range n.store.List() {
 		m := sh.Manifest()
 		ss := ShareStatus{
@@ -75,10 +75,15 @@ func (n *Node) Status(context.Context) any {
 			Have: sh.HaveCount(), Complete: sh.Complete(), Damaged: sh.Damaged(),
 		}
 		_, ss.Downloading = n.downloads[m.ID()]
-		if s, ok := n.stats[m.ID()]; ok {
-			ss.Providers, ss.BytesUp, ss.BytesDown = len(s.providers), s.up, s.down
-			ss.FromSeed, ss.FromPeers = s.fromSeed, s.fromPeers
-			ss.Announced, ss.LastError = s.provided, s.lastErr
+		n.sharesMu.RLock()
+		s, ok := n.shares[m.ID()]
+		n.sharesMu.RUnlock()
+		if ok {
+			ss.BytesUp, ss.BytesDown = s.up.Load(), s.down.Load()
+			ss.FromSeed, ss.FromPeers = int(s.fromSeed.Load()), int(s.fromPeers.Load())
+			s.mu.Lock()
+			ss.Providers, ss.Announced, ss.LastError = len(s.providers), s.provided, s.lastErr
+			s.mu.Unlock()
 		}
 		st.Shares = append(st.Shares, ss)
 	}

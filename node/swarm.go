@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -14,8 +15,22 @@ import (
 // lookupDelays are the waits before the first provider lookups of a
 // download; after them it looks up every LookupInterval. Early lookups are
 // frequent because a swarm forms quickly: peers that start downloading at
-// once announce themselves within milliseconds of each other.
+// once announce themselves within milliseconds of each other. A lookup is
+// skipped while the download knows wantSources usable sources, and stops
+// once it has found that many providers: the 20 DHT nodes closest to a
+// share hold all its provider records and answer each lookup with all of
+// them, so an unbounded lookup by each of N downloaders costs O(N^2).
 var lookupDelays = []time.Duration{0, 250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second}
+
+// wantSources is how many sources a download wants to know of: a few times
+// its active set (transfer.DownloadOptions.MaxActive), so that it can
+// replace sources that leave or are slow without another lookup. Lookups
+// that find no new source double the wait before the next, up to
+// LookupInterval << maxLookupBackoff.
+const (
+	wantSources      = 32
+	maxLookupBackoff = 3
+)
 
 // swarmDownload is one share being fetched from the swarm.
 type swarmDownload struct {
@@ -23,7 +38,10 @@ type swarmDownload struct {
 	sh     *transfer.Share
 	d      *transfer.Download
 	cancel context.CancelFunc
-	added  map[peer.ID]*peerSource // sources given to d; owned by Node.mu
+
+	mu    sync.Mutex
+	added map[peer.ID]*peerSource // sources given to d
+	done  bool                    // the download ended: add no more
 }
 
 // Fetch returns the share id, starting a swarm download if it is not held
@@ -63,7 +81,7 @@ func (n *Node) fetchManifest(ctx context.Context, id transfer.ID) (*transfer.Man
 	start, lookups := time.Now(), 0
 	for m == nil && ctx.Err() == nil {
 		lookups++
-		_, err := n.findProviders(ctx, id, func(ai peer.AddrInfo) bool {
+		_, err := n.findProviders(ctx, id, 0, func(ai peer.AddrInfo) bool {
 			providers = append(providers, ai.ID)
 			src := n.peerSource(ai.ID)
 			got, err := transfer.FetchManifest(ctx, id, src)
@@ -100,8 +118,8 @@ func (n *Node) fetchManifest(ctx context.Context, id transfer.ID) (*transfer.Man
 func (n *Node) ensureDownload(sh *transfer.Share, providers []peer.ID) {
 	id := sh.ID()
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	if n.closed {
+		n.mu.Unlock()
 		return
 	}
 	sw, ok := n.downloads[id]
@@ -111,6 +129,7 @@ func (n *Node) ensureDownload(sh *transfer.Share, providers []peer.ID) {
 		sw.d = transfer.NewDownload(sh, transfer.DownloadOptions{
 			MaxInFlight:    n.opts.MaxInFlight,
 			PerSource:      n.opts.PerSource,
+			MaxActive:      n.opts.MaxActive,
 			Limiter:        n.opts.DownloadLimit,
 			StallTimeout:   n.opts.StallTimeout,
 			WaitForSources: true,
@@ -122,31 +141,43 @@ func (n *Node) ensureDownload(sh *transfer.Share, providers []peer.ID) {
 		n.wg.Go(func() { n.runDownload(ctx, sw) })
 		n.announce(id) // it serves chunks as soon as it has some
 	}
+	n.mu.Unlock()
 	for _, pid := range providers {
-		n.addSourceLocked(sw, pid)
+		n.addSource(sw, pid)
 	}
 }
 
-func (n *Node) addSourceLocked(sw *swarmDownload, pid peer.ID) {
-	if _, ok := sw.added[pid]; ok || pid == n.host.ID() {
-		return
+// addSource gives pid to sw's download as a source, once; it reports
+// whether pid is new.
+func (n *Node) addSource(sw *swarmDownload, pid peer.ID) bool {
+	if pid == n.host.ID() {
+		return false
+	}
+	sw.mu.Lock()
+	defer sw.mu.Unlock()
+	if _, ok := sw.added[pid]; ok || sw.done {
+		return false
 	}
 	src := n.peerSource(pid)
 	sw.added[pid] = src
 	n.host.ConnManager().Protect(pid, protectTag(sw.id))
 	sw.d.AddSource(src)
+	return true
 }
 
 func protectTag(id transfer.ID) string { return "share:" + id.String() }
 
 // noticeDownloader adds a peer that asks us for a share we are downloading
 // as a source of that download: it is downloading it too, and will have
-// chunks to trade. This forms the swarm faster than DHT lookups alone.
+// chunks to trade. This forms the swarm faster than DHT lookups alone. It
+// runs on every request, so it takes read locks only for a peer already
+// known.
 func (n *Node) noticeDownloader(id transfer.ID, pid peer.ID) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if sw, ok := n.downloads[id]; ok {
-		n.addSourceLocked(sw, pid)
+	n.mu.RLock()
+	sw, ok := n.downloads[id]
+	n.mu.RUnlock()
+	if ok {
+		n.addSource(sw, pid)
 	}
 }
 
@@ -167,17 +198,21 @@ func (n *Node) runDownload(ctx context.Context, sw *swarmDownload) {
 
 	n.mu.Lock()
 	delete(n.downloads, sw.id)
+	n.mu.Unlock()
+	sw.mu.Lock()
+	sw.done = true
 	for pid, src := range sw.added {
 		n.host.ConnManager().Unprotect(pid, protectTag(sw.id))
 		src.Close()
 	}
-	if st, ok := n.stats[sw.id]; ok {
-		st.lastErr = ""
-		if err != nil {
-			st.lastErr = err.Error()
-		}
+	sw.mu.Unlock()
+	st := n.share(sw.id)
+	st.mu.Lock()
+	st.lastErr = ""
+	if err != nil {
+		st.lastErr = err.Error()
 	}
-	n.mu.Unlock()
+	st.mu.Unlock()
 	switch {
 	case err == nil:
 		n.log.Info("swarm download complete", "share", sw.id, "chunks", stats.Chunks, "bad_chunks", stats.BadChunks,
@@ -191,8 +226,9 @@ func (n *Node) runDownload(ctx context.Context, sw *swarmDownload) {
 
 // lookupLoop keeps learning providers while a download runs.
 func (n *Node) lookupLoop(ctx context.Context, sw *swarmDownload) {
+	idle := 0 // lookups in a row that found no new source
 	for k := 0; ; k++ {
-		wait := n.opts.LookupInterval
+		wait := n.opts.LookupInterval << min(idle, maxLookupBackoff)
 		if k < len(lookupDelays) {
 			wait = lookupDelays[k]
 		}
@@ -201,14 +237,23 @@ func (n *Node) lookupLoop(ctx context.Context, sw *swarmDownload) {
 		case <-ctx.Done():
 			return
 		}
+		if sw.d.Usable() >= wantSources {
+			continue
+		}
 		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		n.findProviders(lctx, sw.id, func(ai peer.AddrInfo) bool {
-			n.mu.Lock()
-			n.addSourceLocked(sw, ai.ID)
-			n.mu.Unlock()
+		added := 0
+		n.findProviders(lctx, sw.id, wantSources, func(ai peer.AddrInfo) bool {
+			if n.addSource(sw, ai.ID) {
+				added++
+			}
 			return true
 		})
 		cancel()
+		if added == 0 {
+			idle++
+		} else {
+			idle = 0
+		}
 	}
 }
 
@@ -226,16 +271,15 @@ func (n *Node) progress(m *transfer.Manifest) func(transfer.Progress) {
 			}
 			n.m.chunksRecv.WithLabelValues(from).Inc()
 		}
-		n.mu.Lock()
-		st := n.statsLocked(m.ID())
-		st.down += int64(size)
+		st := n.share(m.ID())
+		st.down.Add(int64(size))
 		switch from {
 		case "seed":
-			st.fromSeed++
+			st.fromSeed.Add(1)
 		case "peer":
-			st.fromPeers++
+			st.fromPeers.Add(1)
 		}
-		n.mu.Unlock()
+		n.uploads.changed() // it offers one chunk more
 	}
 }
 

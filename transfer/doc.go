@@ -7,8 +7,10 @@
 //
 // A share is one regular file or one directory tree. Its bytes are the
 // concatenation of its files' contents, in the manifest's file order (sorted by
-// path), cut into fixed-size chunks of ChunkSize bytes (DefaultChunkSize, 1 MiB,
-// unless chosen otherwise); only the last chunk may be shorter. A chunk may span
+// path), cut into fixed-size chunks of ChunkSize bytes; only the last chunk may
+// be shorter. Unless a size is asked for, ChunkSizeFor chooses it from the
+// share's size: the largest power of two that gives at least MinChunks chunks,
+// from MinChunkSize up to DefaultChunkSize (1 MiB). A chunk may span
 // several files, as BitTorrent v1 pieces do, so that every chunk but the last has
 // the same size whatever the files are; that keeps scheduling and rate limiting
 // uniform. Empty files take no bytes of the stream.
@@ -110,4 +112,53 @@
 // bytes, a name MaxNameLen bytes, a share MaxShareSize bytes, a chunk between
 // MinChunkSize and MaxChunkSize bytes. A download holds at most MaxInFlight
 // chunk buffers, so its memory is a few chunks whatever the share's size.
+//
+// # Downloads
+//
+// A Download fetches the chunks it lacks from its sources (see Source). The
+// choice of which chunk to ask of which source, and of which sources to
+// trade with, is the picker's (picker.go): a pure state machine, tested with
+// tables, that the run loop in fetch.go feeds with what happens. A download
+// trades with at most MaxActive sources at once (its active set, refreshed
+// every 10 s by rate, with one random newcomer: BitTorrent's choking seen
+// from the downloader), asks each for its rarest chunks first, keeps its
+// bandwidth-delay product plus DepthQueueTime of its rate in flight to it,
+// and re-requests the last chunks from a second source (endgame).
+//
+// # Offers: the contract between a source, the wire and a downloader
+//
+// A source's answer to "which chunks do you have" is an offer. The peer mode
+// (package node: seeding.go, choke.go), the chunk protocol (wire.go) and
+// the downloader (fetch.go, picker.go) agree on the following:
+//
+//  1. An offer is a hint. A source may offer fewer chunks than it holds (a
+//     seed offers the chunks it has sent least, so that each leaves it once
+//     before any leaves it twice: super-seeding), and it never refuses a
+//     request for a chunk it holds that it did not offer. Whether it holds
+//     every chunk is told apart from the offer (the wire's Complete status;
+//     Seeder), so a downloader knows a seed that offers little is not slow.
+//  2. A long poll (HaveWaiter.WaitHave; on the wire a have request with a
+//     wait) carries the Digest of the offer the asker knows. The source
+//     answers it with its offer then current: once that differs from the
+//     one the asker knows, or after a busy answer (3.), and only when it has
+//     room to send the asker a chunk; or when the wait the asker asked for
+//     (HaveWaitTime) or the longest it grants (MaxHaveWait) has passed.
+//  3. A source with no room for a chunk request answers ErrBusy: the asker
+//     is choked. It sends that source no chunk request until the source's
+//     next have answer, and asks for it with a long poll, which the source
+//     answers, first come first served, as room frees, keeping the room
+//     for the asker's next request for a moment (node's grantTTL). A source
+//     that cannot long-poll is asked again after Backoff(1).
+//  4. A downloader long-polls an active source only while that source
+//     offers nothing it needs that is not already requested (it is starved)
+//     or after a busy answer, never on a timer. So a source's answers are
+//     paced by its upload: one waiting asker is answered per freed room, and
+//     offers cost O(1) messages per chunk sent, whatever the swarm's size.
+//
+// The timing constants of both sides must agree: a poll's wait
+// (HaveWaitTime) within what a source grants (MaxHaveWait), both well
+// within a stream's idle limit; room kept for an unchoked asker far shorter
+// than a poll's wait; a downloader's DepthQueueTime within what a source
+// queues (two upload slots of an eighth of a second each). node's
+// TestTimingConstantsAgree checks them.
 package transfer

@@ -10,28 +10,30 @@ import (
 	"math/rand/v2"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/zeebo/blake3"
 )
 
-// Download defaults.
+// Download defaults. The scheduling constants are in picker.go.
 const (
 	DefaultMaxInFlight  = 16               // chunks in flight in all; the download holds at most twice this many chunk buffers (in flight, being written)
-	DefaultPerSource    = 8                // chunks in flight per source: enough to keep a loopback or LAN link busy
+	DefaultPerSource    = 8                // chunks in flight per source at most: enough to keep a loopback or LAN link busy
 	DefaultStallTimeout = 60 * time.Second // no chunk for this long ends a download
 	DefaultHaveInterval = 500 * time.Millisecond
-	minDepth            = 2                      // requests kept in flight to any source
-	depthQueueTime      = 250 * time.Millisecond // a source's depth: this much of its rate
-	rateWindow          = 2 * time.Second        // rates are measured over this window
-	schedTick           = 25 * time.Millisecond  // how often the scheduler looks at timers
+	maxIdleWake         = time.Second // the scheduler looks at its state at least this often
 )
 
 // DownloadOptions configures a Download. The zero value works.
 type DownloadOptions struct {
-	MaxInFlight int      // chunks in flight in all; 0: DefaultMaxInFlight
-	PerSource   int      // most chunks in flight per source (see srcState.depth); 0: DefaultPerSource
-	Limiter     *Limiter // download cap on chunk bytes; nil: none
+	MaxInFlight int // chunks in flight in all; 0: DefaultMaxInFlight
+	PerSource   int // most chunks in flight per source (see srcState.depth); 0: DefaultPerSource
+	// MaxActive is how many sources the download trades with at once (its
+	// active set, see picker.go); the others wait as candidates. 0:
+	// DefaultMaxActive.
+	MaxActive int
+	Limiter   *Limiter // download cap on chunk bytes; nil: none
 	// Progress, if set, is called after each chunk is stored, from the
 	// download's goroutine; it must return quickly.
 	Progress func(Progress)
@@ -82,6 +84,8 @@ type Stats struct {
 	Bytes      int64 // their bytes
 	Duplicates int   // endgame requests that lost the race (wasted)
 	BadChunks  int   // chunks that failed verification, from any source
+	Haves      int   // have requests and long polls answered
+	Busy       int   // chunk requests answered busy
 	Elapsed    time.Duration
 	Sources    map[string]SourceStats
 	// Local is how Get made its output from a local daemon's copy of the
@@ -100,16 +104,16 @@ type Download struct {
 	mu      sync.Mutex
 	pending []Source      // added, not yet seen by Run
 	wake    chan struct{} // cap 1: a source was added
+	usable  atomic.Int32  // sources known and not dropped, as of the last scheduling pass
 
-	// Owned by Run's goroutine.
-	sources []*srcState
-	byName  map[string]*srcState
+	byName map[string]*srcState // owned by Run's goroutine
 }
 
 // NewDownload prepares a download into sh.
 func NewDownload(sh *Share, opts DownloadOptions) *Download {
 	opts.MaxInFlight = cmp.Or(opts.MaxInFlight, DefaultMaxInFlight)
 	opts.PerSource = cmp.Or(opts.PerSource, DefaultPerSource)
+	opts.MaxActive = cmp.Or(opts.MaxActive, DefaultMaxActive)
 	opts.StallTimeout = cmp.Or(opts.StallTimeout, DefaultStallTimeout)
 	opts.HaveInterval = cmp.Or(opts.HaveInterval, DefaultHaveInterval)
 	log := opts.Logger
@@ -117,6 +121,17 @@ func NewDownload(sh *Share, opts DownloadOptions) *Download {
 		log = slog.Default()
 	}
 	return &Download{sh: sh, m: sh.m, opts: opts, log: log, wake: make(chan struct{}, 1), byName: map[string]*srcState{}}
+}
+
+// Usable returns how many sources the download knows that it has not
+// dropped (for bad data or a permanent error), whether active or not. Safe to
+// call from any goroutine.
+func (d *Download) Usable() int { return int(d.usable.Load()) + d.pendingCount() }
+
+func (d *Download) pendingCount() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.pending)
 }
 
 // AddSource adds a source; one with the same String() as a known source is
@@ -132,63 +147,6 @@ func (d *Download) AddSource(src Source) {
 	}
 }
 
-type srcState struct {
-	src     Source
-	name    string
-	waiter  bool // src is a HaveWaiter
-	have    Bitfield
-	known   bool      // have is valid
-	asking  bool      // a Have request is in flight
-	askAt   time.Time // next Have request allowed
-	starved bool      // has nothing we need right now; cleared when that may change
-	active  int       // chunk requests in flight
-	fails   int       // consecutive failures, counting requests in flight together as one
-	failAt  time.Time // when the last failure was counted
-	backoff time.Time // no new requests before this
-	done    []sample  // chunks received in the last rateWindow
-	stats   SourceStats
-}
-
-type sample struct {
-	at time.Time
-	n  int64
-}
-
-// depth is how many requests to keep in flight to s: enough to cover
-// depthQueueTime of its recent rate, within [minDepth, max]. A source that
-// is slow (a seed whose uplink is shared by many) gets few requests, so its
-// chunks arrive one after another, soon enough to be passed on to other
-// peers, instead of all arriving late together; a fast one gets many.
-func (s *srcState) depth(now time.Time, chunkSize int64, limit int) int {
-	for len(s.done) > 0 && now.Sub(s.done[0].at) > rateWindow {
-		s.done = s.done[1:]
-	}
-	if len(s.done) < 2 {
-		return min(minDepth, limit)
-	}
-	var bytes int64
-	for _, d := range s.done {
-		bytes += d.n
-	}
-	span := max(now.Sub(s.done[0].at), 10*time.Millisecond)
-	rate := float64(bytes) / span.Seconds()
-	want := int(rate*depthQueueTime.Seconds()/float64(chunkSize)) + 1
-	return min(max(want, minDepth), limit)
-}
-
-func (s *srcState) usable(now time.Time) bool {
-	return !s.stats.Dropped && !now.Before(s.backoff)
-}
-
-type request struct {
-	i        int
-	s        *srcState
-	started  time.Time
-	cancel   context.CancelFunc
-	lost     bool // another request for the chunk won
-	received bool // its source slot was given back; the chunk is being written
-}
-
 type chunkResult struct {
 	req      *request
 	buf      []byte
@@ -198,27 +156,26 @@ type chunkResult struct {
 }
 
 type haveResult struct {
-	s   *srcState
-	bf  Bitfield
-	err error
+	s       *srcState
+	bf      Bitfield
+	seed    bool
+	err     error
+	stopped bool // cancelled because s left the active set: no answer
 }
 
 // run is the state of one Run call.
 type run struct {
-	d        *Download
-	ctx      context.Context
-	need     Bitfield // chunks not held
-	avail    []int32  // per chunk, how many known sources have it
-	inflight map[int][]*request
-	active   int // requests in flight on the network
-	held     int // chunk buffers in use: requests in flight, and chunks being written
-	bufs     [][]byte
-	results  chan chunkResult
-	haves    chan haveResult
-	wg       sync.WaitGroup
-	stats    Stats
-	fetched  int64
-	last     time.Time // last chunk stored
+	d       *Download
+	ctx     context.Context
+	p       *picker
+	held    int // chunk buffers in use: requests in flight, and chunks being written
+	bufs    [][]byte
+	results chan chunkResult
+	haves   chan haveResult
+	wg      sync.WaitGroup
+	stats   Stats
+	fetched int64
+	last    time.Time // last chunk stored
 }
 
 // Run fetches every missing chunk, verifying each before it is stored, and
@@ -229,22 +186,21 @@ func (d *Download) Run(ctx context.Context) (Stats, error) {
 	begin := time.Now()
 	ctx, cancel := context.WithCancel(ctx)
 	n := d.m.NumChunks()
-	r := &run{
-		d:        d,
-		ctx:      ctx,
-		avail:    make([]int32, n),
-		inflight: map[int][]*request{},
-		results:  make(chan chunkResult),
-		haves:    make(chan haveResult),
-		last:     begin,
-		stats:    Stats{Sources: map[string]SourceStats{}},
-	}
 	have := d.sh.Have()
-	r.need = FullBitfield(n)
+	need := FullBitfield(n)
 	for i := range n {
 		if have.Has(i) {
-			r.need.Clear(i)
+			need.Clear(i)
 		}
+	}
+	r := &run{
+		d:       d,
+		ctx:     ctx,
+		p:       newPicker(n, d.m.chunkSize, need, d.opts, rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))),
+		results: make(chan chunkResult),
+		haves:   make(chan haveResult),
+		last:    begin,
+		stats:   Stats{Sources: map[string]SourceStats{}},
 	}
 	err := r.loop()
 	cancel()
@@ -255,7 +211,7 @@ func (d *Download) Run(ctx context.Context) (Stats, error) {
 	if cerr := d.sh.Checkpoint(); err == nil && cerr != nil {
 		err = cerr
 	}
-	for _, s := range d.sources {
+	for _, s := range r.p.sources {
 		r.stats.Sources[s.name] = s.stats
 	}
 	r.stats.Elapsed = time.Since(begin)
@@ -264,11 +220,15 @@ func (d *Download) Run(ctx context.Context) (Stats, error) {
 
 func (r *run) loop() error {
 	d := r.d
-	tick := time.NewTicker(schedTick)
-	defer tick.Stop()
+	// The loop sleeps until an event or the next deadline it has (a
+	// backoff ending, a refresh of the active set, the stall timeout): a
+	// periodic tick would wake every downloading process tens of times a
+	// second for nothing.
+	timer := time.NewTimer(maxIdleWake)
+	defer timer.Stop()
 	for {
 		r.addPending()
-		if r.need.Count() == 0 { // requests still out lost a race; Run cancels them
+		if r.p.need.Count() == 0 { // requests still out lost a race; Run cancels them
 			if !d.sh.Complete() && d.sh.HaveCount() == d.m.NumChunks() {
 				return d.sh.finish()
 			}
@@ -281,6 +241,8 @@ func (r *run) loop() error {
 		if err := r.checkHope(now); err != nil {
 			return err
 		}
+		wake := minTime(r.p.nextWake(now), r.last.Add(d.opts.StallTimeout+time.Millisecond)).Sub(now)
+		timer.Reset(min(max(wake, time.Millisecond), maxIdleWake))
 		select {
 		case res := <-r.results:
 			if err := r.onChunk(res); err != nil {
@@ -289,7 +251,7 @@ func (r *run) loop() error {
 		case h := <-r.haves:
 			r.onHave(h)
 		case <-d.wake:
-		case <-tick.C:
+		case <-timer.C:
 		case <-r.ctx.Done():
 			return r.ctx.Err()
 		}
@@ -303,13 +265,13 @@ func (r *run) relearnNeed() bool {
 	have := r.d.sh.Have()
 	lost := false
 	for i := range r.d.m.NumChunks() {
-		if !have.Has(i) && !r.need.Has(i) {
-			r.need.Set(i)
+		if !have.Has(i) && !r.p.need.Has(i) {
+			r.p.need.Set(i)
 			lost = true
 		}
 	}
 	if lost {
-		r.requeueAll()
+		r.p.requeueAll()
 	}
 	return lost
 }
@@ -319,23 +281,23 @@ func (r *run) checkHope(now time.Time) error {
 	d := r.d
 	if now.Sub(r.last) > d.opts.StallTimeout {
 		return fmt.Errorf("%w: no chunk for %v; %d of %d chunks held%s", ErrStalled,
-			d.opts.StallTimeout, d.m.NumChunks()-r.need.Count(), d.m.NumChunks(), r.sourceErrors())
+			d.opts.StallTimeout, d.m.NumChunks()-r.p.need.Count(), d.m.NumChunks(), r.sourceErrors())
 	}
-	if d.opts.WaitForSources || r.active > 0 {
+	if d.opts.WaitForSources || r.p.active > 0 {
 		return nil
 	}
-	for _, s := range d.sources {
+	for _, s := range r.p.sources {
 		if !s.stats.Dropped {
 			return nil
 		}
 	}
 	return fmt.Errorf("%w for %s: %d of %d chunks held%s", ErrNoSources, d.m.id,
-		d.m.NumChunks()-r.need.Count(), d.m.NumChunks(), r.sourceErrors())
+		d.m.NumChunks()-r.p.need.Count(), d.m.NumChunks(), r.sourceErrors())
 }
 
 func (r *run) sourceErrors() string {
 	var b strings.Builder
-	for _, s := range r.d.sources {
+	for _, s := range r.p.sources {
 		if s.stats.LastErr != nil {
 			fmt.Fprintf(&b, "\n  %s: %v", s.name, s.stats.LastErr)
 		}
@@ -357,142 +319,79 @@ func (r *run) addPending() {
 		_, waiter := src.(HaveWaiter)
 		s := &srcState{src: src, name: name, waiter: waiter}
 		d.byName[name] = s
-		d.sources = append(d.sources, s)
+		r.p.add(s)
 	}
 }
 
-// schedule starts Have requests for sources that need one and chunk requests
-// for every free slot.
+// schedule keeps the active set, starts have requests for the active
+// sources that need one, and chunk requests for every free slot.
 func (r *run) schedule(now time.Time) {
-	d := r.d
-	if len(d.sources) == 0 {
+	p := r.p
+	for _, s := range p.arrange(now) {
+		if s.stop != nil {
+			s.stop() // it left the active set: its long poll is of no use
+		}
+	}
+	r.d.usable.Store(int32(p.usable()))
+	if len(p.sources) == 0 {
 		return
 	}
-	free := r.need.Count()
-	for i := range r.inflight {
-		if r.need.Has(i) {
-			free--
-		}
-	}
+	free := p.free()
 	// Rotate which source goes first, so no source always gets the best picks.
-	off := rand.IntN(len(d.sources))
-	for k := range d.sources {
-		s := d.sources[(off+k)%len(d.sources)]
-		if !s.usable(now) {
+	off := p.rng.IntN(len(p.sources))
+	for k := range p.sources {
+		s := p.sources[(off+k)%len(p.sources)]
+		if !s.active || !s.usable(now) {
 			continue
 		}
-		if !s.asking && r.shouldAsk(s, now) {
+		if p.wantsHave(s, now) {
 			r.askHave(s)
 		}
-		if !s.known {
+		if !s.known || s.choked {
 			continue
 		}
-		depth := s.depth(now, d.m.chunkSize, d.opts.PerSource)
-		for s.active < depth && r.active < d.opts.MaxInFlight && r.held < 2*d.opts.MaxInFlight {
-			if free > 0 {
-				if s.starved {
-					break
-				}
-				i := r.pickFree(s)
-				if i < 0 {
-					s.starved = true
-					break
-				}
-				r.startChunk(i, s, now)
-				free--
-				continue
-			}
-			i := r.pickEndgame(s)
+		depth := s.depth(now, p.chunkSize, r.d.opts.PerSource)
+		for s.inflight < depth && p.active < p.maxInFlight && r.held < 2*p.maxInFlight {
+			i, endgame := p.next(s, now, free)
 			if i < 0 {
-				s.starved = true // ask again what it has: it may have gained a chunk to race for
 				break
 			}
-			d.log.Debug("endgame: duplicating chunk request", "chunk", i, "source", s.name)
-			r.startChunk(i, s, now)
-		}
-	}
-}
-
-// pickFree chooses the next chunk to ask s for: the rarest missing chunk
-// that is not in flight and that s has, scanning from a random point. The
-// random start spreads concurrent requests, and concurrent downloaders, over
-// the share, so that a seed is not asked for the same chunk twice while
-// other chunks wait; chunks are written where they belong, so order costs
-// nothing. It returns -1 if s has none of them.
-func (r *run) pickFree(s *srcState) int {
-	n := len(r.avail)
-	best, bestAvail := -1, int32(1<<30)
-	start := rand.IntN(n)
-	for k := 0; k < n; k++ {
-		i := start + k
-		if i >= n {
-			i -= n
-		}
-		if i%8 == 0 && i+8 <= n && r.need.b[i/8] == 0 {
-			k += 7 // eight held chunks at once
-			continue
-		}
-		if !r.need.Has(i) || len(r.inflight[i]) > 0 || !s.have.Has(i) {
-			continue
-		}
-		if r.avail[i] < bestAvail {
-			best, bestAvail = i, r.avail[i]
-			if bestAvail <= 1 {
-				break
+			if endgame {
+				r.d.log.Debug("endgame: duplicating chunk request", "chunk", i, "source", s.name)
+			} else {
+				free--
 			}
+			r.startChunk(p.start(i, s, now))
 		}
 	}
-	return best
 }
 
-// pickEndgame is for when every missing chunk is in flight: it returns the
-// oldest chunk with a single request, from another source, that s could
-// duplicate, or -1. The first copy to arrive wins; the other is cancelled.
-func (r *run) pickEndgame(s *srcState) int {
-	var oldest *request
-	for i, reqs := range r.inflight {
-		if len(reqs) != 1 || reqs[0].s == s || !r.need.Has(i) || !s.have.Has(i) {
-			continue
-		}
-		if oldest == nil || reqs[0].started.Before(oldest.started) {
-			oldest = reqs[0]
-		}
-	}
-	if oldest == nil {
-		return -1
-	}
-	return oldest.i
-}
-
-// shouldAsk decides whether to ask s what it holds: always at first; then,
-// for a source that lacks chunks, either keep a long poll outstanding (a
-// HaveWaiter tells us the moment it gains chunks) or, for other sources,
-// ask again every HaveInterval while it has nothing for us.
-func (r *run) shouldAsk(s *srcState, now time.Time) bool {
-	switch {
-	case !s.known:
-		return true
-	case s.have.Full() || now.Before(s.askAt):
-		return false
-	case s.waiter:
-		return true
-	}
-	return s.starved && s.active == 0
-}
-
+// askHave asks s what it offers: at once the first time, then with a long
+// poll if it is a HaveWaiter. The request is cancelled if s leaves the active
+// set.
 func (r *run) askHave(s *srcState) {
 	s.asking = true
 	poll, known := s.waiter && s.known, s.have.Digest()
+	ctx, cancel := context.WithCancel(r.ctx)
+	s.stop = cancel
+	id, n := r.d.m.id, r.d.m.NumChunks()
 	r.wg.Go(func() {
-		var bf Bitfield
-		var err error
+		defer cancel()
+		var h haveResult
 		if poll {
-			bf, err = s.src.(HaveWaiter).WaitHave(r.ctx, r.d.m.id, r.d.m.NumChunks(), known)
+			h.bf, h.err = s.src.(HaveWaiter).WaitHave(ctx, id, n, known)
 		} else {
-			bf, err = s.src.Have(r.ctx, r.d.m.id, r.d.m.NumChunks())
+			h.bf, h.err = s.src.Have(ctx, id, n)
+		}
+		h.s, h.stopped = s, ctx.Err() != nil && r.ctx.Err() == nil
+		if h.err == nil {
+			h.seed = h.bf.Full()
+			if sd, ok := s.src.(Seeder); ok {
+				h.seed = sd.Seeding(id)
+			}
 		}
 		select {
-		case r.haves <- haveResult{s: s, bf: bf, err: err}:
+		case r.haves <- h:
 		case <-r.ctx.Done():
 		}
 	})
@@ -500,7 +399,11 @@ func (r *run) askHave(s *srcState) {
 
 func (r *run) onHave(h haveResult) {
 	s := h.s
-	s.asking = false
+	s.asking, s.stop = false, nil
+	if h.stopped {
+		return
+	}
+	r.stats.Haves++
 	s.askAt = time.Now().Add(r.d.opts.HaveInterval)
 	if h.err != nil {
 		if r.ctx.Err() == nil {
@@ -512,19 +415,10 @@ func (r *run) onHave(h haveResult) {
 	if s.waiter {
 		s.askAt = time.Time{} // poll again at once: the source answers when it has news
 	}
-	for i := range len(r.avail) {
-		was, is := s.known && s.have.Has(i), h.bf.Has(i)
-		switch {
-		case is && !was:
-			r.avail[i]++
-		case was && !is:
-			r.avail[i]--
-		}
-	}
-	s.have, s.known, s.starved, s.fails = h.bf, true, false, 0
+	r.p.offered(s, h.bf, h.seed)
 }
 
-func (r *run) startChunk(i int, s *srcState, now time.Time) {
+func (r *run) startChunk(req *request) {
 	var buf []byte
 	if k := len(r.bufs); k > 0 {
 		buf, r.bufs = r.bufs[k-1], r.bufs[:k-1]
@@ -532,11 +426,8 @@ func (r *run) startChunk(i int, s *srcState, now time.Time) {
 		buf = chunkBuffers.get(int(r.d.m.chunkSize))
 	}
 	ctx, cancel := context.WithCancel(r.ctx)
-	req := &request{i: i, s: s, started: now, cancel: cancel}
-	r.inflight[i] = append(r.inflight[i], req)
-	r.active++
+	req.cancel = cancel
 	r.held++
-	s.active++
 	r.wg.Go(func() {
 		send := func(res chunkResult) {
 			select {
@@ -605,42 +496,19 @@ func (d *Download) store(req *request, buf []byte, sum Hash) chunkResult {
 }
 
 func (r *run) onChunk(res chunkResult) error {
-	req, s, i := res.req, res.req.s, res.req.i
+	p, req, s, i := r.p, res.req, res.req.s, res.req.i
 	if res.received {
-		req.received = true
-		r.active--
-		s.active--
-		s.fails = 0 // it works
-		s.done = append(s.done, sample{at: time.Now(), n: int64(r.d.m.ChunkLen(i))})
+		p.received(req, int64(r.d.m.ChunkLen(i)), time.Now())
 		return nil
 	}
 	r.bufs = append(r.bufs, res.buf)
 	r.held--
-	if !req.received {
-		r.active--
-		s.active--
-	}
-	reqs := r.inflight[i]
-	for k, q := range reqs {
-		if q == req {
-			reqs = append(reqs[:k], reqs[k+1:]...)
-			break
-		}
-	}
-	if len(reqs) == 0 {
-		delete(r.inflight, i)
-	} else {
-		r.inflight[i] = reqs
-	}
-
+	won, lost := p.finish(req, res.err == nil)
 	switch {
+	case res.err == nil && !won:
+		r.stats.Duplicates++
+		return nil
 	case res.err == nil:
-		s.fails = 0
-		if !r.need.Has(i) {
-			r.stats.Duplicates++
-			return nil
-		}
-		r.need.Clear(i)
 		n := int64(r.d.m.ChunkLen(i))
 		r.stats.Chunks++
 		r.stats.Bytes += n
@@ -651,16 +519,15 @@ func (r *run) onChunk(res chunkResult) error {
 		if rt := r.d.opts.Retry; rt != nil {
 			rt.progress(req.started)
 		}
-		for _, q := range r.inflight[i] {
-			q.lost = true
+		for _, q := range lost {
 			q.cancel()
 		}
-		if p := r.d.opts.Progress; p != nil {
-			held := r.d.m.NumChunks() - r.need.Count()
-			p(Progress{Chunks: held, TotalChunks: r.d.m.NumChunks(), Bytes: r.d.sh.heldBytes(), TotalBytes: r.d.m.size, Fetched: r.fetched, Index: i, From: s.src})
+		if pr := r.d.opts.Progress; pr != nil {
+			held := r.d.m.NumChunks() - p.need.Count()
+			pr(Progress{Chunks: held, TotalChunks: r.d.m.NumChunks(), Bytes: r.d.sh.heldBytes(), TotalBytes: r.d.m.size, Fetched: r.fetched, Index: i, From: s.src})
 		}
 		return nil
-	case req.lost || !r.need.Has(i):
+	case req.lost || !p.need.Has(i):
 		r.stats.Duplicates++
 		return nil
 	case res.local:
@@ -668,7 +535,7 @@ func (r *run) onChunk(res chunkResult) error {
 	case r.ctx.Err() != nil:
 		return nil
 	}
-	r.requeue(i)
+	p.requeue(i)
 	if errors.Is(res.err, ErrBadChunk) {
 		r.stats.BadChunks++
 		s.stats.Bad++
@@ -683,43 +550,24 @@ func (r *run) onChunk(res chunkResult) error {
 		return nil
 	}
 	if errors.Is(res.err, ErrChunkNotHeld) && s.known {
-		if s.have.Has(i) {
-			s.have.Clear(i)
-			r.avail[i]--
-		}
+		p.notHeld(s, i)
 		s.stats.LastErr = res.err
 		return nil
 	}
 	if errors.Is(res.err, ErrBusy) {
-		// The source is sending all it can: ask the others for now. This is
-		// no failure, so the pause does not grow.
-		s.backoff = time.Now().Add(Backoff(1))
+		// The source is sending all it can: it is choked until it has room
+		// for us (see picker.busy). This is no failure.
+		r.stats.Busy++
+		p.busy(s, time.Now())
 		return nil
 	}
 	r.sourceFailed(s, res.err, req.started)
 	return nil
 }
 
-// requeueAll makes every needed chunk available to pick again.
-func (r *run) requeueAll() {
-	for _, s := range r.d.sources {
-		s.starved = false
-	}
-}
-
-// requeue makes chunk i available to pick again.
-func (r *run) requeue(i int) {
-	for _, s := range r.d.sources {
-		if s.known && s.have.Has(i) {
-			s.starved = false
-		}
-	}
-}
-
-// sourceFailed handles an error from s for a request started at started: a
-// permanent one (Permanent) drops it, anything else backs it off, longer each time. The
-// requests that were already in flight when a failure was counted fail
-// together (a restarted server resets them all) and count once.
+// sourceFailed handles an error from s for a request started at started
+// (zero: a have request): a permanent one (Permanent) drops it, anything
+// else backs it off, longer each time (see picker.failed).
 func (r *run) sourceFailed(s *srcState, err error, started time.Time) {
 	s.stats.Errors++
 	s.stats.LastErr = err
@@ -730,17 +578,12 @@ func (r *run) sourceFailed(s *srcState, err error, started time.Time) {
 		}
 		return
 	}
-	if !started.IsZero() && started.Before(s.failAt) {
-		return
+	if back := r.p.failed(s, time.Now(), started); back > 0 {
+		if rt := r.d.opts.Retry; rt != nil {
+			rt.failed(s.name, err, back)
+		}
+		r.d.log.Debug("source failed; backing off", "source", s.name, "err", err, "backoff", back)
 	}
-	s.fails++
-	s.failAt = time.Now()
-	back := Backoff(s.fails) // the policy of every request of a transfer: see retry.go
-	s.backoff = time.Now().Add(back)
-	if rt := r.d.opts.Retry; rt != nil {
-		rt.failed(s.name, err, back)
-	}
-	r.d.log.Debug("source failed; backing off", "source", s.name, "err", err, "backoff", back)
 }
 
 // heldBytes returns the bytes of the chunks held.

@@ -341,20 +341,11 @@ func (l *lyingManifest) Manifest(ctx context.Context, id ID) ([]byte, error) {
 
 func (l *lyingManifest) String() string { return "liar" }
 
-// pickFree must find the one chunk left wherever it is, whatever the random
-// start: a regression test for skipping whole bytes of held chunks.
-func TestPickFreeFindsEveryChunk(t *testing.T) {
-	for _, n := range []int{1, 7, 8, 9, 10, 17, 64} {
-		for last := range n {
-			r := &run{avail: make([]int32, n), inflight: map[int][]*request{}, need: NewBitfield(n)}
-			r.need.Set(last)
-			s := &srcState{have: FullBitfield(n), known: true}
-			for range 20 {
-				if got := r.pickFree(s); got != last {
-					t.Fatalf("n=%d: picked %d, want %d", n, got, last)
-				}
-			}
-		}
+// The long poll's waits stay within a stream's idle limit, so that a stream
+// waiting on a poll is never cut as idle.
+func TestLongPollWithinStreamIdle(t *testing.T) {
+	if !(HaveWaitTime <= MaxHaveWait && MaxHaveWait < streamIdle && HaveWaitTime < maxStreamIdle) {
+		t.Fatalf("HaveWaitTime %v, MaxHaveWait %v, streamIdle %v, maxStreamIdle %v", HaveWaitTime, MaxHaveWait, streamIdle, maxStreamIdle)
 	}
 }
 

@@ -47,6 +47,14 @@ type HaveWaiter interface {
 	WaitHave(ctx context.Context, id ID, n int, known uint32) (Bitfield, error)
 }
 
+// Seeder is an optional ability of a Source: whether, at its last have
+// answer for share id, it held every chunk (a seed), even if it offered
+// fewer (see HaveWaiter). A download uses it not to rotate a super-seeding
+// seed out of its active set for being slow (see picker.go).
+type Seeder interface {
+	Seeding(id ID) bool
+}
+
 // HaveWaitTime is how long a download's long poll asks a source to wait.
 const HaveWaitTime = 10 * time.Second
 

@@ -372,6 +372,7 @@ type StreamSource struct {
 	idle    []idleStream // streams ready for a request, most recently used last
 	lanes   []*lane      // streams chunk requests are pipelined on
 	opening int          // lanes being opened
+	seeds   map[ID]bool  // shares whose last have answer said Complete
 }
 
 type idleStream struct {
@@ -389,6 +390,7 @@ const (
 var (
 	_ Source     = (*StreamSource)(nil)
 	_ HaveWaiter = (*StreamSource)(nil)
+	_ Seeder     = (*StreamSource)(nil)
 )
 
 // String implements Source.
@@ -527,10 +529,27 @@ func (ss *StreamSource) have(ctx context.Context, req Request, n int) (Bitfield,
 		return Bitfield{}, err
 	}
 	bf, err := ParseBitfield(n, b)
-	if err == nil && ss.Complete != nil {
+	if err != nil {
+		return bf, err
+	}
+	ss.mu.Lock()
+	if ss.seeds == nil {
+		ss.seeds = map[ID]bool{}
+	}
+	ss.seeds[req.ID] = status == statusComplete
+	ss.mu.Unlock()
+	if ss.Complete != nil {
 		ss.Complete(req.ID, status == statusComplete)
 	}
-	return bf, err
+	return bf, nil
+}
+
+// Seeding implements Seeder: whether the last have answer for id said the
+// source holds every chunk.
+func (ss *StreamSource) Seeding(id ID) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.seeds[id]
 }
 
 // OpenChunk implements Source. It pipelines the request on a lane (see

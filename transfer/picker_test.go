@@ -1,0 +1,412 @@
+package transfer
+
+import (
+	"cmp"
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+var t0 = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func testPicker(n int, opts DownloadOptions) *picker {
+	opts.MaxInFlight = cmp.Or(opts.MaxInFlight, 16)
+	opts.PerSource = cmp.Or(opts.PerSource, 8)
+	opts.MaxActive = cmp.Or(opts.MaxActive, DefaultMaxActive)
+	return newPicker(n, MinChunkSize, FullBitfield(n), opts, rand.New(rand.NewPCG(1, 2)))
+}
+
+// offer returns a bitfield of n chunks holding the given ones.
+func offer(n int, held ...int) Bitfield {
+	bf := NewBitfield(n)
+	for _, i := range held {
+		bf.Set(i)
+	}
+	return bf
+}
+
+func source(p *picker, name string, have Bitfield) *srcState {
+	s := &srcState{name: name, waiter: true, active: true}
+	p.add(s)
+	p.offered(s, have, have.Full())
+	return s
+}
+
+// pickFree must find the one chunk left wherever it is, whatever the random
+// start: a regression test for skipping whole bytes of held chunks.
+func TestPickFreeFindsEveryChunk(t *testing.T) {
+	for _, n := range []int{1, 7, 8, 9, 10, 17, 64} {
+		for last := range n {
+			p := testPicker(n, DownloadOptions{})
+			p.need = offer(n, last)
+			s := source(p, "s", FullBitfield(n))
+			for range 20 {
+				if got := p.pickFree(s); got != last {
+					t.Fatalf("n=%d: picked %d, want %d", n, got, last)
+				}
+			}
+		}
+	}
+}
+
+func TestPickFreeRarestFirst(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		need     []int        // nil: all
+		offers   [][]int      // what other sources offer (availability)
+		mine     []int        // what the source asked offers
+		inflight []int        // chunks already requested
+		want     map[int]bool // acceptable picks; empty: -1
+	}{
+		{name: "the rarest", offers: [][]int{{0, 1, 2}, {0, 1}}, mine: []int{0, 1, 2, 3}, want: map[int]bool{3: true}},
+		{name: "rarest of those offered", offers: [][]int{{0, 1}, {0}}, mine: []int{0, 1}, want: map[int]bool{1: true}},
+		{name: "ties: any", offers: [][]int{{0, 1, 2, 3}}, mine: []int{1, 2}, want: map[int]bool{1: true, 2: true}},
+		{name: "not in flight", mine: []int{0, 1}, inflight: []int{0}, want: map[int]bool{1: true}},
+		{name: "not held", need: []int{5}, mine: []int{0, 1, 5}, want: map[int]bool{5: true}},
+		{name: "nothing offered we need", need: []int{2}, mine: []int{0, 1}, want: map[int]bool{}},
+		{name: "everything in flight", mine: []int{0}, inflight: []int{0}, want: map[int]bool{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const n = 16
+			p := testPicker(n, DownloadOptions{})
+			if tc.need != nil {
+				p.need = offer(n, tc.need...)
+			}
+			for k, o := range tc.offers {
+				source(p, string(rune('a'+k)), offer(n, o...))
+			}
+			s := source(p, "me", offer(n, tc.mine...))
+			for _, i := range tc.inflight {
+				p.start(i, s, t0)
+			}
+			for range 50 {
+				got := p.pickFree(s)
+				if len(tc.want) == 0 && got != -1 || len(tc.want) > 0 && !tc.want[got] {
+					t.Fatalf("picked %d, want one of %v", got, tc.want)
+				}
+			}
+		})
+	}
+}
+
+func TestNextEndgame(t *testing.T) {
+	const n = 4
+	p := testPicker(n, DownloadOptions{})
+	p.need = offer(n, 1, 2, 3)
+	a := source(p, "a", FullBitfield(n))
+	b := source(p, "b", FullBitfield(n))
+	c := source(p, "c", offer(n, 0, 1))
+	p.start(3, a, t0.Add(2*time.Second))
+	p.start(2, a, t0) // the oldest
+	p.start(1, a, t0.Add(time.Second))
+	if i, endgame := p.next(b, t0, p.free()); i != 2 || !endgame {
+		t.Fatalf("b: next = %d, %v; want the oldest single request, 2, as endgame", i, endgame)
+	}
+	p.start(2, b, t0.Add(3*time.Second))
+	if i, _ := p.next(b, t0, p.free()); i != 1 {
+		t.Fatalf("b: next = %d, want 1 (2 has two requests)", i)
+	}
+	if i, _ := p.next(c, t0, p.free()); i != 1 {
+		t.Fatalf("c: next = %d, want 1, the only one it offers", i)
+	}
+	if i, _ := p.next(a, t0, p.free()); i != -1 || !a.starved {
+		t.Fatalf("a: next = %d (starved %v); it has every request already", i, a.starved)
+	}
+	// The first copy wins; the other request for the chunk lost.
+	reqs := append([]*request(nil), p.inflight[2]...)
+	p.received(reqs[1], MinChunkSize, t0)
+	won, lost := p.finish(reqs[1], true)
+	if !won || len(lost) != 1 || lost[0] != reqs[0] || !reqs[0].lost {
+		t.Fatalf("finish: won %v, lost %v", won, lost)
+	}
+	if won, _ := p.finish(reqs[0], true); won {
+		t.Fatal("the second copy won too")
+	}
+	if p.active != 2 || a.inflight != 2 || b.inflight != 0 {
+		t.Fatalf("in flight: %d in all, a %d, b %d", p.active, a.inflight, b.inflight)
+	}
+}
+
+func TestDepth(t *testing.T) {
+	const mib = 1 << 20
+	// samples spreads the given bytes over the rate window at rate bytes/s,
+	// each chunk taking latency.
+	samples := func(rate float64, chunk int64, latency time.Duration) []sample {
+		var out []sample
+		every := time.Duration(float64(chunk) / rate * float64(time.Second))
+		for at := t0.Add(-rateWindow + every); !at.After(t0); at = at.Add(every) {
+			out = append(out, sample{at: at, n: chunk, latency: latency})
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name  string
+		done  []sample
+		chunk int64
+		limit int
+		want  int
+	}{
+		{"no rate yet", nil, mib, 8, minDepth},
+		{"no rate yet, limit 1", nil, mib, 1, 1},
+		{"slow seed: 1 MiB/s, 1 MiB chunks", samples(mib, mib, time.Second), mib, 8, minDepth},
+		{"8 MiB/s, 1 MiB chunks, loopback", samples(8*mib, mib, 125*time.Millisecond), mib, 8, 4},
+		{"8 MiB/s, 128 KiB chunks, 80 ms round trip", samples(8*mib, 128<<10, 96*time.Millisecond), 128 << 10, 32, 23},
+		{"the same, limited", samples(8*mib, 128<<10, 96*time.Millisecond), 128 << 10, 8, 8},
+		{"1 MiB/s, 256 KiB chunks, 80 ms round trip", samples(mib, 256<<10, 330*time.Millisecond), 256 << 10, 32, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &srcState{done: tc.done}
+			if got := s.depth(t0, tc.chunk, tc.limit); got != tc.want {
+				t.Fatalf("depth = %d, want %d", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestWantsHave(t *testing.T) {
+	const n = 8
+	for _, tc := range []struct {
+		name string
+		s    srcState
+		want bool
+	}{
+		{"candidate", srcState{waiter: true}, false},
+		{"first contact", srcState{active: true, waiter: true}, true},
+		{"asking already", srcState{active: true, asking: true}, false},
+		{"long poll when starved", srcState{active: true, waiter: true, known: true, starved: true, have: offer(n, 1)}, true},
+		{"no poll while it has chunks for us", srcState{active: true, waiter: true, known: true, have: offer(n, 1)}, false},
+		{"a full source has no news", srcState{active: true, waiter: true, known: true, starved: true, have: FullBitfield(n)}, false},
+		{"choked: poll for a grant", srcState{active: true, waiter: true, known: true, choked: true, have: FullBitfield(n)}, true},
+		{"no poll: ask again when idle", srcState{active: true, known: true, starved: true, have: offer(n, 1)}, true},
+		{"no poll: not while requests run", srcState{active: true, known: true, starved: true, inflight: 1, have: offer(n, 1)}, false},
+		{"no poll: not before HaveInterval", srcState{active: true, known: true, starved: true, have: offer(n, 1), askAt: t0.Add(time.Second)}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := testPicker(n, DownloadOptions{})
+			if got := p.wantsHave(&tc.s, t0); got != tc.want {
+				t.Fatalf("wantsHave = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestArrangeActiveSet(t *testing.T) {
+	const n = 8
+	actives := func(p *picker) (k int) {
+		for _, s := range p.sources {
+			if s.active {
+				k++
+			}
+		}
+		return k
+	}
+	mk := func(sources int) (*picker, []*srcState) {
+		p := testPicker(n, DownloadOptions{MaxActive: 3})
+		var ss []*srcState
+		for k := range sources {
+			s := &srcState{name: string(rune('a' + k)), waiter: true}
+			p.add(s)
+			ss = append(ss, s)
+		}
+		return p, ss
+	}
+	t.Run("fills up to MaxActive", func(t *testing.T) {
+		p, _ := mk(10)
+		if left := p.arrange(t0); len(left) != 0 || actives(p) != 3 {
+			t.Fatalf("%d active, %d left", actives(p), len(left))
+		}
+		p2, _ := mk(2)
+		p2.arrange(t0)
+		if actives(p2) != 2 {
+			t.Fatalf("%d active of 2 sources", actives(p2))
+		}
+	})
+	t.Run("a dropped source gives way", func(t *testing.T) {
+		p, ss := mk(4)
+		p.arrange(t0)
+		var gone *srcState
+		for _, s := range ss {
+			if s.active {
+				gone = s
+				break
+			}
+		}
+		gone.stats.Dropped = true
+		left := p.arrange(t0.Add(time.Second))
+		if len(left) != 1 || left[0] != gone || actives(p) != 3 {
+			t.Fatalf("left %v, %d active", left, actives(p))
+		}
+	})
+	t.Run("a failing source gives way only to a candidate", func(t *testing.T) {
+		p, ss := mk(3)
+		p.arrange(t0)
+		ss[0].fails = activeFailures
+		if left := p.arrange(t0.Add(time.Second)); len(left) != 0 || !ss[0].active {
+			t.Fatal("the only sources must stay active")
+		}
+		p.add(&srcState{name: "new", waiter: true})
+		if left := p.arrange(t0.Add(time.Second)); len(left) != 1 || left[0] != ss[0] || actives(p) != 3 {
+			t.Fatalf("left %v, %d active", left, actives(p))
+		}
+	})
+	t.Run("the slowest gives way every refresh", func(t *testing.T) {
+		p, ss := mk(5)
+		p.arrange(t0)
+		var act []*srcState
+		for _, s := range ss {
+			if s.active {
+				act = append(act, s)
+			}
+		}
+		act[0].got, act[1].got, act[2].got = 3<<20, 1<<20, 2<<20
+		if left := p.arrange(t0.Add(activeRefresh / 4)); len(left) != 0 {
+			t.Fatal("replaced before a refresh")
+		}
+		left := p.arrange(t0.Add(activeRefresh))
+		if len(left) != 1 || left[0] != act[1] || act[1].active || actives(p) != 3 {
+			t.Fatalf("left %v, want %s", left, act[1].name)
+		}
+		for _, s := range ss {
+			if s.got != 0 {
+				t.Fatal("rates are not reset at a refresh")
+			}
+		}
+		// A source made active in the middle of a period is not replaced at
+		// the end of it, however slow.
+		var dropped *srcState
+		for _, s := range ss {
+			if s.active {
+				s.got = 1 << 20
+				if dropped == nil {
+					dropped = s
+				}
+			}
+		}
+		dropped.stats.Dropped = true
+		p.arrange(t0.Add(activeRefresh * 3 / 2))
+		var newcomer *srcState
+		for _, s := range ss {
+			if s.active && s.activeAt.Equal(t0.Add(activeRefresh*3/2)) {
+				newcomer = s
+			}
+		}
+		if newcomer == nil {
+			t.Fatal("no source replaced the dropped one")
+		}
+		for _, s := range p.arrange(t0.Add(2 * activeRefresh)) {
+			if s == newcomer {
+				t.Fatalf("%s replaced after half a period", s.name)
+			}
+		}
+	})
+	t.Run("a super-seeding seed stays", func(t *testing.T) {
+		p, ss := mk(4)
+		p.arrange(t0)
+		for _, s := range ss {
+			if s.active {
+				s.got = 1 << 20
+			}
+		}
+		var seed *srcState
+		for _, s := range ss {
+			if s.active {
+				seed = s
+				break
+			}
+		}
+		seed.got = 0
+		p.offered(seed, offer(n, 3), true)
+		for _, s := range p.arrange(t0.Add(activeRefresh)) {
+			if s == seed {
+				t.Fatal("the super-seeding seed was replaced for being slow")
+			}
+		}
+	})
+}
+
+func TestOfferedKeepsAvailability(t *testing.T) {
+	const n = 20
+	p := testPicker(n, DownloadOptions{})
+	a := source(p, "a", offer(n, 0, 1, 9, 17))
+	b := source(p, "b", offer(n, 1, 2))
+	p.offered(a, offer(n, 0, 2, 9, 19), false) // lost 1 and 17, gained 2 and 19
+	want := map[int]int32{0: 1, 1: 1, 2: 2, 9: 1, 17: 0, 19: 1}
+	for i := range n {
+		if p.avail[i] != want[i] {
+			t.Fatalf("avail[%d] = %d, want %d", i, p.avail[i], want[i])
+		}
+	}
+	b.choked, b.starved = true, true
+	p.offered(b, offer(n, 1, 2), false)
+	if b.choked || b.starved {
+		t.Fatal("a have answer must end a choke and a starvation")
+	}
+	p.notHeld(b, 2)
+	if p.avail[2] != 1 || b.have.Has(2) {
+		t.Fatal("notHeld did not forget the chunk")
+	}
+}
+
+func TestBusyAndFailures(t *testing.T) {
+	p := testPicker(4, DownloadOptions{})
+	w := &srcState{waiter: true}
+	p.busy(w, t0)
+	if !w.choked || !w.backoff.IsZero() {
+		t.Fatal("a busy HaveWaiter must be choked until its next answer, without a pause")
+	}
+	o := &srcState{}
+	p.busy(o, t0)
+	if o.choked || o.backoff.Before(t0.Add(minBackoff/2)) || o.backoff.After(t0.Add(minBackoff)) {
+		t.Fatalf("a busy source without long polls pauses %v", o.backoff.Sub(t0))
+	}
+	s := &srcState{}
+	var last time.Duration
+	for k := range 8 {
+		now := t0.Add(time.Duration(k) * time.Minute)
+		back := p.failed(s, now, now)
+		if back < last/2 || back > maxBackoff {
+			t.Fatalf("failure %d: backoff %v after %v", k+1, back, last)
+		}
+		last = back
+	}
+	if s.fails != 8 {
+		t.Fatalf("fails = %d", s.fails)
+	}
+	// Requests in flight when a failure was counted fail with it.
+	if back := p.failed(s, t0.Add(8*time.Minute), t0.Add(7*time.Minute-time.Second)); back != 0 || s.fails != 8 {
+		t.Fatal("a request started before the last failure counted again")
+	}
+}
+
+func TestNextWake(t *testing.T) {
+	const n = 8
+	p := testPicker(n, DownloadOptions{})
+	if got := p.nextWake(t0); !got.Equal(t0) {
+		t.Fatalf("before the first arrange: %v, want at once", got)
+	}
+	a := source(p, "a", offer(n, 1))
+	b := source(p, "b", offer(n, 2))
+	c := &srcState{name: "c", waiter: true} // a candidate
+	p.add(c)
+	p.refresh = t0.Add(activeRefresh)
+	if got := p.nextWake(t0); !got.Equal(p.refresh) {
+		t.Fatalf("nothing pending: %v, want the refresh", got.Sub(t0))
+	}
+	a.backoff = t0.Add(300 * time.Millisecond)
+	b.waiter, b.askAt = false, t0.Add(200*time.Millisecond)
+	c.backoff = t0.Add(100 * time.Millisecond)
+	for _, tc := range []struct {
+		name string
+		do   func()
+		want time.Duration
+	}{
+		{"a candidate's backoff", func() {}, 100 * time.Millisecond},
+		{"a have request's pause", func() { c.backoff = time.Time{} }, 200 * time.Millisecond},
+		{"an active source's backoff", func() { b.asking = true }, 300 * time.Millisecond},
+	} {
+		tc.do()
+		if got := p.nextWake(t0).Sub(t0); got != tc.want {
+			t.Fatalf("%s: wake in %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
