@@ -140,8 +140,8 @@ type SessionInfo struct {
 	Authenticated bool   `json:"authenticated"`
 	Method        string `json:"method,omitempty"` // "cookie", "basic" or "bearer"
 	PublicRead    bool   `json:"public_read"`
-	Mode          string `json:"mode"`    // "server" or "peer"
-	Uploads       bool   `json:"uploads"` // upload sessions are available
+	Mode          string `json:"mode"`       // "server" or "peer"
+	Uploads       bool   `json:"uploads"`    // upload sessions are available
 	ChunkSize     int64  `json:"chunk_size"` // of uploads; 0: each share's default for its size
 	MaxUpload     int64  `json:"max_upload"`
 	Version       string `json:"version"`
