@@ -16,6 +16,7 @@ type metrics struct {
 	badChunks      prometheus.Counter
 	refused        prometheus.Counter     // requests refused at the per-peer limit
 	busy           prometheus.Counter     // chunk requests answered busy (the asker is choked)
+	pexPeers       prometheus.Counter     // sources learned by peer exchange
 	lookups        *prometheus.CounterVec // DHT provider lookups, by result
 	lookupSeconds  prometheus.Histogram   // time to the first provider
 	provides       *prometheus.CounterVec // announcements, by result
@@ -42,6 +43,9 @@ func newMetrics(reg prometheus.Registerer, n *Node) (*metrics, error) {
 		busy: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "share_peer_chunk_requests_busy_total", Help: "Chunk requests answered busy: the upload was full, and the asker is served when it has room.",
 		}),
+		pexPeers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "share_peer_exchange_peers_total", Help: "Sources of swarm downloads learned from other peers (peer exchange) rather than the DHT.",
+		}),
 		lookups: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "share_dht_lookups_total", Help: "DHT provider lookups, by result (found, none).",
 		}, []string{"result"}),
@@ -64,7 +68,7 @@ func newMetrics(reg prometheus.Registerer, n *Node) (*metrics, error) {
 			func() float64 { n.mu.RLock(); defer n.mu.RUnlock(); return float64(len(n.downloads)) }),
 	}
 	gauges = append(gauges, n.nat.collectors()...)
-	for _, c := range append([]prometheus.Collector{m.peerSent, m.peerRecv, m.chunksRecv, m.chunksSent, m.badChunks, m.refused, m.busy,
+	for _, c := range append([]prometheus.Collector{m.peerSent, m.peerRecv, m.chunksRecv, m.chunksSent, m.badChunks, m.refused, m.busy, m.pexPeers,
 		m.lookups, m.lookupSeconds, m.provides, m.provideSeconds}, gauges...) {
 		if err := reg.Register(c); err != nil {
 			return nil, err

@@ -77,9 +77,10 @@ type shareState struct {
 
 	mu        sync.Mutex // guards the fields below
 	providers map[peer.ID]bool
-	provided  time.Time // last successful announcement
-	lastErr   string    // of the last swarm download
-	seeding   *seeding  // once served complete; see seeding.go
+	recent    map[peer.ID]time.Time // peers that asked for it lately: see pex.go
+	provided  time.Time             // last successful announcement
+	lastErr   string                // of the last swarm download
+	seeding   *seeding              // once served complete; see seeding.go
 }
 
 // share returns the state of share id, creating it.
@@ -93,7 +94,7 @@ func (n *Node) share(id transfer.ID) *shareState {
 	n.sharesMu.Lock()
 	defer n.sharesMu.Unlock()
 	if st, ok = n.shares[id]; !ok {
-		st = &shareState{providers: map[peer.ID]bool{}}
+		st = &shareState{providers: map[peer.ID]bool{}, recent: map[peer.ID]time.Time{}}
 		n.shares[id] = st
 	}
 	return st
@@ -244,6 +245,7 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 		return nil, err
 	}
 	h.SetStreamHandler(ProtocolID, n.handleStream)
+	h.SetStreamHandler(PEXProtocolID, n.handlePEX)
 	// A chunk found damaged on disk is fetched again from the swarm.
 	n.store.OnDamaged(func(sh *transfer.Share, _ int) { n.ensureDownload(sh, nil) })
 	n.wg.Go(n.offerLoop)

@@ -27,8 +27,13 @@ func (n *Node) handleStream(s network.Stream) {
 		src = limitedSource{servingSource{n, pid}} // no chunks through a limited relay
 	}
 	req, err := transfer.ServeStream(n.ctx, n.countStream(s, "sent"), src, transfer.ServeOptions{
-		Limiter:   n.opts.UploadLimit,
-		OnRequest: func(req transfer.Request) { n.noticeDownloader(req.ID, pid) },
+		Limiter: n.opts.UploadLimit,
+		OnRequest: func(req transfer.Request) {
+			n.noticeDownloader(req.ID, pid)
+			if !req.IsChunk() { // a peer's first requests of a share are manifest and have
+				n.noteAsker(req.ID, pid)
+			}
+		},
 		Served: func(id transfer.ID, _ int, size int64) {
 			n.m.peerSent.add(pid.String(), float64(size))
 			n.m.chunksSent.Inc()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -21,6 +22,22 @@ import (
 // share hold all its provider records and answer each lookup with all of
 // them, so an unbounded lookup by each of N downloaders costs O(N^2).
 var lookupDelays = []time.Duration{0, 250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second}
+
+// Announcing a share being downloaded: every downloader announcing itself
+// on the DHT costs a lookup and some twenty puts each, dialling some twenty
+// peers: in a flash crowd of N downloaders, O(N) connections each, before
+// any chunk moves. The swarm finds itself through peer exchange (pex.go)
+// instead, and the DHT needs to know only enough providers that a newcomer
+// finds a live one: a download announces at announceDelay only if it knows
+// fewer than wantProviders other peers of the share (a small swarm, where
+// every peer counts), and once complete with the probability
+// wantProviders / (peers known + 1), so that about wantProviders peers of a
+// swarm of any size announce it. Complete shares are announced again every
+// ReprovideInterval.
+const (
+	announceDelay = time.Second
+	wantProviders = 8
+)
 
 // wantSources is how many sources a download wants to know of: a few times
 // its active set (transfer.DownloadOptions.MaxActive), so that it can
@@ -139,7 +156,6 @@ func (n *Node) ensureDownload(sh *transfer.Share, providers []peer.ID) {
 		})
 		n.downloads[id] = sw
 		n.wg.Go(func() { n.runDownload(ctx, sw) })
-		n.announce(id) // it serves chunks as soon as it has some
 	}
 	n.mu.Unlock()
 	for _, pid := range providers {
@@ -192,9 +208,24 @@ func (n *Node) runDownload(ctx context.Context, sw *swarmDownload) {
 	}()
 	start := time.Now()
 	n.log.Info("swarm download started", "share", sw.id, "name", sw.sh.Manifest().Name(), "have", sw.sh.HaveCount(), "chunks", sw.sh.Manifest().NumChunks())
+	announced := make(chan struct{})
+	go func() {
+		defer close(announced)
+		select {
+		case <-time.After(announceDelay):
+			if sw.d.Usable() < wantProviders {
+				n.announce(sw.id) // a small swarm: it serves chunks as soon as it has some
+			}
+		case <-lookupCtx.Done():
+		}
+	}()
 	stats, err := sw.d.Run(ctx)
 	stopLookups()
 	<-lookups
+	<-announced
+	if err == nil && rand.Float64()*float64(sw.d.Usable()+1) < wantProviders {
+		n.announce(sw.id)
+	}
 
 	n.mu.Lock()
 	delete(n.downloads, sw.id)
@@ -224,9 +255,10 @@ func (n *Node) runDownload(ctx context.Context, sw *swarmDownload) {
 	}
 }
 
-// lookupLoop keeps learning providers while a download runs.
+// lookupLoop keeps learning sources while a download runs: by peer
+// exchange, else from the DHT.
 func (n *Node) lookupLoop(ctx context.Context, sw *swarmDownload) {
-	idle := 0 // lookups in a row that found no new source
+	idle := 0 // rounds in a row that found no new source
 	for k := 0; ; k++ {
 		wait := n.opts.LookupInterval << min(idle, maxLookupBackoff)
 		if k < len(lookupDelays) {
@@ -240,15 +272,19 @@ func (n *Node) lookupLoop(ctx context.Context, sw *swarmDownload) {
 		if sw.d.Usable() >= wantSources {
 			continue
 		}
-		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		added := 0
-		n.findProviders(lctx, sw.id, wantSources, func(ai peer.AddrInfo) bool {
-			if n.addSource(sw, ai.ID) {
-				added++
-			}
-			return true
-		})
-		cancel()
+		// Ask a source first (peer exchange): one round trip on a
+		// connection that exists; the DHT only if that found nobody new.
+		added := n.exchangeWithSome(ctx, sw)
+		if added == 0 {
+			lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			n.findProviders(lctx, sw.id, wantSources, func(ai peer.AddrInfo) bool {
+				if n.addSource(sw, ai.ID) {
+					added++
+				}
+				return true
+			})
+			cancel()
+		}
 		if added == 0 {
 			idle++
 		} else {
