@@ -389,21 +389,25 @@ func removeMidDownload(t *testing.T, closeFirst bool) {
 		d.AddSource(&wrapSource{Source: seed, name: fmt.Sprint("seed", k), only: only})
 	}
 	removed := make(chan error, 1)
+	// waitHeld waits until sh holds n chunks; it takes the change channel
+	// before it looks, so that it cannot miss the last change.
+	waitHeld := func(n int) {
+		for {
+			changed := sh.Changed()
+			if sh.HaveCount() >= n {
+				return
+			}
+			select {
+			case <-changed:
+			case <-time.After(5 * time.Second):
+			}
+		}
+	}
 	go func() {
 		defer offer.Store(int32(f.m.NumChunks()))
-		for sh.HaveCount() < 32 {
-			select {
-			case <-sh.Changed():
-			case <-time.After(5 * time.Second):
-			}
-		}
+		waitHeld(32)
 		offer.Store(64)
-		for sh.HaveCount() < 36 {
-			select {
-			case <-sh.Changed():
-			case <-time.After(5 * time.Second):
-			}
-		}
+		waitHeld(36)
 		if closeFirst {
 			sh.Close()
 		}
