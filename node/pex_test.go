@@ -123,4 +123,3 @@ func FuzzDecodePEX(f *testing.F) {
 		}
 	})
 }
-
