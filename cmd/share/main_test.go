@@ -209,6 +209,17 @@ func sameFiles(t testing.TB, a, b string) {
 // metric reads one counter from /metrics.
 func metric(t testing.TB, d *daemon, name string) float64 {
 	t.Helper()
+	v, ok := metricValue(t, d, name)
+	if !ok {
+		t.Fatalf("metric %s not found", name)
+	}
+	return v
+}
+
+// metricValue reads one series from /metrics; ok is false if it is not there
+// (yet: a labelled series appears on its first use).
+func metricValue(t testing.TB, d *daemon, name string) (v float64, ok bool) {
+	t.Helper()
 	req, _ := http.NewRequest("GET", d.URL+"/metrics", nil)
 	req.Header.Set("Authorization", "Bearer "+d.Token)
 	resp, err := http.DefaultClient.Do(req)
@@ -218,16 +229,15 @@ func metric(t testing.TB, d *daemon, name string) float64 {
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
+		if s, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, err := strconv.ParseFloat(s, 64)
 			if err != nil {
 				t.Fatal(err)
 			}
-			return f
+			return f, true
 		}
 	}
-	t.Fatalf("metric %s not found", name)
-	return 0
+	return 0, false
 }
 
 func TestServeWithNoFlags(t *testing.T) {
@@ -746,7 +756,14 @@ func TestServeSecondSignal(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { get.Process.Kill(); get.Wait() }()
-	time.Sleep(time.Second)
+	deadline := time.Now().Add(time.Minute)
+	sending := func() bool { v, _ := metricValue(t, d, `share_active_transfers{direction="send"}`); return v > 0 }
+	for !sending() { // until a download is in flight
+		if time.Now().After(deadline) {
+			t.Fatal("the download did not start")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	d.cmd.Process.Signal(syscall.SIGINT)
 	select {
 	case <-d.done:
