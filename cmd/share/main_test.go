@@ -796,19 +796,24 @@ func TestTransfersSurviveServerRestart(t *testing.T) {
 	writeFile(t, filepath.Join(dir, "first.bin"), 2<<20, 21)
 	writeFile(t, filepath.Join(dir, "big.bin"), 40<<20, 22)
 
-	// run starts share with args; the returned function waits for it.
-	run := func(in string, args ...string) func() result {
+	// run starts share with args; wait waits for it, said reports whether
+	// its stderr says s yet.
+	run := func(in string, args ...string) (wait func() result, said func(s string) bool) {
 		cmd := exec.Command(shareBin, args...)
 		cmd.Dir, cmd.Env = in, append(cleanEnv(in), env...)
-		var stdout, stderr bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		stdout, stderr := &lockedWriter{w: new(bytes.Buffer)}, &lockedWriter{w: new(bytes.Buffer)}
+		cmd.Stdout, cmd.Stderr = stdout, stderr
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
 		return func() result {
-			cmd.Wait()
-			return result{stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()}
-		}
+				cmd.Wait()
+				return result{fmt.Sprint(stdout.w), fmt.Sprint(stderr.w), cmd.ProcessState.ExitCode()}
+			}, func(s string) bool {
+				stderr.mu.Lock()
+				defer stderr.mu.Unlock()
+				return strings.Contains(fmt.Sprint(stderr.w), s)
+			}
 	}
 
 	// The first request: the server is down when put and get start.
@@ -818,10 +823,16 @@ func TestTransfersSurviveServerRestart(t *testing.T) {
 	}
 	firstID := strings.TrimSpace(r.stdout)
 	d.stop(t)
-	put := run(dir, "put", "big.bin")
+	put, putSaid := run(dir, "put", "big.bin")
 	out := t.TempDir()
-	get := run(out, "get", firstID)
-	time.Sleep(1500 * time.Millisecond)
+	get, getSaid := run(out, "get", firstID)
+	deadline := time.Now().Add(time.Minute)
+	for !putSaid("retrying until") || !getSaid("retrying until") { // both tried and wait
+		if time.Now().After(deadline) {
+			t.Fatal("put and get did not say they wait for the server")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	d = startServe(t, data, "--listen", addr, "--download-limit", "20MiB/s")
 	r = put()
 	if r.code != 0 || !strings.Contains(r.stderr, "put big.bin: POST ") || !strings.Contains(r.stderr, "retrying until "+url+" answers again") {
@@ -835,7 +846,7 @@ func TestTransfersSurviveServerRestart(t *testing.T) {
 
 	// In the middle of the chunk uploads (the server receives 20 MiB/s).
 	share(t, dir, env, "rm", bigID)
-	put = run(dir, "put", "big.bin")
+	put, _ = run(dir, "put", "big.bin")
 	time.Sleep(700 * time.Millisecond)
 	d.stop(t)
 	time.Sleep(500 * time.Millisecond)
