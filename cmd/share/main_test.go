@@ -746,7 +746,7 @@ func TestServeSecondSignal(t *testing.T) {
 	d := startServe(t, "", "--upload-limit", "1MiB/s")
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "f.bin"), 8<<20, 5)
-	r := share(t, dir, d.env(), "put", "f.bin")
+	r := share(t, dir, d.env(), "put", "--chunk-size", "1MiB", "f.bin") // 8 chunks in flight at 1 MiB/s: each takes seconds
 	if r.code != 0 {
 		t.Fatal(r.stderr)
 	}
@@ -767,7 +767,7 @@ func TestServeSecondSignal(t *testing.T) {
 	d.cmd.Process.Signal(syscall.SIGINT)
 	select {
 	case <-d.done:
-		t.Fatal("serve stopped at once with a download in flight: no grace")
+		t.Fatalf("serve stopped at once with a download in flight: no grace; exit %v, stderr:\n%s", d.cmd.ProcessState, d.log)
 	case <-time.After(500 * time.Millisecond):
 	}
 	start := time.Now()
