@@ -98,10 +98,11 @@ type Point struct {
 	Identical    int       `json:"identical"`     // finished copies byte-identical to the source
 	Corrupt      int       `json:"corrupt"`       // outputs that differ from the source (a finished copy, or one a failed download left)
 	Bound        float64   `json:"bound_s"`
-	BoundTerm    string    `json:"bound_term"`            // the term of the max that binds: "N·F/u_s", "F/d_min", "F/u_s", "N·F/(u_s+Σu_i)"
-	RTT          float64   `json:"rtt_s,omitempty"`       // emulated: the largest RTT between the source and a downloader
-	TCPStart     float64   `json:"tcp_start_s,omitempty"` // emulated: slow start from 10 segments to the bottleneck's window, in RTTs
-	Ratio        float64   `json:"ratio"`                 // Distribution / Bound
+	BoundTerm    string    `json:"bound_term"`             // the term of the max that binds: "N·F/u_s", "F/d_min", "F/u_s", "N·F/(u_s+Σu_i)"
+	LineBound    float64   `json:"line_bound_s,omitempty"` // emulated: the bound with the links' line rates (Bound uses their TCP payload rates)
+	RTT          float64   `json:"rtt_s,omitempty"`        // emulated: the largest RTT between the source and a downloader
+	TCPStart     float64   `json:"tcp_start_s,omitempty"`  // emulated: slow start from 10 segments to the bottleneck's window, in RTTs
+	Ratio        float64   `json:"ratio"`                  // Distribution / Bound
 	SourceUpload int64     `json:"source_upload_bytes"`
 	PeerUpload   int64     `json:"peer_upload_bytes"`
 	FromSource   int64     `json:"chunks_from_seed"`
@@ -111,7 +112,9 @@ type Point struct {
 	Fault        *Fault    `json:"fault,omitempty"`
 	Security     *Security `json:"security,omitempty"`
 	Cost         *Cost     `json:"cost,omitempty"`
-	Error        string    `json:"error,omitempty"`
+	// Emulation is what the emulated network did (nil on loopback).
+	Emulation *Emulation `json:"emulation,omitempty"`
+	Error     string     `json:"error,omitempty"`
 }
 
 // Clean reports whether no output differs from the source and no error
@@ -142,9 +145,12 @@ type Summary struct {
 	Ratio    float64 `json:"ratio"` // Median / Bound
 	// Cost: medians of the runs' CPU seconds, and the largest peak RSS
 	// of one process of each kind over the runs.
-	CPU       float64          `json:"cpu_s"`
-	CPUPerGiB float64          `json:"cpu_s_per_gib"`
-	PeakRSS   map[string]int64 `json:"peak_rss_bytes,omitempty"`
+	CPU       float64 `json:"cpu_s"`
+	CPUPerGiB float64 `json:"cpu_s_per_gib"`
+	// DelayLineCPU is the median CPU seconds of the emulated network's
+	// delay line (not in CPU: it is the emulation's, not share's).
+	DelayLineCPU float64          `json:"delay_line_cpu_s,omitempty"`
+	PeakRSS      map[string]int64 `json:"peak_rss_bytes,omitempty"`
 }
 
 // Results is everything a run measured.
@@ -159,13 +165,17 @@ type Results struct {
 	DownloadCap int64     `json:"download_cap_bytes_per_s"`
 	// Network: "loopback" or the profile's name; Enforcement says what
 	// enforced the rates (and delays); Links lists each node's link.
-	Network     string            `json:"network"`
-	Enforcement string            `json:"enforcement"`
-	Profile     *Profile          `json:"profile,omitempty"`
-	Links       map[string]string `json:"links,omitempty"`
-	Cleaned     string            `json:"cleaned,omitempty"` // what the start removed of killed runs
-	Points      []Point           `json:"points"`
-	Summaries   []Summary         `json:"summaries"`
+	Network     string `json:"network"`
+	Enforcement string `json:"enforcement"`
+	// PayloadFraction is, on an emulated network, the share of a link's
+	// line rate that carries file bytes (TCP payload of a full Ethernet
+	// frame): the bounds' u_s, u_i and d_i are line rates times it.
+	PayloadFraction float64           `json:"payload_fraction,omitempty"`
+	Profile         *Profile          `json:"profile,omitempty"`
+	Links           map[string]string `json:"links,omitempty"`
+	Cleaned         string            `json:"cleaned,omitempty"` // what the start removed of killed runs
+	Points          []Point           `json:"points"`
+	Summaries       []Summary         `json:"summaries"`
 }
 
 // Bound returns the lower bound on the distribution time of F bytes to n
@@ -222,7 +232,8 @@ type bencher struct {
 	net     *netem.Network
 	nodes   map[string]*netem.Node
 	clients map[string]*http.Client
-	torrent *torrent // the BitTorrent reference's torrent, made once
+	torrent *torrent  // the BitTorrent reference's torrent, made once
+	started time.Time // when the point's downloads started
 }
 
 // Run runs the benchmark and writes its results to opts.Out. With an
@@ -657,9 +668,13 @@ func (c *cluster) downloads(id string, start time.Time, stall time.Duration) ([]
 func (b *bencher) runPoint(ctx context.Context, p Point) Point {
 	p.Distribution = -1
 	b.usage = newMeter()
+	b.started = time.Time{}
 	var err error
+	var sampler *linkSampler
 	if b.net != nil {
-		err = b.linkPoint(&p)
+		if err = b.linkPoint(&p); err == nil {
+			sampler = b.startSampler(pointNodes(p))
+		}
 	} else {
 		p.Bound, p.BoundTerm = BoundOf(p.Mode, p.N, b.opts.Size, b.opts.UploadCap, b.opts.DownloadCap, int64(p.N)*b.opts.UploadCap)
 	}
@@ -678,6 +693,13 @@ func (b *bencher) runPoint(ctx context.Context, p Point) Point {
 	}
 	if err != nil {
 		p.Error = err.Error()
+	}
+	if sampler != nil {
+		span := time.Duration(slices.Max(append(p.Completions, p.Distribution, 0)) * float64(time.Second))
+		if b.started.IsZero() {
+			b.started, span = time.Now(), 0
+		}
+		p.Emulation = sampler.finish(b.started, span, samplesFile(b.opts.Out, p))
 	}
 	if p.Distribution > 0 && p.Bound > 0 {
 		p.Ratio = p.Distribution / p.Bound
@@ -719,6 +741,7 @@ func (b *bencher) distribute(ctx context.Context, p *Point) error {
 	}
 	defer c.stop()
 	start := time.Now()
+	b.started = start
 	gets, err := c.downloads(id, start, time.Minute)
 	if err != nil {
 		return err
@@ -847,6 +870,7 @@ func (b *bencher) fault(ctx context.Context, p *Point) error {
 	}
 	defer c.stop()
 	start := time.Now()
+	b.started = start
 	stall := b.opts.Downtime + time.Minute
 	gets, err := c.downloads(id, start, stall)
 	if err != nil {
@@ -943,6 +967,7 @@ func (b *bencher) badPeer(ctx context.Context, p *Point) error {
 		return err
 	}
 	start := time.Now()
+	b.started = start
 	gets, err := c.downloads(id, start, 30*time.Second)
 	if err != nil {
 		return err
@@ -1013,8 +1038,11 @@ func summarize(points []Point) []Summary {
 			s.Median, s.Min, s.Max = median(ds), ds[0], ds[len(ds)-1]
 			s.Ratio = s.Median / s.Bound
 		}
-		var cpu, perGiB []float64
+		var cpu, perGiB, dl []float64
 		for _, p := range ps {
+			if p.Emulation != nil {
+				dl = append(dl, p.Emulation.DelayLineCPU)
+			}
 			if p.Cost == nil {
 				continue
 			}
@@ -1036,6 +1064,10 @@ func summarize(points []Point) []Summary {
 		if len(perGiB) > 0 {
 			slices.Sort(perGiB)
 			s.CPUPerGiB = median(perGiB)
+		}
+		if len(dl) > 0 {
+			slices.Sort(dl)
+			s.DelayLineCPU = median(dl)
 		}
 		out = append(out, s)
 	}

@@ -7,4 +7,16 @@
 // section 2.5). It reads only what the daemons expose (their CLI output,
 // HTTP API and Prometheus metrics); nothing in transfer, server or node
 // exists for it.
+//
+// On an emulated network (Options.Net) every process runs on a node of a
+// netem network instead, and the kernel shapes each node's link. The
+// bounds' capacities are then rates of file bytes: a link's u_i or d_i is
+// its line rate × netem.PayloadFraction, the TCP payload of a full Ethernet
+// frame (1448 of 1514 bytes, IPv4 and TCP with timestamps), because the
+// shapers count whole frames, as a line does, and no TCP transfer gets more
+// file bytes from a link than that; each point keeps its bound at line rate
+// too (Point.LineBound). Each point samples every node's link counters
+// (Emulation: uplink use and idle time, queue drops, packets lost, the delay
+// line's CPU and lateness, which Cost leaves out: it counts the processes
+// under test).
 package bench

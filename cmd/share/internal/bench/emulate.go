@@ -62,6 +62,7 @@ func (b *bencher) startNetwork() error {
 	b.nodes = map[string]*netem.Node{}
 	b.clients = map[string]*http.Client{}
 	b.res.Network = b.opts.Net.Name
+	b.res.PayloadFraction = netem.PayloadFraction
 	b.res.Profile = b.opts.Net
 	b.res.Links = map[string]string{}
 	b.res.Enforcement = "the kernel: HTB on both ends of each node's veth (rates, counting whole Ethernet frames); delay, jitter and loss: "
@@ -132,9 +133,9 @@ func rttVariant(rtt time.Duration) string { return rtt.String() }
 
 // linkPoint gives the nodes of point p their links, and sets its bound from
 // them: u_s the source's upload, d_min the smallest download of the N, Σu_i
-// the sum of their uploads; with the largest RTT between the source and a
-// downloader and the time TCP's slow start takes to reach the bottleneck's
-// window.
+// the sum of their uploads, each the TCP payload its line carries; with the
+// largest RTT between the source and a downloader and the time TCP's slow
+// start takes to reach the bottleneck's window.
 func (b *bencher) linkPoint(p *Point) error {
 	prof := b.opts.Net
 	srcName := prof.Seed
@@ -179,7 +180,12 @@ func (b *bencher) linkPoint(p *Point) error {
 			return err
 		}
 	}
-	p.Bound, p.BoundTerm = BoundOf(p.Mode, p.N, b.opts.Size, src.Up, dmin, sumU)
+	// The bound's capacities are rates of file bytes: what TCP carries
+	// over each link, its line rate × the payload fraction of a full frame
+	// (Results.PayloadFraction); the bound at line rate is kept beside it.
+	fb := func(r int64) int64 { return int64(math.Round(float64(r) * netem.PayloadFraction)) }
+	p.Bound, p.BoundTerm = BoundOf(p.Mode, p.N, b.opts.Size, fb(src.Up), fb(dmin), fb(sumU))
+	p.LineBound, _ = BoundOf(p.Mode, p.N, b.opts.Size, src.Up, dmin, sumU)
 	p.RTT = maxRTT.Seconds()
 	bottleneck := src.Up
 	if dmin > 0 {
@@ -187,6 +193,19 @@ func (b *bencher) linkPoint(p *Point) error {
 	}
 	p.TCPStart = tcpStart(bottleneck, maxRTT)
 	return nil
+}
+
+// pointNodes names the nodes of point p whose links the bench samples: the
+// source, the downloaders and the liar.
+func pointNodes(p Point) []string {
+	names := []string{nodeSource}
+	for k := 1; k <= p.N; k++ {
+		names = append(names, "d"+strconv.Itoa(k))
+	}
+	if p.Scenario == ScenarioBadPeer && p.Mode == P2P {
+		names = append(names, nodeLiar)
+	}
+	return names
 }
 
 // tcpStart estimates the time TCP's slow start takes to open its window

@@ -22,7 +22,8 @@ func Report(w io.Writer, res *Results) {
 	if res.emulated() {
 		fmt.Fprintf(w, "- Every daemon is a real `share serve` or `share peer` process and every download a real `share get`, each node in a network namespace of its own, joined to the others by a veth pair and a link shaped as the `%s` profile says: %s. Rates are enforced by %s; share's own `--upload-limit` is not used.\n",
 			res.Network, linkSummary(res), res.Enforcement)
-		fmt.Fprintf(w, "- Rates count whole Ethernet frames: TCP carries at most 1448 bytes of payload per 1514-byte frame (95.6 %% of the rate), which the bounds do not deduct.\n")
+		fmt.Fprintf(w, "- Rates count whole Ethernet frames, as a line does. The bounds count file bytes: their u_s, u_i and d_i are each link's line rate × %.4f, the TCP payload of a full frame (IPv4, TCP with timestamps: 1448 bytes in 1514), the most any TCP transfer gets from the link; the notes give each bound at line rate too.\n", res.PayloadFraction)
+		fmt.Fprintf(w, "- Links: each point's links are sampled every %v (bytes through each shaper, queue backlog, drops, packets lost); the links table says how busy the source's and the downloaders' uplinks were while the downloads ran, and what the delay line cost and how late it was. Its CPU is the emulation's and is not in the cost table's CPU; the samples are in `links/`.\n", sampleEvery)
 	} else {
 		fmt.Fprintf(w, "- Every daemon is a real `share serve` or `share peer` process on loopback and every download a real `share get`; every upload is capped at %s (download cap: %s), so loopback behaves like a network of equal links.\n",
 			rate(res.UploadCap), rate(res.DownloadCap))

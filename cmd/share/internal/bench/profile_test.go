@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sharefiles/share/cmd/share/internal/netem"
 )
 
 func TestBoundOf(t *testing.T) {
@@ -113,5 +115,52 @@ func TestTCPStart(t *testing.T) {
 	}
 	if got := tcpStart(1*mbitps, time.Millisecond); got != 0 {
 		t.Errorf("a window below 10 segments needs no start-up: %v", got)
+	}
+}
+
+// TestLinkSummary: a point's links are summed over the window of its
+// downloads, from the samples at or just around it.
+func TestLinkSummary(t *testing.T) {
+	const rate = 1_250_000 // 10 Mbit/s
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	s := &linkSampler{
+		names: []string{nodeSource, "d1"},
+		links: []netem.Link{{Up: rate, Down: 5 * rate}, {Up: rate, Down: 5 * rate}},
+	}
+	// Ten samples 1 s apart from t0-1s: the source sends at the full rate
+	// from t0 on; d1 receives it all and sends nothing but in second 5.
+	var up0, down1, up1 uint64
+	for i := range 10 {
+		at := t0.Add(time.Duration(i-1) * time.Second)
+		if i >= 2 {
+			up0 += rate
+			down1 += rate
+		}
+		if i == 6 {
+			up1 += rate / 2
+		}
+		s.at = append(s.at, at)
+		s.samples = append(s.samples, []netem.LinkCounters{
+			{Up: netem.Counters{Bytes: up0, Packets: int64(up0 / 1514), Lost: int64(up0 / 1514 / 1000)}},
+			{Up: netem.Counters{Bytes: up1}, Down: netem.Counters{Bytes: down1, Drops: uint32(i)}},
+		})
+	}
+	e := s.summarize(t0, 8*time.Second)
+	if len(e.Links) != 2 || e.DelayLine != "" {
+		t.Fatalf("links %+v, delay line %q", e.Links, e.DelayLine)
+	}
+	src, d1 := e.Links[0], e.Links[1]
+	if src.Up != 8*rate || math.Abs(src.UpUse-1) > 1e-9 || src.UpIdle != 0 {
+		t.Errorf("source: %d bytes up, use %v, idle %v; want %d, 1, 0", src.Up, src.UpUse, src.UpIdle, 8*rate)
+	}
+	if d1.Up != rate/2 || math.Abs(d1.UpUse-1.0/16) > 1e-9 || math.Abs(d1.UpIdle-7.0/8) > 1e-9 {
+		t.Errorf("d1: %d bytes up, use %v, idle %v; want %d, 1/16, 7/8", d1.Up, d1.UpUse, d1.UpIdle, rate/2)
+	}
+	if math.Abs(d1.DownUse-0.2) > 1e-9 || d1.FirstDown != 1 || d1.DownDrops != 8 {
+		t.Errorf("d1: down use %v, first data at %v s, %d drops; want 0.2, 1, 8", d1.DownUse, d1.FirstDown, d1.DownDrops)
+	}
+	a := e.aggregate()
+	if a.n != 1 || a.first != 1 || a.packets != int64(8*rate/1514) {
+		t.Errorf("aggregate %+v", a)
 	}
 }

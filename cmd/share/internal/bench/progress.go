@@ -138,6 +138,9 @@ func (p *progress) end(pt Point) {
 		s = fmt.Sprintf("%d/%d finished", pt.Finished, pt.N)
 	}
 	p.line(fmt.Sprintf("[%d/%d] %s: %s", p.index, p.total, p.label, s), false)
+	if e := pt.Emulation; e != nil && len(e.Links) > 0 {
+		p.line(fmt.Sprintf("[%d/%d] %s: %s", p.index, p.total, p.label, e.summary()), false)
+	}
 }
 
 // line prints s; redraw overwrites the current terminal line.

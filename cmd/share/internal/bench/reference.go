@@ -239,6 +239,7 @@ func (b *bencher) bittorrent(ctx context.Context, p *Point) error {
 		return err
 	}
 	start := time.Now()
+	b.started = start
 	for k := 1; k <= p.N; k++ {
 		out := filepath.Join(dir, "L"+strconv.Itoa(k))
 		if err := os.MkdirAll(out, 0o755); err != nil {

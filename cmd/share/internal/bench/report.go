@@ -57,7 +57,8 @@ func writeCSV(res *Results, path string) error {
 	w.Write([]string{"scenario", "variant", "mode", "n", "run", "distribution_s", "bound_s", "ratio", "finished", "identical", "corrupt",
 		"source_upload_bytes", "peer_upload_bytes", "chunks_from_seed", "chunks_from_peers", "bad_chunks", "refused",
 		"killed_at_s", "held_at_kill", "finished_without_source", "restarted_at_s", "after_return_s",
-		"cpu_s", "cpu_s_per_gib", "peak_rss_source_bytes", "peak_rss_peer_bytes", "peak_rss_client_bytes", "error"})
+		"cpu_s", "cpu_s_per_gib", "peak_rss_source_bytes", "peak_rss_peer_bytes", "peak_rss_client_bytes",
+		"line_bound_s", "source_up_use", "downloaders_up_use", "downloaders_up_idle", "delay_line_cpu_s", "delay_line_late_over_1ms", "error"})
 	ff := func(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
 	pos := func(v float64) string { // a time or ratio that exists only when positive
 		if v <= 0 || math.IsNaN(v) {
@@ -87,6 +88,13 @@ func writeCSV(res *Results, path string) error {
 					row = append(row, "")
 				}
 			}
+		} else {
+			row = append(row, "", "", "", "", "")
+		}
+		row = append(row, pos(p.LineBound))
+		if e := p.Emulation; e != nil && len(e.Links) > 0 {
+			a := e.aggregate()
+			row = append(row, ff(a.src.UpUse), ff(a.up), ff(a.upIdle), ff(e.DelayLineCPU), ff(e.LateOver1ms))
 		} else {
 			row = append(row, "", "", "", "", "")
 		}
@@ -187,6 +195,7 @@ func Table(w io.Writer, res *Results) {
 	}
 	rttTable(w, res)
 	costTable(w, res)
+	linksTable(w, res)
 	for _, p := range res.points(ScenarioFault, "half", "") {
 		fmt.Fprintf(w, "\n%s\n", describeFault(p, res))
 	}
@@ -227,16 +236,73 @@ func costTable(w io.Writer, res *Results) {
 	if !slices.ContainsFunc(res.Summaries, func(s Summary) bool { return s.CPU > 0 }) {
 		return
 	}
-	fmt.Fprintln(w, "\nCost: CPU seconds of every process of the point (user+system, median of runs), per GiB distributed, and the peak RSS of one process of each kind")
+	what := "CPU seconds of every process of the point (user+system, median of runs), per GiB distributed, and the peak RSS of one process of each kind"
+	dl := slices.ContainsFunc(res.Summaries, func(s Summary) bool { return s.DelayLineCPU > 0 })
+	if dl {
+		what += "; the delay line's CPU seconds apart (the emulation's, not in CPU)"
+	}
+	fmt.Fprintf(w, "\nCost: %s\n", what)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tmode\tN\tCPU\tCPU/GiB\tsource RSS\tpeer RSS\tclient RSS\t")
+	head := "scenario\tmode\tN\tCPU\tCPU/GiB\tsource RSS\tpeer RSS\tclient RSS\t"
+	if dl {
+		head += "delay line\t"
+	}
+	fmt.Fprintln(tw, head)
 	for _, s := range res.Summaries {
 		sc := s.Scenario
 		if s.Variant != "" {
 			sc += "(" + s.Variant + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%.1f s\t%s\t%s\t%s\t%s\t\n", sc, s.Mode, s.N, s.CPU, perGiB(s.CPUPerGiB),
+		row := fmt.Sprintf("%s\t%s\t%d\t%.1f s\t%s\t%s\t%s\t%s\t", sc, s.Mode, s.N, s.CPU, perGiB(s.CPUPerGiB),
 			mib(s.PeakRSS[KindSource]), mib(s.PeakRSS[KindPeer]), mib(s.PeakRSS[KindClient]))
+		if dl {
+			row += fmt.Sprintf("%.1f s\t", s.DelayLineCPU)
+		}
+		fmt.Fprintln(tw, row)
+	}
+	tw.Flush()
+}
+
+// linksTable writes, for each point on an emulated network (its first run),
+// how busy the links were while the downloads ran and what the delay line
+// did.
+func linksTable(w io.Writer, res *Results) {
+	var ps []Point
+	for _, p := range res.Points {
+		if p.Emulation != nil && len(p.Emulation.Links) > 0 && p.Run == 1 {
+			ps = append(ps, p)
+		}
+	}
+	if len(ps) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nLinks while the downloads ran (first run of each point): use of the source's uplink and, on average, of the downloaders' uplinks and downlinks\n"+
+		"(share of the line rate; idle: share of %v samples under %.0f %% of it), when the last downloader had its first %s, packets lost to the links'\n"+
+		"loss and dropped by full queues, and the delay line: frames more than 1 ms late after their release time\n", sampleEvery, 100*idleBelow, humanize.IBytes(firstBytes))
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "scenario\tmode\tN\tsource up\tidle\tdownloaders up\tidle\tdown\tfirst data\tlost\tqueue drops\tlate >1 ms\t")
+	for _, p := range ps {
+		e := p.Emulation
+		sc := p.Scenario
+		if p.Variant != "" {
+			sc += "(" + p.Variant + ")"
+		}
+		a := e.aggregate()
+		pct := func(v float64) string { return fmt.Sprintf("%.0f %%", 100*v) }
+		peersUp, peersIdle, peersDown := "—", "—", "—"
+		if a.n > 0 {
+			peersUp, peersIdle, peersDown = pct(a.up), pct(a.upIdle), pct(a.down)
+		}
+		lost := "—"
+		if a.packets > 0 {
+			lost = fmt.Sprintf("%.3f %%", 100*float64(a.lost)/float64(a.packets))
+		}
+		late := "—"
+		if e.DelayLine != "" {
+			late = fmt.Sprintf("%.1f %%", 100*e.LateOver1ms)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t\n", sc, p.Mode, p.N, pct(a.src.UpUse), pct(a.src.UpIdle),
+			peersUp, peersIdle, peersDown, secs(a.first), lost, a.drops, late)
 	}
 	tw.Flush()
 }
@@ -411,6 +477,9 @@ func boundNotes(w io.Writer, res *Results, sc string) {
 			l = fmt.Sprintf("  %s %s %s N=%d", p.Scenario, p.Variant, p.Mode, p.N)
 		}
 		l += fmt.Sprintf(": bound %s = %s", secs(p.Bound), p.BoundTerm)
+		if p.LineBound > 0 {
+			l += fmt.Sprintf(" of file bytes (%s at line rate)", secs(p.LineBound))
+		}
 		if p.RTT > 0 {
 			l += fmt.Sprintf(" (+ 1 RTT %.0f ms, + TCP start-up ≈ %.0f ms)", 1000*p.RTT, 1000*p.TCPStart)
 		}
