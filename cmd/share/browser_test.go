@@ -381,6 +381,20 @@ func TestBrowser(t *testing.T) {
 	}
 	do(t, ctx, "reload in the middle", 20*time.Second, chromedp.Reload(), chromedp.WaitVisible(chromedp.ID("shares-view")))
 	waitJS(t, ctx, "the interrupted upload is shown", `document.querySelector('#uploads').innerText.includes('Interrupted')`, 10*time.Second)
+	// The requests the reload cut are still being read by the server for a
+	// moment (what the kernel had buffered for them, at the server's rate),
+	// storing chunks, and each adds all its bytes to
+	// share_bytes_received_total when it ends. Measure once they have ended,
+	// so that what the server holds is final and the bytes counted from here
+	// on are those of the resumed upload alone.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if n, _ := metricValue(t, srv, `share_active_transfers{direction="receive"}`); n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the upload requests cut by the reload did not end on the server")
+		}
+	}
 	apiGet(t, srv.URL, srv.Token, "/v1/uploads", &ups)
 	if len(ups.Uploads) != 1 || ups.Uploads[0].Have == ups.Uploads[0].Chunks {
 		t.Fatalf("after the reload: %+v", ups)
