@@ -53,14 +53,16 @@
 // one a browser attaches by itself to any request to this origin, whichever
 // page makes it (Basic auth it cached; a session cookie). A request with an
 // unsafe method (POST, PUT, DELETE: anything but GET, HEAD, OPTIONS)
-// authorised by an ambient credential must show it comes from this origin:
-// Sec-Fetch-Site "same-origin" or "none", or else an Origin header whose
-// host:port equals the request's Host. With neither header it is refused
-// (403): browsers send at least one on every request a page can forge, and
-// clients that are not browsers send Bearer. A Bearer request is immune: a
-// page cannot make a browser add that header cross-site without a CORS
-// preflight, and this server grants none. checkCSRF (routes.go) is the rule;
-// a new credential kind is added in credentialOf and classified there.
+// authorised by an ambient credential is refused (403) when a browser says
+// it comes from a page of another origin: Sec-Fetch-Site "cross-site" or
+// "same-site", or, without that header, an Origin whose host:port is not the
+// request's Host. This is net/http's CrossOriginProtection. A request with
+// neither header passes: browsers send at least one on every request a page
+// can forge, so it comes from a client that is not a browser (curl -u
+// :TOKEN), which holds the token anyway. A Bearer request is immune: a page
+// cannot make a browser add that header cross-site without a CORS preflight,
+// and this server grants none. checkCSRF (routes.go) is the rule; a new
+// credential kind is added in credentialOf and classified there.
 //
 // # DNS rebinding
 //

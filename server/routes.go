@@ -193,32 +193,30 @@ func (s *Server) authorize(need access, h http.Handler) http.Handler {
 	})
 }
 
-// crossOrigin is net/http's check of Sec-Fetch-Site and Origin against the
-// request's Host.
+// crossOrigin is net/http's rule against cross-site request forgery, with
+// no trusted origins and no bypass.
 var crossOrigin = http.NewCrossOriginProtection()
 
 // checkCSRF is the one rule against cross-site request forgery, for every
-// route. A request with an unsafe method (anything but GET, HEAD, OPTIONS:
-// RFC 9110 9.2.1) that is authorised by an ambient credential must show it
-// comes from this server's own pages: Sec-Fetch-Site "same-origin" or "none"
-// (a user's own navigation), or else an Origin whose host:port is the
-// request's Host. A request with neither header is refused too: every
-// browser that can forge one sends at least one of them, and a client that
-// is not a browser sends the token as Bearer. A Bearer request, or one with
-// no credential (the route decides if that is enough), is not checked.
+// route: net/http's CrossOriginProtection, applied to requests authorised by
+// an ambient credential. A request with an unsafe method (anything but GET,
+// HEAD, OPTIONS: RFC 9110 9.2.1) that a browser sends from a page of another
+// origin is refused: Sec-Fetch-Site "cross-site" or "same-site", or, from a
+// browser too old to send that header, an Origin whose host:port is not the
+// request's Host. Sec-Fetch-Site "same-origin" or "none" (a user's own
+// navigation) passes. A request with neither header is not a browser's (every
+// browser since 2023 sends Sec-Fetch-Site, and older ones an Origin, on every
+// unsafe request a page can make) and passes: curl -u :TOKEN -X DELETE works.
+// A Bearer request, or one with no credential (the route decides if that is
+// enough), is not checked: no page can make a browser add that header
+// cross-site without a CORS preflight, which this server never grants.
 func checkCSRF(r *http.Request, cred credential) error {
 	if cred != ambientCredential {
 		return nil
 	}
-	switch r.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions:
-		return nil
-	}
-	if r.Header.Get("Sec-Fetch-Site") == "" && r.Header.Get("Origin") == "" {
-		return fmt.Errorf("%w: a %s authorised by a browser's credential must carry Origin or Sec-Fetch-Site (or send Authorization: Bearer TOKEN)", ErrForbidden, r.Method)
-	}
 	if err := crossOrigin.Check(r); err != nil {
-		return fmt.Errorf("%w: cross-site %s refused (origin %q)", ErrForbidden, r.Method, r.Header.Get("Origin"))
+		return fmt.Errorf("%w: cross-site %s refused (Sec-Fetch-Site %q, Origin %q): a browser may change shares only from this server's own page; scripts send Authorization: Bearer TOKEN",
+			ErrForbidden, r.Method, r.Header.Get("Sec-Fetch-Site"), r.Header.Get("Origin"))
 	}
 	return nil
 }

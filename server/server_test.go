@@ -806,9 +806,11 @@ func TestChromiumBasicAuth(t *testing.T) {
 }
 
 // TestCSRF forges the requests a page on another site can make a browser
-// send with its cached Basic credentials, and checks the one rule: a state
-// change on an ambient credential needs a same-origin Sec-Fetch-Site or
-// Origin; Bearer is immune; reads are not checked.
+// send with its cached Basic credentials, and checks the one rule
+// (net/http's CrossOriginProtection): a state change on an ambient credential
+// that a browser says comes from another origin is refused; one from the
+// server's own page, or with neither Sec-Fetch-Site nor Origin (not a
+// browser: curl -u :TOKEN), passes; Bearer is immune; reads are not checked.
 func TestCSRF(t *testing.T) {
 	ts := startServer(t, nil, nil)
 	host := strings.TrimPrefix(ts.URL, "http://")
@@ -827,7 +829,9 @@ func TestCSRF(t *testing.T) {
 		{"basic, old browser, foreign origin", "DELETE", basic, []string{"Origin", "http://evil.example"}, 403},
 		{"basic, origin null (sandboxed frame, data: URL)", "DELETE", basic, []string{"Origin", "null"}, 403},
 		{"basic, origin on another port", "DELETE", basic, []string{"Origin", "http://127.0.0.1:1"}, 403},
-		{"basic, neither header", "DELETE", basic, nil, 403},
+		{"basic, not a browser (curl -u :TOKEN: neither header)", "DELETE", basic, nil, 204},
+		{"basic, not a browser, POST", "POST", basic, nil, 200},
+		{"basic, not a browser, PUT of a chunk", "PUT", basic, nil, 204},
 		{"basic, cross-site form POST", "POST", basic, []string{"Sec-Fetch-Site", "cross-site", "Content-Type", "text/plain"}, 403},
 		{"basic, cross-site PUT of a chunk", "PUT", basic, []string{"Origin", "http://evil.example"}, 403},
 		{"basic, cross-site read", "GET", basic, []string{"Sec-Fetch-Site", "cross-site", "Origin", "http://evil.example"}, 200},

@@ -50,17 +50,22 @@ func TestLogin(t *testing.T) {
 		append(withCookie(c), "Origin", ts.URL, "Sec-Fetch-Site", "same-origin")...); r.StatusCode != http.StatusCreated {
 		t.Fatalf("upload with the cookie from the page: %d", r.StatusCode)
 	}
-	// ...but not from another origin, nor without saying where it comes from.
+	// ...but not from a page of another origin...
 	for _, hdr := range [][]string{
 		{"Origin", "http://evil.example", "Sec-Fetch-Site", "cross-site"},
 		{"Origin", "http://127.0.0.1:1", "Sec-Fetch-Site", "same-site"},
 		{"Origin", "http://127.0.0.1:1"},
-		nil,
+		{"Origin", "null"},
 	} {
 		r := request(t, "PUT", ts.URL+"/v1/shares/b.txt", "", strings.NewReader("x"), append(withCookie(c), hdr...)...)
 		if r.StatusCode != http.StatusForbidden {
 			t.Errorf("cookie with %v: %d, want 403", hdr, r.StatusCode)
 		}
+	}
+	// ...while a client that is not a browser (neither Sec-Fetch-Site nor
+	// Origin: curl -b) may use the cookie as it may the token.
+	if r := request(t, "PUT", ts.URL+"/v1/shares/c.txt", "", strings.NewReader("x"), withCookie(c)...); r.StatusCode != http.StatusCreated {
+		t.Errorf("cookie without browser headers: %d, want 201", r.StatusCode)
 	}
 	// A forged login is refused as well.
 	if resp, c2 := loginCookie(t, ts, testToken, "Origin", "http://evil.example", "Sec-Fetch-Site", "cross-site"); resp.StatusCode != http.StatusForbidden || c2 != nil {
