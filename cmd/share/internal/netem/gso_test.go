@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"math"
 	"testing"
+	"time"
 )
 
 // gsoTestFrame builds a virtio-net header and an IPv4 frame of proto (TCP
@@ -248,4 +249,98 @@ func TestLossProcess(t *testing.T) {
 	if n := g.lose(1, m); n != 0 {
 		t.Errorf("lost %d packets already lost", n)
 	}
+}
+
+// TestForwardLossCounts: the delay line's loss of GSO frames between two
+// ports is a Bernoulli trial per packet and direction, and its counters
+// add up: every packet the sender's port took is lost on its upload, lost
+// on the receiver's download or sent on, each in one place only; a frame
+// loses whole or is cut into the packets that survive. A loss applied per
+// frame, twice, or counted on the wrong direction fails here, far beyond
+// chance (the integration test, TestLossyLink, can only tell a loss
+// fraction within a few standard deviations of tens of thousands of
+// packets).
+func TestForwardLossCounts(t *testing.T) {
+	const p = 0.01
+	l := Link{Loss: p}
+	s := &delaySwitch{byIndex: map[int32]*port{}, byMAC: map[[6]byte]*port{}}
+	s.attach(1, 11, []byte{2, 0, 0, 0, 0, 1}, l)
+	s.attach(2, 12, []byte{2, 0, 0, 0, 0, 2}, l) // gsoTestFrame's destination
+	from, to := s.port(1), s.port(2)
+	payload := make([]byte, 44*100)
+	var total, delivered, partial, whole int64
+	var hitWant, hitVar float64 // frames with a loss: expected, variance
+	now := time.Now()
+	for i := range 40000 {
+		k := 1 + i%44
+		gso := 100
+		if k == 1 {
+			gso = 0
+		}
+		data := gsoTestFrame(protoTCP, payload[:k*100], gso, 0x10)
+		if got := packetsIn(data); got != k {
+			t.Fatalf("frame %d: packetsIn = %d, want %d", i, got, k)
+		}
+		cut := s.cut.Load()
+		s.mu.RLock()
+		s.forward(from, data, now)
+		s.mu.RUnlock()
+		n := int64(0)
+		for len(s.queue) > 0 {
+			f := s.queue.pop()
+			if f.dst != to {
+				t.Fatalf("frame %d sent to node %d", i, f.dst.node)
+			}
+			n += int64(packetsIn(f.data))
+			s.release(f.data)
+		}
+		switch {
+		case n == 0:
+			whole++
+		case n < int64(k):
+			partial++
+			if s.cut.Load() != cut+1 {
+				t.Fatalf("frame %d: %d of %d packets went on, but the frame was not counted cut", i, n, k)
+			}
+		}
+		total += int64(k)
+		delivered += n
+		// Each of the k packets is lost with probability p on the upload,
+		// else p on the download.
+		hit := 1 - math.Pow(1-p, float64(2*k))
+		hitWant += hit
+		hitVar += hit * (1 - hit)
+	}
+	up, down := from.upLost.Load(), to.downLost.Load()
+	if from.upPackets.Load() != total || to.downPackets.Load() != total-up {
+		t.Errorf("packets counted: %d up, %d down; want %d up, %d down (what the upload did not lose)",
+			from.upPackets.Load(), to.downPackets.Load(), total, total-up)
+	}
+	if up+down+delivered != total {
+		t.Errorf("%d packets: %d lost up, %d lost down, %d sent on; want them to add up", total, up, down, delivered)
+	}
+	if to.upLost.Load() != 0 || from.downLost.Load() != 0 || to.upPackets.Load() != 0 || from.downPackets.Load() != 0 {
+		t.Errorf("counted on the wrong directions: %d packets, %d lost on the receiver's upload; %d, %d on the sender's download",
+			to.upPackets.Load(), to.upLost.Load(), from.downPackets.Load(), from.downLost.Load())
+	}
+	if partial == 0 || s.cut.Load() != partial {
+		t.Errorf("%d frames cut, %d frames partly lost", s.cut.Load(), partial)
+	}
+	// Losses per packet hit frames in proportion to their packets; a loss
+	// per frame would hit far fewer, and lose them whole.
+	if hit := float64(partial + whole); math.Abs(hit-hitWant) > 5*math.Sqrt(hitVar) {
+		t.Errorf("%.0f frames lost packets, want %.0f ± %.0f (5 sd): not a loss per packet", hit, hitWant, 5*math.Sqrt(hitVar))
+	}
+	// 900,000 packets: each direction's loss within 5 standard deviations
+	// of a binomial's (about 3.5 % of p here).
+	for _, c := range []struct {
+		dir        string
+		lost, pkts int64
+	}{{"upload", up, total}, {"download", down, total - up}} {
+		want := p * float64(c.pkts)
+		if sd := math.Sqrt(want * (1 - p)); math.Abs(float64(c.lost)-want) > 5*sd {
+			t.Errorf("lost %d of %d packets on the %s, want %.0f ± %.0f (5 sd)", c.lost, c.pkts, c.dir, want, 5*sd)
+		}
+	}
+	t.Logf("%d packets in 40000 frames: %d lost up, %d down; %d frames cut, %d lost whole", total, up, down, partial, whole)
 }
