@@ -173,9 +173,12 @@ type Results struct {
 	PayloadFraction float64           `json:"payload_fraction,omitempty"`
 	Profile         *Profile          `json:"profile,omitempty"`
 	Links           map[string]string `json:"links,omitempty"`
-	Cleaned         string            `json:"cleaned,omitempty"` // what the start removed of killed runs
-	Points          []Point           `json:"points"`
-	Summaries       []Summary         `json:"summaries"`
+	// ServerLink is the server's link where --server-link gave it one of
+	// its own (Links' source is then the seed's).
+	ServerLink string    `json:"server_link,omitempty"`
+	Cleaned    string    `json:"cleaned,omitempty"` // what the start removed of killed runs
+	Points     []Point   `json:"points"`
+	Summaries  []Summary `json:"summaries"`
 }
 
 // Bound returns the lower bound on the distribution time of F bytes to n

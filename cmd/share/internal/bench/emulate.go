@@ -156,6 +156,13 @@ func (b *bencher) linkPoint(p *Point) error {
 	if _, err := b.nodeShown(nodeSource, fix(src), src); err != nil {
 		return err
 	}
+	if srcName != prof.Seed {
+		// The source node is the server this point: list the server's
+		// link apart, and the source's as the seed's.
+		b.res.ServerLink = src.String()
+		seed, _ := prof.Class(prof.Seed)
+		b.res.Links[nodeSource] = seed.String()
+	}
 	src = fix(src)
 	var dmin, sumU int64
 	var maxRTT time.Duration

@@ -164,3 +164,20 @@ func TestLinkSummary(t *testing.T) {
 		t.Errorf("aggregate %+v", a)
 	}
 }
+
+// TestLinkList: the report names the server's link apart when
+// --server-link gave it one, so that nobody reads the seed's as the server's.
+func TestLinkList(t *testing.T) {
+	links := map[string]string{nodeSource: "fibre", "d1": "dsl", "d2": "dsl"}
+	tests := []struct {
+		server, want string
+	}{
+		{"", "source fibre; other nodes: 2× dsl"},
+		{"office", "seed fibre; server office; other nodes: 2× dsl"},
+	}
+	for _, tt := range tests {
+		if got := linkSummary(&Results{Links: links, ServerLink: tt.server}); got != tt.want {
+			t.Errorf("server link %q: %q, want %q", tt.server, got, tt.want)
+		}
+	}
+}

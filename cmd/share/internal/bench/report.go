@@ -444,6 +444,9 @@ func linkSummary(res *Results) string {
 		parts = append(parts, fmt.Sprintf("%d× %s", count[l], l))
 	}
 	if src, ok := res.Links[nodeSource]; ok {
+		if res.ServerLink != "" {
+			return fmt.Sprintf("seed %s; server %s; other nodes: %s", src, res.ServerLink, strings.Join(parts, "; "))
+		}
 		return fmt.Sprintf("source %s; other nodes: %s", src, strings.Join(parts, "; "))
 	}
 	return strings.Join(parts, "; ")
