@@ -13,6 +13,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/pnet"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -93,6 +94,9 @@ type Options struct {
 
 	// denyDial, for tests: addresses this peer must not dial (see allowList).
 	denyDial func(peer.ID, ma.Multiaddr) bool
+	// tuneLimits, for tests: changes the resource manager's limits before
+	// they are scaled (see resourceLimits).
+	tuneLimits func(*rcmgr.ScalingLimitConfig)
 }
 
 // LoadIdentity returns the peer key kept in dataDir, creating it (Ed25519,

@@ -68,6 +68,7 @@ func newMetrics(reg prometheus.Registerer, n *Node) (*metrics, error) {
 			func() float64 { n.mu.RLock(); defer n.mu.RUnlock(); return float64(len(n.downloads)) }),
 	}
 	gauges = append(gauges, n.nat.collectors()...)
+	gauges = append(gauges, n.guard.refused)
 	for _, c := range append([]prometheus.Collector{m.peerSent, m.peerRecv, m.chunksRecv, m.chunksSent, m.badChunks, m.refused, m.busy, m.pexPeers,
 		m.lookups, m.lookupSeconds, m.provides, m.provideSeconds}, gauges...) {
 		if err := reg.Register(c); err != nil {

@@ -48,6 +48,7 @@ type Node struct {
 	mdns   io.Closer      // nil unless Options.MDNS
 	nat    *nat           // NAT traversal state; see nat.go
 	gater  *allowList     // nil unless Options.AllowPeers; see private.go
+	guard  *streamGuard   // counts and logs refused streams; see limits.go
 
 	provideQ  chan transfer.ID // announcements to make; see discovery.go
 	slotBytes int64            // see uploadSlotBytes
@@ -132,29 +133,6 @@ func tcpFirst(addrs []ma.Multiaddr) []network.AddrDelay {
 	return out
 }
 
-// resourceLimits are the libp2p resource manager's limits: the autoscaled
-// defaults (1/8 of RAM, half the file descriptors), with the chunk protocol
-// given room for many concurrent requests per peer (the default allows 75
-// inbound streams per peer per protocol) and a memory bound per peer.
-func resourceLimits(maxStreamsPerPeer int) rcmgr.ConcreteLimitConfig {
-	limits := rcmgr.DefaultLimits
-	libp2p.SetDefaultServiceLimits(&limits)
-	perPeer := 2 * maxStreamsPerPeer // inbound requests we serve plus the long polls and requests we make
-	limits.AddProtocolPeerLimit(ProtocolID, rcmgr.BaseLimit{
-		StreamsInbound:  perPeer,
-		StreamsOutbound: perPeer,
-		Streams:         2 * perPeer,
-		Memory:          256 << 20,
-	}, rcmgr.BaseLimitIncrease{})
-	limits.AddProtocolLimit(ProtocolID, rcmgr.BaseLimit{
-		StreamsInbound:  4096,
-		StreamsOutbound: 4096,
-		Streams:         8192,
-		Memory:          1 << 30,
-	}, rcmgr.BaseLimitIncrease{})
-	return limits.AutoScale()
-}
-
 // New starts a peer: its host, DHT and background work. It returns once the
 // host listens; joining the network through Bootstrap goes on in the
 // background. Close it when done.
@@ -208,7 +186,8 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 		return nil, err
 	}
 	nt := newNAT()
-	h, err := newHost(key, opts, gater, natOptions(opts, nt, relays))
+	guard := newStreamGuard(log)
+	h, err := newHost(key, opts, gater, guard, natOptions(opts, nt, relays))
 	if err != nil {
 		return nil, err
 	}
@@ -223,7 +202,7 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 	}
 	nctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	n := &Node{
-		opts: opts, log: log, host: h, dht: d, store: opts.Store, nat: nt, gater: gater,
+		opts: opts, log: log, host: h, dht: d, store: opts.Store, nat: nt, gater: gater, guard: guard,
 		ctx: nctx, cancel: cancel,
 		provideQ:  make(chan transfer.ID, provideQueueLen),
 		slotBytes: uploadSlotBytes(opts.UploadLimit),
@@ -263,9 +242,10 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 
 // newHost makes the libp2p host: TCP and QUIC (TCP only with a swarm
 // key), TLS and Noise, our resource and connection managers, the allow-list
-// gater if any, and the options of NAT traversal.
-func newHost(key crypto.PrivKey, opts Options, gater *allowList, extra []libp2p.Option) (host.Host, error) {
-	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(resourceLimits(opts.MaxStreamsPerPeer)))
+// gater if any, and the options of NAT traversal; its refused streams are
+// counted by guard, and its streams' negotiation is bounded (limits.go).
+func newHost(key crypto.PrivKey, opts Options, gater *allowList, guard *streamGuard, extra []libp2p.Option) (host.Host, error) {
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(resourceLimits(opts.MaxStreamsPerPeer, opts.tuneLimits)))
 	if err != nil {
 		return nil, fmt.Errorf("node: resource manager: %w", err)
 	}
@@ -280,7 +260,7 @@ func newHost(key crypto.PrivKey, opts Options, gater *allowList, extra []libp2p.
 		libp2p.Transport(tcp.NewTCPTransport),
 		libp2p.Security(libp2ptls.ID, libp2ptls.New),
 		libp2p.Security(noise.ID, noise.New),
-		libp2p.ResourceManager(rm),
+		libp2p.ResourceManager(guardedRM{rm, guard}),
 		libp2p.ConnectionManager(cm),
 		libp2p.SwarmOpts(swarm.WithDialRanker(tcpFirst)),
 		libp2p.UserAgent(opts.UserAgent),
@@ -297,6 +277,10 @@ func newHost(key crypto.PrivKey, opts Options, gater *allowList, extra []libp2p.
 	h, err := libp2p.New(append(o, extra...)...)
 	if err != nil {
 		return nil, fmt.Errorf("node: libp2p host: %w", err)
+	}
+	if err := limitNegotiation(h, guard); err != nil {
+		h.Close()
+		return nil, err
 	}
 	return h, nil
 }

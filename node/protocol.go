@@ -14,10 +14,13 @@ import (
 // the store, through transfer.ServeStream: the same requests, the same store
 // and the same upload limit as the HTTP server's chunk routes. A peer with
 // MaxStreamsPerPeer streams open is told to back off, and the stream closed.
+// Each chunk's send buffer is reserved on the stream's resource scope while
+// it is sent (reservingSource, limits.go).
 func (n *Node) handleStream(s network.Stream) {
 	pid := s.Conn().RemotePeer()
 	if !n.acquireInbound(pid) {
 		n.m.refused.Inc()
+		n.guard.refuse(pid, refusedBusy, nil)
 		transfer.ServeStream(n.ctx, s, busySource{}, transfer.ServeOptions{MaxRequests: 1})
 		return
 	}
@@ -26,6 +29,7 @@ func (n *Node) handleStream(s network.Stream) {
 	if s.Conn().Stat().Limited {
 		src = limitedSource{servingSource{n, pid}} // no chunks through a limited relay
 	}
+	src = reservingSource{Source: src, n: n, pid: pid, scope: s.Scope()}
 	req, err := transfer.ServeStream(n.ctx, n.countStream(s, "sent"), src, transfer.ServeOptions{
 		Limiter: n.opts.UploadLimit,
 		OnRequest: func(req transfer.Request) {

@@ -76,6 +76,21 @@ type peerStream struct {
 	network.Stream
 }
 
+var _ transfer.MemoryReserver = peerStream{}
+
+// ReserveMemory implements transfer.MemoryReserver: a response's payload is
+// reserved on the stream's resource scope (see limits.go), at high
+// priority: we asked for it.
+func (s peerStream) ReserveMemory(n int) error {
+	if err := s.Scope().ReserveMemory(n, fetchReservePrio); err != nil {
+		return streamError(fmt.Errorf("reserve %d bytes for a response: %w", n, err))
+	}
+	return nil
+}
+
+// ReleaseMemory implements transfer.MemoryReserver.
+func (s peerStream) ReleaseMemory(n int) { s.Scope().ReleaseMemory(n) }
+
 func (s peerStream) Read(p []byte) (int, error) {
 	n, err := s.Stream.Read(p)
 	if err != nil {

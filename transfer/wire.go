@@ -299,9 +299,11 @@ func chunkLen(ctx context.Context, src Source, rc io.Reader, id ID, i int) (int6
 
 // sendBufs are the buffers chunks are sent through: large writes cost a
 // stream multiplexer and TLS much less per byte than io.Copy's 32 KiB.
-var sendBufs = sync.Pool{New: func() any { b := make([]byte, sendBufSize); return &b }}
+var sendBufs = sync.Pool{New: func() any { b := make([]byte, SendBufSize); return &b }}
 
-const sendBufSize = 256 << 10
+// SendBufSize is the memory ServeStream holds while it sends a chunk (bytes):
+// its buffer.
+const SendBufSize = 256 << 10
 
 // sendChunk writes an OK response header and the n bytes of a chunk read
 // from rc, paced by lim (which counts chunk bytes only). The header goes out
@@ -352,6 +354,32 @@ func (w *idleWriter) Write(p []byte) (int, error) {
 		w.set = now
 	}
 	return w.s.Write(p)
+}
+
+// MemoryReserver is an optional ability of a Stream: accounting the memory
+// a response takes at its receiver against a budget (a libp2p stream's
+// resource scope). StreamSource reserves a payload's length before it reads
+// it, and releases it when the payload was read (a chunk: when its reader
+// is closed). A refused reservation's error (wrapping ErrBusy, so that a
+// download asks again later or asks another source) fails the request; the
+// payload is read and dropped, and the stream stays usable.
+type MemoryReserver interface {
+	ReserveMemory(n int) error
+	ReleaseMemory(n int)
+}
+
+// reserve reserves n bytes on s if it is a MemoryReserver; the release func
+// it returns is never nil.
+func reserve(s Stream, n int64) (release func(), err error) {
+	r, ok := s.(MemoryReserver)
+	if !ok || n == 0 {
+		return func() {}, nil
+	}
+	if err := r.ReserveMemory(int(n)); err != nil {
+		return nil, err
+	}
+	var once sync.Once
+	return func() { once.Do(func() { r.ReleaseMemory(int(n)) }) }, nil
 }
 
 // StreamSource is a Source that asks a remote server over streams that Open
@@ -493,6 +521,18 @@ func (ss *StreamSource) readAll(ctx context.Context, req Request, what string, m
 	if err != nil {
 		return nil, 0, err
 	}
+	release, err := reserve(s, n)
+	if err != nil {
+		// Drop the payload, keep the stream: the refusal is ours, not the
+		// server's fault.
+		if _, derr := io.CopyN(io.Discard, s, n); derr != nil {
+			s.Reset()
+		} else {
+			ss.put(s)
+		}
+		return nil, 0, fmt.Errorf("%s: %w", what, err)
+	}
+	defer release()
 	stop := context.AfterFunc(ctx, func() { s.Reset() })
 	b := make([]byte, n)
 	_, err = io.ReadFull(s, b)
@@ -573,7 +613,15 @@ func (ss *StreamSource) OpenChunk(ctx context.Context, id ID, i int) (io.ReadClo
 			case answer != nil:
 				return nil, answer
 			case lerr == nil:
-				return &laneReader{ctx: ctx, t: t, left: n, set: time.Now()}, nil
+				release, err := reserve(l.s, n)
+				if err != nil { // the payload is dropped, the lane goes on
+					go func() {
+						t.drop(n)
+						t.done()
+					}()
+					return nil, fmt.Errorf("%s: %w", what, err)
+				}
+				return &laneReader{ctx: ctx, t: t, left: n, set: time.Now(), release: release}, nil
 			}
 			err = lerr
 		}
@@ -856,6 +904,9 @@ type laneReader struct {
 	left int64
 	set  time.Time // when the read deadline was last set
 	err  error     // sticky
+	// release gives back the payload's memory reservation (see
+	// MemoryReserver); Close calls it.
+	release func()
 }
 
 func (r *laneReader) Read(p []byte) (int, error) {
@@ -901,6 +952,9 @@ func (r *laneReader) Close() error {
 		return nil
 	}
 	r.t = nil
+	if r.release != nil {
+		r.release()
+	}
 	if r.left == 0 || t.l.broken() != nil {
 		t.done()
 		return nil
