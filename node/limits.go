@@ -63,7 +63,7 @@ const (
 const (
 	refusedLimit       = "limit"       // the resource manager refused an inbound stream or its protocol
 	refusedNegotiation = "negotiation" // reset before it negotiated a protocol (timeout or failure)
-	refusedMemory      = "memory"      // a chunk-protocol memory reservation refused: answered busy
+	refusedMemory      = "memory"      // a chunk-protocol memory reservation refused: a request answered busy, or a response dropped
 	refusedBusy        = "busy"        // the peer had MaxStreamsPerPeer chunk requests in progress
 )
 
@@ -150,7 +150,7 @@ func newStreamGuard(log *slog.Logger) *streamGuard {
 		log: log,
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "share_peer_streams_refused_total",
-			Help: `Inbound streams refused or reset, by reason: "limit" (the resource manager's per-peer, transient or protocol limit), "negotiation" (no protocol negotiated in time, or negotiation failed), "memory" (a chunk request answered busy: its memory reservation was refused), "busy" (the peer had too many chunk requests in progress).`,
+			Help: `Inbound streams refused or reset, by reason: "limit" (the resource manager's per-peer, transient or protocol limit), "negotiation" (no protocol negotiated in time, or negotiation failed), "memory" (a chunk-protocol memory reservation refused: a request served answered busy, or a response received dropped), "busy" (the peer had too many chunk requests in progress).`,
 		}, []string{"reason"}),
 		logged: map[peer.ID]*refusalLog{},
 	}

@@ -357,7 +357,7 @@ func (n *Node) openControlStream(ctx context.Context, pid peer.ID) (transfer.Str
 	if s.Conn().Stat().Limited {
 		n.nat.limitedConns.Inc()
 	}
-	return peerStream{n.countStream(s, "received")}, nil
+	return peerStream{n.countStream(s, "received"), n.guard}, nil
 }
 
 // openChunkStream opens a chunk-protocol stream for chunk requests: over a
@@ -372,7 +372,7 @@ func (n *Node) openChunkStream(ctx context.Context, pid peer.ID) (transfer.Strea
 		}
 		return nil, streamError(err)
 	}
-	return peerStream{n.countStream(s, "received")}, nil
+	return peerStream{n.countStream(s, "received"), n.guard}, nil
 }
 
 // relayOnlyError explains why chunks cannot come from pid, if it is

@@ -74,6 +74,7 @@ func (p *peerSource) Close() error {
 // translated by streamError.
 type peerStream struct {
 	network.Stream
+	g *streamGuard // counts a refused reservation
 }
 
 var _ transfer.MemoryReserver = peerStream{}
@@ -83,6 +84,7 @@ var _ transfer.MemoryReserver = peerStream{}
 // priority: we asked for it.
 func (s peerStream) ReserveMemory(n int) error {
 	if err := s.Scope().ReserveMemory(n, fetchReservePrio); err != nil {
+		s.g.refuse(s.Conn().RemotePeer(), refusedMemory, err)
 		return streamError(fmt.Errorf("reserve %d bytes for a response: %w", n, err))
 	}
 	return nil
