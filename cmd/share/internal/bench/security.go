@@ -28,8 +28,9 @@ import (
 // Measured: the bytes each of them obtained.
 //
 // Not measured here: a peer flooding requests. The resource manager's
-// per-peer limits are node's (a hostile libp2p host belongs in node's tests);
-// the bench has no flooding process.
+// per-peer limits are node's (limits.go), tested there with a hostile libp2p
+// host (TestFloodingPeerDoesNotStallOthers); the bench has no flooding
+// process.
 
 // Security is what a security point measured. Bytes are of the file:
 // verified chunks a peer received, or a finished output a client wrote.
