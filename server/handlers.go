@@ -277,6 +277,9 @@ func (s *Server) serveBody(w http.ResponseWriter, r *http.Request, modTime time.
 		return 0
 	}
 	fixRange(r, size)
+	ew := &jsonErrors{ResponseWriter: w}
+	defer ew.finish()
+	w = ew
 	if !limited {
 		http.ServeContent(w, r, "", modTime, body)
 		return 0
@@ -287,6 +290,71 @@ func (s *Server) serveBody(w http.ResponseWriter, r *http.Request, modTime time.
 	http.ServeContent(responseWriter{ResponseWriter: w, Writer: cw}, r, "", modTime, body)
 	s.m.sent.Add(float64(cw.n))
 	return cw.n
+}
+
+// jsonErrors turns the plain-text errors of ServeContent (416 "invalid
+// range: failed to overlap", a failed read) into the API's JSON errors: it
+// holds back a status of 400 or more and the text written after it, and
+// finish sends them as {"error": TEXT, "code": ...}. A 412, which
+// ServeContent sends without a body, stays without one. Everything else
+// passes through, ReadFrom included (sendfile).
+type jsonErrors struct {
+	http.ResponseWriter
+	status int             // the error status held back; 0: none
+	text   strings.Builder // what ServeContent wrote after it, up to 1 KiB
+}
+
+func (e *jsonErrors) WriteHeader(status int) {
+	if status < 400 {
+		e.ResponseWriter.WriteHeader(status)
+		return
+	}
+	e.status = status
+}
+
+func (e *jsonErrors) Write(p []byte) (int, error) {
+	if e.status == 0 {
+		return e.ResponseWriter.Write(p)
+	}
+	if e.text.Len() < 1<<10 {
+		e.text.Write(p[:min(len(p), 1<<10-e.text.Len())])
+	}
+	return len(p), nil
+}
+
+func (e *jsonErrors) ReadFrom(src io.Reader) (int64, error) {
+	if e.status != 0 {
+		return io.Copy(io.Discard, src)
+	}
+	if rf, ok := e.ResponseWriter.(io.ReaderFrom); ok {
+		return rf.ReadFrom(src)
+	}
+	return io.Copy(writerOnly{e.ResponseWriter}, src)
+}
+
+// finish sends the error held back, if any.
+func (e *jsonErrors) finish() {
+	if e.status == 0 {
+		return
+	}
+	h := e.Header()
+	msg := strings.TrimSpace(e.text.String())
+	if msg == "" {
+		e.ResponseWriter.WriteHeader(e.status)
+		return
+	}
+	code := "internal"
+	switch e.status {
+	case http.StatusRequestedRangeNotSatisfiable:
+		code = "range_not_satisfiable"
+	case http.StatusForbidden:
+		code = "forbidden"
+	}
+	h.Set("Content-Type", "application/json")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Del("Content-Length")
+	e.ResponseWriter.WriteHeader(e.status)
+	json.NewEncoder(e.ResponseWriter).Encode(apiError{Error: msg, Code: code})
 }
 
 // fixRange handles, before ServeContent, the Range edges it gets wrong or

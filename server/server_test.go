@@ -1296,7 +1296,12 @@ func TestConditionalAndRangeRequests(t *testing.T) {
 					if resp.StatusCode != tt.status {
 						t.Fatalf("%d, want %d", resp.StatusCode, tt.status)
 					}
-					if tt.body != nil && !bytes.Equal(body, tt.body) && tt.status != 416 {
+					if tt.status == 416 {
+						var e apiError
+						if err := json.Unmarshal(body, &e); err != nil || e.Code != "range_not_satisfiable" || resp.Header.Get("Content-Type") != "application/json" {
+							t.Fatalf("416 of %s: %q, %v; want a JSON error with code range_not_satisfiable", resp.Header.Get("Content-Type"), body, err)
+						}
+					} else if tt.body != nil && !bytes.Equal(body, tt.body) {
 						t.Fatalf("body of %d bytes differs from the %d expected", len(body), len(tt.body))
 					}
 					if tt.body == nil && len(body) != 0 {

@@ -285,11 +285,13 @@ const verifyPiece = 8 << 20
 
 // VerifyResult is what Store.Verify found in one share.
 type VerifyResult struct {
-	ID      ID     `json:"id"`
-	Name    string `json:"name"`
-	Checked int    `json:"checked"`           // chunks read and hashed
-	Damaged []int  `json:"damaged,omitempty"` // chunks that failed and were marked missing
-	Error   string `json:"error,omitempty"`   // why the scrub of this share stopped early
+	ID        ID     `json:"id"`
+	Name      string `json:"name"`
+	Size      int64  `json:"size"`              // bytes of the share
+	ChunkSize int64  `json:"chunk_size"`        // bytes of its chunks (the last may be shorter)
+	Checked   int    `json:"checked"`           // chunks read and hashed
+	Damaged   []int  `json:"damaged,omitempty"` // chunks that failed and were marked missing
+	Error     string `json:"error,omitempty"`   // why the scrub of this share stopped early
 }
 
 // Verify scrubs the shares ids (every share if none) with Share.Verify,
@@ -310,7 +312,8 @@ func (st *Store) Verify(ctx context.Context, ids []ID, lim *Limiter) ([]VerifyRe
 	results := make([]VerifyResult, 0, len(shares))
 	for _, sh := range shares {
 		checked, damaged, err := sh.Verify(ctx, lim)
-		res := VerifyResult{ID: sh.ID(), Name: sh.Manifest().Name(), Checked: checked, Damaged: damaged}
+		m := sh.Manifest()
+		res := VerifyResult{ID: sh.ID(), Name: m.Name(), Size: m.Size(), ChunkSize: m.ChunkSize(), Checked: checked, Damaged: damaged}
 		if err != nil {
 			if ctx.Err() != nil {
 				return results, ctx.Err()

@@ -91,12 +91,21 @@ func TestParseListen(t *testing.T) {
 }
 
 func TestListenError(t *testing.T) {
+	// A port nothing listens on, so that the message does not depend on a
+	// daemon the user (or the README's Quick start) runs on this machine.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	free, next := ":"+strconv.Itoa(p), ":"+strconv.Itoa(p+10)
 	tests := []struct {
 		flag, addr string
 		err        error
 		want       string
 	}{
-		{"--listen", ":7070", syscall.EADDRINUSE, "--listen :7070: the address is in use by another program (another share serve or share peer?); stop it, or choose another port: --listen :7080"},
+		{"--listen", free, syscall.EADDRINUSE, "--listen " + free + ": the address is in use by another program (another share serve or share peer?); stop it, or choose another port: --listen " + next},
 		{"--api", "127.0.0.1:7070", syscall.EADDRINUSE, "choose another port: --api 127.0.0.1:7080"},
 		{"--listen", ":80", syscall.EACCES, "--listen :80: permission denied: ports below 1024 need root (or CAP_NET_BIND_SERVICE); choose a port above 1023, e.g. --listen :7070"},
 		{"--listen", "10.9.9.9:7070", syscall.EADDRNOTAVAIL, "no network interface of this machine has the address 10.9.9.9; use one it has, or :7070 for all of them"},

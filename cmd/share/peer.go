@@ -107,9 +107,10 @@ const bootstrapFileWait = time.Minute
 
 // readAddrsFile reads multiaddrs, one per line, waiting up to wait for the
 // file to exist and hold at least one.
-func readAddrsFile(ctx context.Context, path string, wait time.Duration) ([]string, error) {
+// waiting is called once, when the file is not there (or empty) at first.
+func readAddrsFile(ctx context.Context, path string, wait time.Duration, waiting func()) ([]string, error) {
 	deadline := time.Now().Add(wait)
-	for {
+	for first := true; ; first = false {
 		b, err := os.ReadFile(path)
 		if err == nil {
 			var addrs []string
@@ -125,7 +126,13 @@ func readAddrsFile(ctx context.Context, path string, wait time.Duration) ([]stri
 			return nil, err
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("--bootstrap-file %s: no addresses after %v", path, wait)
+			if err != nil {
+				return nil, fmt.Errorf("--bootstrap-file %s: no such file after waiting %v: check the path, start the bootstrap peer with --addrs-file %s, or pass --bootstrap MULTIADDR", path, wait, path)
+			}
+			return nil, fmt.Errorf("--bootstrap-file %s: no address in it after waiting %v (want multiaddrs, one per line, as --addrs-file writes them)", path, wait)
+		}
+		if first && waiting != nil {
+			waiting()
 		}
 		select {
 		case <-time.After(200 * time.Millisecond):
@@ -175,7 +182,9 @@ func runPeer(ctx context.Context, o peerOptions, stdout, stderr io.Writer) error
 		return usageError{fmt.Errorf("--partial-ttl %v: want a positive duration, e.g. 24h", o.partialTTL)}
 	}
 	if o.bootstrapFile != "" {
-		addrs, err := readAddrsFile(ctx, o.bootstrapFile, bootstrapFileWait)
+		addrs, err := readAddrsFile(ctx, o.bootstrapFile, bootstrapFileWait, func() {
+			fmt.Fprintf(stderr, "waiting up to %v for --bootstrap-file %s to hold addresses (the bootstrap peer writes it with --addrs-file)\n", bootstrapFileWait, o.bootstrapFile)
+		})
 		if err != nil {
 			return err
 		}

@@ -101,8 +101,12 @@ func runVerify(ctx context.Context, o verifyOptions, stdout, stderr io.Writer) e
 		return hint(fmt.Errorf("verify: %w", err), &o.client)
 	}
 	damaged := 0
+	var repair []string // the put that repairs each damaged share of a server
 	for _, r := range results {
 		damaged += len(r.Damaged)
+		if len(r.Damaged) > 0 {
+			repair = append(repair, repairCommand(r))
+		}
 		if o.json {
 			json.NewEncoder(stdout).Encode(r)
 			continue
@@ -118,7 +122,8 @@ func runVerify(ctx context.Context, o verifyOptions, stdout, stderr io.Writer) e
 	}
 	if damaged > 0 {
 		return fmt.Errorf("verify: %d damaged chunks found in %s and marked missing\n"+
-			"  a peer fetches them again from its swarm; to repair a server's share, put the file again: share put FILE", damaged, where)
+			"  a peer fetches them again from its swarm; to repair a server's share, put the same content again:\n    %s",
+			damaged, where, strings.Join(repair, "\n    "))
 	}
 	for _, r := range results {
 		if r.Error != "" {
@@ -126,6 +131,29 @@ func runVerify(ctx context.Context, o verifyOptions, stdout, stderr io.Writer) e
 		}
 	}
 	return nil
+}
+
+// repairCommand is the put that sends a damaged share's missing chunks
+// again: the same content with the same chunk size gives the same ID, so
+// a share put with a chunk size other than the default for its size needs
+// --chunk-size to find it.
+func repairCommand(r transfer.VerifyResult) string {
+	cmd := "share put "
+	if r.ChunkSize != 0 && r.ChunkSize != transfer.ChunkSizeFor(r.Size) {
+		cmd += "--chunk-size " + sizeFlag(r.ChunkSize) + " "
+	}
+	return cmd + shellQuote(r.Name) + "   # " + r.ID.String()
+}
+
+// sizeFlag writes n bytes as --chunk-size reads it: 4MiB, 256KiB or 1000.
+func sizeFlag(n int64) string {
+	switch {
+	case n%(1<<20) == 0:
+		return fmt.Sprintf("%dMiB", n>>20)
+	case n%(1<<10) == 0:
+		return fmt.Sprintf("%dKiB", n>>10)
+	}
+	return fmt.Sprint(n)
 }
 
 // chunkList shows chunk indexes, the first few of many.
@@ -172,4 +200,15 @@ func (f *scrubFlags) start(ctx context.Context, st *transfer.Store, log *slog.Lo
 		}
 	})
 	return func() { cancel(); wg.Wait() }
+}
+
+// shellQuote quotes s for a POSIX shell when it holds anything but
+// letters, digits and -_./+,:@=%.
+func shellQuote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r < 128 && (r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./+,:@=%", r)))
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

@@ -48,7 +48,7 @@ func TestVerifyFindsRot(t *testing.T) {
 	}
 	flipAt(t, stored, 9*chunk+1)
 	r = share(t, dir, d.env(), "verify", id)
-	if r.code != 1 || !strings.Contains(r.stdout, "1 of 32 chunks damaged, marked missing: 9") || !strings.Contains(r.stderr, "share put FILE") {
+	if r.code != 1 || !strings.Contains(r.stdout, "1 of 32 chunks damaged, marked missing: 9") || !strings.Contains(r.stderr, "share put --chunk-size 64KiB f.bin   # "+id) {
 		t.Fatalf("verify of a rotten share: %d %q %s", r.code, r.stdout, r.stderr)
 	}
 	if r = share(t, dir, d.env(), "ls"); !strings.Contains(r.stdout, "damaged 31/32") {
