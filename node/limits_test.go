@@ -290,3 +290,52 @@ func TestFloodingPeerDoesNotStallOthers(t *testing.T) {
 		t.Errorf("the flooder held %d inbound streams at the victim, over a peer's %d", most.Load(), cap)
 	}
 }
+
+// TestFloodOfAMember runs Flood, what share bench's flooding member is,
+// against a member of a private swarm: with the key it connects, its
+// unnegotiated streams and its chunk requests beyond the victim's limits
+// are refused and counted there, and it reports what it did; without the
+// key it cannot start.
+func TestFloodOfAMember(t *testing.T) {
+	psk := testKey(t)
+	victim := testNode(t, "", func(o *Options) { o.SwarmKey, o.Listen = psk, []string{"/ip4/127.0.0.1/tcp/0"} })
+	content := make([]byte, 4<<20)
+	rand.Read(content)
+	sh := importShare(t, victim, "f", content, 256<<10)
+	target := []string{victim.Addrs()[0].String()}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := Flood(ctx, FloodOptions{SwarmKey: testKey(t), Targets: target, StreamWorkers: 1}); err == nil {
+		t.Fatal("a flood with another swarm's key started")
+	}
+
+	fctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	done := make(chan struct{})
+	var st FloodStats
+	var err error
+	go func() {
+		defer close(done)
+		st, err = Flood(fctx, FloodOptions{SwarmKey: psk, Targets: target, StreamWorkers: 300, RequestWorkers: 64, Share: sh.ID()})
+	}()
+	// It runs until the victim has refused streams by a limit.
+	for refusals(victim, refusedLimit) < 1000 {
+		select {
+		case <-done:
+			t.Fatalf("the flood ended: %v", err)
+		case <-ctx.Done():
+			t.Fatalf("in 60 s the victim refused %v streams by a limit", refusals(victim, refusedLimit))
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	stop()
+	<-done
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%+v", st)
+	if st.Streams == 0 || st.StreamsReset == 0 || st.Requests == 0 || st.Requests != st.Served+st.Busy+st.RequestsFailed || st.PeerID == "" {
+		t.Errorf("flood stats %+v", st)
+	}
+}

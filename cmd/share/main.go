@@ -170,6 +170,7 @@ directory when the server runs on this machine).`,
 		newVerifyCmd(stdout, stderr),
 		newHealthCmd(stdout, stderr),
 		newVersionCmd(stdout),
+		newFloodCmd(stdout),
 	)
 	return root
 }

@@ -34,8 +34,9 @@ const (
 	ScenarioFault   = "fault"    // the server or seed is killed mid-way, and comes back
 	ScenarioBadPeer = "bad-peer" // a peer (or the server) serves corrupted chunks
 	ScenarioChurn   = "churn"    // peers leave as soon as they finish
-	// ScenarioSecurity: an outsider without the swarm key, a lying member;
-	// a wrong token, a stolen one revoked by a restart (security.go).
+	// ScenarioSecurity: an outsider without the swarm key, a lying member,
+	// and (variant "flood") a member flooding the others; a wrong token, a
+	// stolen one revoked by a restart (security.go).
 	// Loopback only.
 	ScenarioSecurity = "security"
 	ScenarioRTT      = "rtt" // N downloaders at several round-trip times (emulated networks only)
@@ -85,7 +86,7 @@ type Options struct {
 // Point is one run of one scenario in one mode.
 type Point struct {
 	Scenario string `json:"scenario"`
-	Variant  string `json:"variant,omitempty"` // fault: "half" (killed when downloaders held half) or "replicated" (after the first complete copy)
+	Variant  string `json:"variant,omitempty"` // fault: "half" (killed when downloaders held half) or "replicated" (after the first complete copy); security: VariantFlood
 	Mode     string `json:"mode"`
 	N        int    `json:"n"`
 	Run      int    `json:"run"`
@@ -385,7 +386,7 @@ func (b *bencher) allPoints(sc string) []Point {
 	case ScenarioChurn:
 		return []Point{{Scenario: sc, Mode: P2P, N: n}}
 	case ScenarioSecurity:
-		return []Point{{Scenario: sc, Mode: ClientServer, N: n}, {Scenario: sc, Mode: P2P, N: n}}
+		return []Point{{Scenario: sc, Mode: ClientServer, N: n}, {Scenario: sc, Mode: P2P, N: n}, {Scenario: sc, Variant: VariantFlood, Mode: P2P, N: n}}
 	}
 	return nil
 }
@@ -433,7 +434,7 @@ type cluster struct {
 	dir    string
 	source *daemon   // the server, or the seed
 	peers  []*daemon // P2P: the downloaders' peers
-	extra  []*daemon // P2P: other peers (a liar)
+	extra  []*daemon // P2P: other peers (a liar, an outsider)
 	srcArg []string  // how the source was started, to restart it
 	key    string    // P2P security: the members' swarm key file
 }

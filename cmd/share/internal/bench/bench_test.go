@@ -95,11 +95,17 @@ func TestQuickRun(t *testing.T) {
 			s.WrongTokenBytes != 0 || s.StolenAfter != 0 || (p.Mode == ClientServer && s.StolenBefore != res.Size)) {
 			t.Errorf("security %s: %+v", p.Mode, s)
 		}
+		if p.Scenario == ScenarioSecurity && p.Variant == VariantFlood {
+			want["security(flood)/p2p"]++
+			if f := p.Security.Flood; f == nil || f.Streams == 0 || f.Refused["limit"] == 0 || p.Identical != p.N {
+				t.Errorf("security with a flood: %d/%d identical, %+v", p.Identical, p.N, f)
+			}
+		}
 		if p.Scenario == ScenarioScaling && (p.Identical != p.N || p.Cost.PerGiB <= 0 || p.Cost.Kind(KindClient).Procs < p.N) {
 			t.Errorf("scaling %s N=%d: %d identical, cost %+v", p.Mode, p.N, p.Identical, p.Cost)
 		}
 	}
-	for _, k := range []string{"scaling/client-server", "scaling/p2p", "fault/client-server", "fault/p2p", "bad-peer/client-server", "bad-peer/p2p", "churn/p2p", "security/client-server", "security/p2p"} {
+	for _, k := range []string{"scaling/client-server", "scaling/p2p", "fault/client-server", "fault/p2p", "bad-peer/client-server", "bad-peer/p2p", "churn/p2p", "security/client-server", "security/p2p", "security(flood)/p2p"} {
 		if want[k] == 0 {
 			t.Errorf("no %s point", k)
 		}
@@ -124,6 +130,41 @@ func TestQuickRun(t *testing.T) {
 	for _, row := range []string{"| Architecture |", "| Control |", "| Scalability |", "| Reliability |", "| Security |", "| Resource sharing |"} {
 		if !strings.Contains(string(md), row) {
 			t.Errorf("report.md lacks the row %q", row)
+		}
+	}
+}
+
+// TestSecurityReport checks that the report cites the security points'
+// figures: the flood's paragraph and the Security row give what the flooder
+// did, what its targets refused, and the honest downloads' time beside the
+// same run's point without the flood.
+func TestSecurityReport(t *testing.T) {
+	res := &Results{Size: 64 << 20, ChunkSize: 1 << 20, UploadCap: 8 << 20, Points: []Point{
+		{Scenario: ScenarioSecurity, Mode: P2P, N: 8, Run: 1, Distribution: 10, Finished: 8, Identical: 8, BadChunks: 10, Security: &Security{}},
+		{Scenario: ScenarioSecurity, Variant: VariantFlood, Mode: P2P, N: 8, Run: 1, Distribution: 16, Finished: 8, Identical: 8, Security: &Security{
+			Flood: &Flood{Targets: 9, Streams: 288379, StreamsReset: 285771, Requests: 79726, Served: 161, Busy: 39597, RequestsFailed: 39968,
+				Bytes: 161 << 20, Seconds: 32, CPU: 11.5,
+				Refused:     map[string]int64{"limit": 322087, "negotiation": 6067, "memory": 0, "busy": 475},
+				SeedRefused: map[string]int64{"limit": 36461, "negotiation": 705, "memory": 0, "busy": 73}},
+		}},
+	}}
+	var md, tab strings.Builder
+	Report(&md, res)
+	Table(&tab, res)
+	var row string
+	for _, l := range strings.Split(md.String(), "\n") {
+		if strings.HasPrefix(l, "| Security |") {
+			row = l
+		}
+	}
+	for _, want := range []string{"10 bad chunks", "288379 streams", "79726 chunk requests", "161 MiB", "322087 streams refused", "6067 reset", "8/8 honest copies identical in 16.00 s against 10.00 s without it (1.60x"} {
+		if !strings.Contains(row, want) {
+			t.Errorf("the Security row lacks %q:\n%s", want, row)
+		}
+	}
+	for _, want := range []string{"with a flooding member", "the seed: 36461, 705, 0, 73", "(10.00 s without the flood, 1.60x)", "11.5 CPU-s"} {
+		if !strings.Contains(tab.String(), want) {
+			t.Errorf("the report lacks %q:\n%s", want, tab.String())
 		}
 	}
 }

@@ -97,6 +97,11 @@ func comparison(w io.Writer, res *Results) {
 				s.OutsiderBytes, p.BadChunks, p.Identical, p.N)
 		}
 	}
+	for _, p := range res.points(ScenarioSecurity, VariantFlood, P2P) {
+		if s := p.Security; s != nil && s.Flood != nil {
+			pB = strings.TrimPrefix(pB+"; ", "; ") + describeFlood(p, res, true)
+		}
+	}
 	if csB != "" || pB != "" {
 		row("Security", csB, pB)
 	}

@@ -208,8 +208,10 @@ func Table(w io.Writer, res *Results) {
 	for _, p := range res.points(ScenarioChurn, "", "") {
 		fmt.Fprintf(w, "\n%s\n", describeChurn(p, res))
 	}
-	for _, p := range res.points(ScenarioSecurity, "", "") {
-		fmt.Fprintf(w, "\n%s\n", describeSecurity(p))
+	for _, v := range []string{"", VariantFlood} {
+		for _, p := range res.points(ScenarioSecurity, v, "") {
+			fmt.Fprintf(w, "\n%s\n", describeSecurity(p, res))
+		}
 	}
 	bad, finished, identical, downloads := 0, 0, 0, 0
 	for _, p := range res.Points {
