@@ -52,4 +52,20 @@
 // new (swarm.go); the DHT's routing table is refreshed every RefreshInterval
 // (10 min), staggered, instead of by every peer at start (discovery.go);
 // provides run on provideWorkers (4) goroutines off the request path.
+//
+// # Limits
+//
+// One peer must not use up what all peers share (limits.go): a peer's
+// inbound streams are capped at peerStreamsInbound (128 by default: two
+// per chunk request it may have served at once, plus otherStreamsInbound),
+// which does not grow with memory; the transient pool (streams not yet
+// negotiated) and the system pool hold at least minPeersToExhaust (16) and
+// twice that many peers' caps. A stream not negotiated within
+// negotiationTimeout (5 s) is reset. The chunk protocol has its own
+// per-peer and total stream and memory limits; serving a chunk reserves its
+// send buffer on the stream's scope, receiving one its payload, and a
+// refused reservation answers busy or drops the chunk. Refusals are counted
+// in share_peer_streams_refused_total{reason="limit"|"negotiation"|"memory"|"busy"}
+// and logged at most once a minute per peer. Flood (flood.go) is the hostile
+// member share bench's security scenario runs against them.
 package node

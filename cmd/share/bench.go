@@ -45,8 +45,10 @@ func newBenchCmd(stdout, stderr io.Writer) *cobra.Command {
 		Long: `Measure share's two modes on the same work with real processes: one server
 or seed distributes an F-byte file to N downloaders. Scenarios: scaling (N =
 each of --peers), fault (the server or seed is killed mid-way), bad-peer
-(corrupted chunks), churn (peers leave when done), rtt (N=16 at RTT 0, 20 and
-80 ms; emulated networks only). Prints a table and writes results.json,
+(corrupted chunks), churn (peers leave when done), security (loopback only: an
+outsider without the swarm key, a lying member, a member flooding the others;
+a wrong and a revoked token), rtt (N=16 at RTT 0, 20 and 80 ms; emulated
+networks only). Prints a table and writes results.json,
 results.csv, chart.svg and report.md to --out. --quick finishes in about a
 minute.
 

@@ -6,7 +6,9 @@
 // beside its theoretical lower bound (Kurose and Ross, Computer Networking,
 // section 2.5). It reads only what the daemons expose (their CLI output,
 // HTTP API and Prometheus metrics); nothing in transfer, server or node
-// exists for it.
+// exists for it, except node.Flood: the security scenario's flooding
+// member, the hidden `share flood` (security.go), is a hostile libp2p host,
+// and only node touches libp2p.
 //
 // On an emulated network (Options.Net) every process runs on a node of a
 // netem network instead, and the kernel shapes each node's link. The
