@@ -157,7 +157,7 @@ func TestSecurityReport(t *testing.T) {
 			row = l
 		}
 	}
-	for _, want := range []string{"10 bad chunks", "288379 streams", "79726 chunk requests", "161 MiB", "322087 streams refused", "6067 reset", "8/8 honest copies identical in 16.00 s against 10.00 s without it (1.60x"} {
+	for _, want := range []string{"10 bad chunks", "288379 streams", "79726 chunk requests", "161 MiB", "322087 streams refused by the resource manager", "6067 reset", "8/8 honest copies identical in 16.00 s against 10.00 s without it (1.60x"} {
 		if !strings.Contains(row, want) {
 			t.Errorf("the Security row lacks %q:\n%s", want, row)
 		}

@@ -465,7 +465,7 @@ func describeFlood(p Point, res *Results, short bool) string {
 		if vs != "" {
 			vs += fmt.Sprintf("; the flooder took %.1f CPU-s of this machine)", f.CPU)
 		}
-		return fmt.Sprintf("a member flooding the seed and the %d peers (%d streams that never negotiated, %d chunk requests ignoring \"busy\", %s of chunks got) had %d streams refused by the per-peer limits and %d reset unnegotiated; %d/%d honest copies identical in %s%s",
+		return fmt.Sprintf("a member flooding the seed and the %d peers (%d streams that never negotiated, %d chunk requests ignoring \"busy\", %s of chunks got) had %d streams refused by the resource manager's limits and %d reset unnegotiated; %d/%d honest copies identical in %s%s",
 			f.Targets-1, f.Streams, f.Requests, got, f.Refused["limit"], f.Refused["negotiation"], p.Identical, p.N, secs(p.Distribution), vs)
 	}
 	return fmt.Sprintf("a member with the swarm key flooding the seed and the %d peers for %s opened %d streams that never negotiated a protocol (%d reset by their target) and sent %d chunk requests ignoring \"busy\" (%d served, %s in all; %d busy; %d refused); the targets refused %d streams by a limit, reset %d unnegotiated, answered %d busy for want of memory and %d for too many requests in progress (the seed: %d, %d, %d, %d); %d/%d honest copies byte-identical, in %s%s; the flooder used %.1f CPU-s of the machine's",
