@@ -14,10 +14,11 @@ import (
 
 // chokeFixture is an upload queue whose shares' offers a test sets.
 type chokeFixture struct {
-	u      *uploads
-	mu     sync.Mutex
-	offers map[transfer.ID]uint32
-	id     transfer.ID
+	u        *uploads
+	mu       sync.Mutex
+	offers   map[transfer.ID]uint32
+	complete bool // the shares are held complete: their offers are a seed's
+	id       transfer.ID
 }
 
 func newChokeFixture(t *testing.T, slot int64) *chokeFixture {
@@ -29,11 +30,11 @@ func newChokeFixture(t *testing.T, slot int64) *chokeFixture {
 	}
 	f.id = m.ID()
 	f.offers[f.id] = 1
-	f.u = newUploads(slot, func(id transfer.ID) (uint32, bool) {
+	f.u = newUploads(slot, false, func(id transfer.ID) (uint32, bool, bool) {
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		d, ok := f.offers[id]
-		return d, ok
+		return d, f.complete, ok
 	})
 	return f
 }
@@ -126,8 +127,9 @@ func TestUploadsAdmitAndChoke(t *testing.T) {
 	granted(t, pa, true)
 }
 
-func TestUploadsNewsAnsweredWhenThereIsRoom(t *testing.T) {
+func TestUploadsSeedNewsAnsweredWhenThereIsRoom(t *testing.T) {
 	f := newChokeFixture(t, 100)
+	f.complete = true
 	ctx := context.Background()
 	// A poll for news waits while the offer is the one it knows.
 	p := f.poll(ctx, "a", 1)
@@ -149,6 +151,36 @@ func TestUploadsNewsAnsweredWhenThereIsRoom(t *testing.T) {
 	f.mu.Unlock()
 	f.u.changed()
 	granted(t, p2, true)
+}
+
+// TestUploadsPartialNewsAnsweredAtOnce: a partial holder's new chunk is
+// told to every poll that waits for news (BitTorrent's HAVE), full upload
+// or not, without keeping room for the askers, and ahead of a poll owed room.
+func TestUploadsPartialNewsAnsweredAtOnce(t *testing.T) {
+	f := newChokeFixture(t, 100)
+	ctx := context.Background()
+	f.u.admit(f.key("x"), 100)
+	f.u.admit(f.key("y"), 100)
+	f.u.admit(f.key("r"), 100) // refused: owed the next room
+	pr := f.poll(ctx, "r", 1)
+	pa := f.poll(ctx, "a", 1)
+	pb := f.poll(ctx, "b", 1)
+	pending(t, pa)
+	f.setOffer(2)
+	granted(t, pa, true)
+	granted(t, pb, true)
+	pending(t, pr) // still no room
+	f.u.mu.Lock()
+	reserved := f.u.reserved
+	f.u.mu.Unlock()
+	if reserved != 0 {
+		t.Fatalf("news kept %d bytes of room, want none", reserved)
+	}
+	// Knowing the new offer, a poll waits again; r gets the room that frees.
+	pa2 := f.poll(ctx, "a", 2)
+	f.u.done(100)
+	granted(t, pr, true)
+	pending(t, pa2)
 }
 
 func TestUploadsGrantExpiresOrIsGivenBack(t *testing.T) {
@@ -208,5 +240,60 @@ func TestTimingConstantsAgree(t *testing.T) {
 		if !tc.ok {
 			t.Error(tc.what)
 		}
+	}
+}
+
+// TestUploadWeight: with a cap of share's own a send weighs its chunk, the
+// slot at most; without one the slot follows the measured uplink, plus one
+// chunk, and one chunk at a time until a rate is measured.
+func TestUploadWeight(t *testing.T) {
+	const slot = 1 << 20
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name    string
+		measure bool
+		rate    float64 // bytes/s sent over one sample; 0: none
+		chunk   int64
+		want    int64 // in parts of the slot (slot / want = sends at once)
+	}{
+		{"capped: small chunks share the slot", false, 0, slot / 4, slot / 4},
+		{"capped: a large chunk takes the slot", false, 0, 4 * slot, slot},
+		{"measured: one at a time before a rate is known", true, 0, 256 << 10, slot},
+		{"measured: dsl uplink, 256 KiB chunks: one at a time", true, 1.2e6, 256 << 10, slot * (256 << 10) / (150000 + 256<<10)},
+		{"measured: fast uplink: many at once", true, 800e6, 1 << 20, slot * (1 << 20) / (100_000_000 + 1<<20)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u := newUploads(slot, tc.measure, nil)
+			if tc.rate > 0 {
+				u.measured.start(t0)
+				d := rateSample
+				u.measured.end(t0.Add(d), int64(tc.rate*d.Seconds()))
+			}
+			if got := u.weight(tc.chunk); got != tc.want {
+				t.Fatalf("weight(%d) = %d, want %d", tc.chunk, got, tc.want)
+			}
+		})
+	}
+}
+
+// TestUploadRate: only time with a send running counts, and each sample
+// moves the estimate half way.
+func TestUploadRate(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var r uploadRate
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	r.start(at(0))
+	r.end(at(100), 100_000) // 100 ms busy: no sample yet
+	r.start(at(5000))       // idle time between sends does not count
+	r.start(at(5050))
+	r.end(at(5100), 100_000)
+	r.end(at(5150), 50_000) // 250 ms busy, 250 kB: 1 MB/s
+	if r.bps != 1e6 {
+		t.Fatalf("rate %v, want 1e6", r.bps)
+	}
+	r.start(at(6000))
+	r.end(at(6250), 750_000) // 3 MB/s: half way, 2 MB/s
+	if r.bps != 2e6 {
+		t.Fatalf("rate %v, want 2e6", r.bps)
 	}
 }

@@ -26,19 +26,29 @@
 //     way at once; a super-seeding seed is kept (it is slow by design).
 //   - Choking (the uploader's side; choke.go). A peer's upload holds
 //     2 × uploadSlotBytes (an eighth of a second of its cap each): one chunk
-//     being sent, one queued. A request beyond that is answered "busy": the
-//     asker is choked, and waits with a long poll, which the peer answers
-//     when it has room, first come first served, keeping the room for the
-//     asker's request for grantTTL (500 ms). No peer retries on a timer.
-//   - Offers and haves, coalesced (transfer/doc.go, "Offers"). A download
-//     long-polls a peer only while that peer offers nothing it needs, or
-//     after a busy answer; a peer answers the polls waiting on it one per
-//     freed upload room, not all at once when it gains a chunk. So the
-//     answers a peer gives cost O(1) per chunk it sends.
+//     being sent, one queued. A peer with no cap of share's own (its link is
+//     the cap) measures the rate its uplink delivers, and sends at once
+//     slotTime (125 ms) of that rate plus one chunk (uploads.weight): one
+//     chunk at a time on a DSL uplink, many on a LAN. A request beyond
+//     that is answered "busy": the asker is choked, and waits with a long
+//     poll, which the peer answers when it has room, first come first
+//     served, keeping the room for the asker's request for grantTTL
+//     (500 ms). No peer retries on a timer.
+//   - Haves (transfer/doc.go, "Offers"). A download keeps a long poll
+//     parked at every peer of its active set: BitTorrent's HAVE messages to
+//     the connected peers. A partial holder answers them as soon as it gains
+//     a chunk, so rarest-first works on what the active set holds now; that
+//     costs O(1) per chunk gained, since a peer is in about MaxActive active
+//     sets whatever the swarm's size. A seed answers them, and any poll
+//     after a busy answer, one per freed upload room: its offer is an
+//     unchoke.
 //   - Super-seeding (seeding.go, BEP 16). A complete holder offers the
 //     chunks it has sent least in the last seedRecent (20 s) and nobody is
 //     fetching from it: each chunk leaves it once before any leaves twice,
-//     and the peers trade the copies.
+//     and the peers trade the copies. A downloader, for its part, asks a
+//     seed only for chunks no partial peer of its active set offers
+//     (transfer's pickFree), so that second copies come from peers and the
+//     seed's upload goes to the chunks the swarm lacks.
 //   - Request depth (transfer's srcState.depth): a source's
 //     bandwidth-delay product plus transfer.DepthQueueTime (250 ms) of its
 //     rate, at least 2 and at most DefaultPerSource requests.

@@ -210,7 +210,7 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 		shares:    map[transfer.ID]*shareState{},
 		inbound:   map[peer.ID]int{},
 	}
-	n.uploads = newUploads(n.slotBytes, n.offerDigest)
+	n.uploads = newUploads(n.slotBytes, opts.UploadLimit == nil, n.offerDigest)
 	reg := opts.Registry
 	if reg == nil {
 		reg = prometheus.NewRegistry()

@@ -120,13 +120,14 @@ func (n *Node) offer(sh *transfer.Share) transfer.Bitfield {
 	return sh.Have()
 }
 
-// offerDigest is the digest of the offer of share id; false if it is gone.
-func (n *Node) offerDigest(id transfer.ID) (uint32, bool) {
+// offerDigest is the digest of the offer of share id and whether it is held
+// complete; live is false if it is gone.
+func (n *Node) offerDigest(id transfer.ID) (digest uint32, complete, live bool) {
 	sh, err := n.store.Get(id)
 	if err != nil {
-		return 0, false
+		return 0, false, false
 	}
-	return n.offer(sh).Digest(), true
+	return n.offer(sh).Digest(), sh.Complete(), true
 }
 
 // servingSource is what a peer serves to another peer: its store, with the
@@ -166,7 +167,7 @@ func (s servingSource) WaitHave(ctx context.Context, id transfer.ID, chunks int,
 		return s.n.store.Have(ctx, id, chunks) // reports the mismatch
 	}
 	if ctx.Err() == nil { // a have request that asks for no wait takes no place in the queue
-		s.n.uploads.wait(ctx, uploadKey{s.pid, id}, known, min(m.ChunkSize(), s.n.slotBytes))
+		s.n.uploads.wait(ctx, uploadKey{s.pid, id}, known, s.n.uploads.weight(m.ChunkSize()))
 	}
 	if _, err := s.n.store.Get(id); err != nil {
 		return transfer.Bitfield{}, err // removed meanwhile
@@ -186,8 +187,8 @@ func (s servingSource) OpenChunk(ctx context.Context, id transfer.ID, i int) (io
 	if i < 0 || i >= sh.Manifest().NumChunks() {
 		return s.n.store.OpenChunk(ctx, id, i) // reports the range error
 	}
-	w := min(int64(sh.Manifest().ChunkLen(i)), s.n.slotBytes)
 	u := s.n.uploads
+	w := u.weight(int64(sh.Manifest().ChunkLen(i)))
 	if !u.admit(uploadKey{s.pid, id}, w) {
 		s.n.m.busy.Inc()
 		return nil, transfer.ErrBusy // choked: it polls, and is answered when there is room
@@ -213,8 +214,14 @@ func (s servingSource) OpenChunk(ctx context.Context, id transfer.ID, i int) (io
 		release(false)
 		return nil, err
 	}
+	if u.measured != nil {
+		u.measured.start(time.Now())
+	}
 	size := rc.(interface{ Size() int64 }).Size()
 	return &slotReader{ReadCloser: rc, size: size, release: func(read int64) {
+		if u.measured != nil {
+			u.measured.end(time.Now(), read)
+		}
 		u.slots.Release(w)
 		release(read == size)
 	}}, nil

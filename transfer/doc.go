@@ -139,21 +139,24 @@
 //     Seeder), so a downloader knows a seed that offers little is not slow.
 //  2. A long poll (HaveWaiter.WaitHave; on the wire a have request with a
 //     wait) carries the Digest of the offer the asker knows. The source
-//     answers it with its offer then current: once that differs from the
-//     one the asker knows, or after a busy answer (3.), and only when it has
-//     room to send the asker a chunk; or when the wait the asker asked for
-//     (HaveWaitTime) or the longest it grants (MaxHaveWait) has passed.
+//     answers it with its offer then current: a partial holder as soon as
+//     that differs from the one the asker knows (BitTorrent's HAVE); a
+//     complete holder, and any source after a busy answer (3.), only when
+//     it has room to send the asker a chunk; or when the wait the asker
+//     asked for (HaveWaitTime) or the longest it grants (MaxHaveWait) has
+//     passed.
 //  3. A source with no room for a chunk request answers ErrBusy: the asker
 //     is choked. It sends that source no chunk request until the source's
 //     next have answer, and asks for it with a long poll, which the source
 //     answers, first come first served, as room frees, keeping the room
 //     for the asker's next request for a moment (node's grantTTL). A source
 //     that cannot long-poll is asked again after Backoff(1).
-//  4. A downloader long-polls an active source only while that source
-//     offers nothing it needs that is not already requested (it is starved)
-//     or after a busy answer, never on a timer. So a source's answers are
-//     paced by its upload: one waiting asker is answered per freed room, and
-//     offers cost O(1) messages per chunk sent, whatever the swarm's size.
+//  4. A downloader keeps one long poll parked at each source of its active
+//     set (transfer's picker.go) that offers less than everything, never
+//     polling on a timer. So a partial holder's answers cost O(1) messages
+//     per chunk it gains (one per peer that has it in its active set,
+//     about MaxActive whatever the swarm's size), and a seed's are paced by
+//     its upload: one waiting asker is answered per freed room.
 //
 // The timing constants of both sides must agree: a poll's wait
 // (HaveWaitTime) within what a source grants (MaxHaveWait), both well

@@ -136,6 +136,7 @@ type picker struct {
 	sources  []*srcState
 	rng      *rand.Rand
 	refresh  time.Time // next refresh of the active set
+	scratch  Bitfield  // peerOffers' result, reused
 }
 
 func newPicker(n int, chunkSize int64, need Bitfield, opts DownloadOptions, rng *rand.Rand) *picker {
@@ -231,6 +232,9 @@ func (p *picker) arrange(now time.Time) (left []*srcState) {
 			s.got = 0
 		}
 	}
+	if len(left) > 0 {
+		p.unstarveSeeds() // chunks that only the sources that left offered
+	}
 	for len(actives) < p.maxActive && len(candidates) > 0 {
 		k := p.rng.IntN(len(candidates))
 		s := candidates[k]
@@ -277,10 +281,12 @@ func minTime(a, b time.Time) time.Time {
 }
 
 // wantsHave reports whether to ask s what it offers now: always at first;
-// then, for a HaveWaiter, with a long poll while it offers nothing we need
-// (it answers when it has news) or after it answered busy (it answers when
-// it has room for us); for other sources, again every HaveInterval while
-// they offer nothing we need.
+// then, for a HaveWaiter, with a long poll kept parked all the time it is
+// active and offers less than everything (it answers when its offer changes:
+// BitTorrent's HAVE, so that rarest-first sees what the active set holds
+// now, not what it held when it last ran dry) or after it answered busy (it
+// answers when it has room for us); for other sources, again every
+// HaveInterval while they offer nothing we need.
 func (p *picker) wantsHave(s *srcState, now time.Time) bool {
 	switch {
 	case !s.active || s.asking:
@@ -292,7 +298,7 @@ func (p *picker) wantsHave(s *srcState, now time.Time) bool {
 	case s.have.Full() || now.Before(s.askAt):
 		return false
 	case s.waiter:
-		return s.starved
+		return true
 	}
 	return s.starved && s.inflight == 0
 }
@@ -305,7 +311,7 @@ func (p *picker) next(s *srcState, now time.Time, free int) (chunk int, endgame 
 		return -1, false
 	}
 	if free > 0 {
-		if i := p.pickFree(s); i >= 0 {
+		if i := p.pickFree(s, now); i >= 0 {
 			return i, false
 		}
 		s.starved = true
@@ -323,7 +329,17 @@ func (p *picker) next(s *srcState, now time.Time, free int) (chunk int, endgame 
 // requests, and concurrent downloaders, over the share, so that a seed is not
 // asked for the same chunk twice while other chunks wait; chunks are written
 // where they belong, so order costs nothing. It returns -1 if s offers none.
-func (p *picker) pickFree(s *srcState) int {
+//
+// From a seed it takes only chunks that no partial source of the active set
+// offers (peerOffers): a seed's upload is what brings new chunks into the
+// swarm, and a copy of a chunk that peers already pass around is taken from
+// them (BitTorrent's super-seeding, seen from the downloader's side). Once
+// every needed chunk is in flight, the endgame may still race a seed.
+func (p *picker) pickFree(s *srcState, now time.Time) int {
+	var peers Bitfield
+	if s.seed {
+		peers = p.peerOffers(s, now)
+	}
 	n := len(p.avail)
 	best, bestAvail := -1, int32(1<<30)
 	start := p.rng.IntN(n)
@@ -332,11 +348,11 @@ func (p *picker) pickFree(s *srcState) int {
 		if i >= n {
 			i -= n
 		}
-		if i%8 == 0 && i+8 <= n && (p.need.b[i/8] == 0 || s.have.b[i/8] == 0) {
-			k += 7 // eight chunks held, or not offered, at once
+		if i%8 == 0 && i+8 <= n && (p.need.b[i/8] == 0 || s.have.b[i/8] == 0 || s.seed && peers.b[i/8] == 0xff) {
+			k += 7 // eight chunks held, not offered, or offered by peers, at once
 			continue
 		}
-		if !p.need.Has(i) || len(p.inflight[i]) > 0 || !s.have.Has(i) {
+		if !p.need.Has(i) || len(p.inflight[i]) > 0 || !s.have.Has(i) || s.seed && peers.Has(i) {
 			continue
 		}
 		if p.avail[i] < bestAvail {
@@ -347,6 +363,27 @@ func (p *picker) pickFree(s *srcState) int {
 		}
 	}
 	return best
+}
+
+// peerOffers returns the chunks offered by the active partial sources other
+// than s that can be asked now (choked ones included: they answer when they
+// have room). Sources that failed, were dropped or left the active set do
+// not count, so a seed serves what only they held.
+func (p *picker) peerOffers(s *srcState, now time.Time) Bitfield {
+	if len(p.scratch.b) != (len(p.avail)+7)/8 {
+		p.scratch = NewBitfield(len(p.avail))
+	}
+	bf := p.scratch
+	clear(bf.b)
+	for _, o := range p.sources {
+		if o == s || o.seed || !o.active || !o.known || !o.usable(now) {
+			continue
+		}
+		for k := range bf.b {
+			bf.b[k] |= o.have.b[k]
+		}
+	}
+	return bf
 }
 
 // pickEndgame is for when every missing chunk is in flight: it returns the
@@ -463,8 +500,23 @@ func (p *picker) offered(s *srcState, bf Bitfield, seed bool) {
 			}
 		}
 	}
+	if !seed || !s.seed {
+		p.unstarveSeeds() // what the active peers offer changed (see pickFree)
+	}
 	s.have, s.known, s.seed = bf, true, seed
 	s.starved, s.choked, s.fails = false, false, 0
+}
+
+// unstarveSeeds makes the seeds look again at what they offer: a seed is
+// asked only for chunks the active peers do not offer (see pickFree), so a
+// change of those offers may give it chunks to send, and a seed that offers
+// every chunk is not polled (it has no news) to learn it otherwise.
+func (p *picker) unstarveSeeds() {
+	for _, s := range p.sources {
+		if s.seed {
+			s.starved = false
+		}
+	}
 }
 
 // notHeld records that s does not hold chunk i after all.
@@ -485,6 +537,7 @@ func (p *picker) failed(s *srcState, now, started time.Time) time.Duration {
 	}
 	s.fails++
 	s.failAt = now
+	p.unstarveSeeds()        // s's chunks no longer count against a seed's (see peerOffers)
 	back := Backoff(s.fails) // the policy of every request of a transfer: see retry.go
 	s.backoff = now.Add(back)
 	return back

@@ -41,7 +41,7 @@ func TestPickFreeFindsEveryChunk(t *testing.T) {
 			p.need = offer(n, last)
 			s := source(p, "s", FullBitfield(n))
 			for range 20 {
-				if got := p.pickFree(s); got != last {
+				if got := p.pickFree(s, t0); got != last {
 					t.Fatalf("n=%d: picked %d, want %d", n, got, last)
 				}
 			}
@@ -80,7 +80,7 @@ func TestPickFreeRarestFirst(t *testing.T) {
 				p.start(i, s, t0)
 			}
 			for range 50 {
-				got := p.pickFree(s)
+				got := p.pickFree(s, t0)
 				if len(tc.want) == 0 && got != -1 || len(tc.want) > 0 && !tc.want[got] {
 					t.Fatalf("picked %d, want one of %v", got, tc.want)
 				}
@@ -174,7 +174,8 @@ func TestWantsHave(t *testing.T) {
 		{"first contact", srcState{active: true, waiter: true}, true},
 		{"asking already", srcState{active: true, asking: true}, false},
 		{"long poll when starved", srcState{active: true, waiter: true, known: true, starved: true, have: offer(n, 1)}, true},
-		{"no poll while it has chunks for us", srcState{active: true, waiter: true, known: true, have: offer(n, 1)}, false},
+		{"long poll while it has chunks for us (HAVE)", srcState{active: true, waiter: true, known: true, have: offer(n, 1)}, true},
+		{"long poll while requests run", srcState{active: true, waiter: true, known: true, inflight: 2, have: offer(n, 1)}, true},
 		{"a full source has no news", srcState{active: true, waiter: true, known: true, starved: true, have: FullBitfield(n)}, false},
 		{"choked: poll for a grant", srcState{active: true, waiter: true, known: true, choked: true, have: FullBitfield(n)}, true},
 		{"no poll: ask again when idle", srcState{active: true, known: true, starved: true, have: offer(n, 1)}, true},
@@ -408,5 +409,82 @@ func TestNextWake(t *testing.T) {
 		if got := p.nextWake(t0).Sub(t0); got != tc.want {
 			t.Fatalf("%s: wake in %v, want %v", tc.name, got, tc.want)
 		}
+	}
+}
+
+// TestPickFreeFromSeed: from a seed a download takes only chunks that no
+// active partial source it can ask offers; what only inactive, failing or
+// seed sources offer still comes from it.
+func TestPickFreeFromSeed(t *testing.T) {
+	const n = 8
+	for _, tc := range []struct {
+		name   string
+		peer   []int // what an active partial source offers
+		modify func(p *srcState)
+		seed   []int // what the seed offers
+		want   map[int]bool
+	}{
+		{name: "chunks no peer offers", peer: []int{0, 1, 2}, seed: []int{0, 1, 2, 3}, want: map[int]bool{3: true}},
+		{name: "peers offer all: none", peer: []int{0, 1}, seed: []int{0, 1}, want: map[int]bool{}},
+		{name: "a peer out of the active set does not count", peer: []int{0, 1}, seed: []int{0}, modify: func(p *srcState) { p.active = false }, want: map[int]bool{0: true}},
+		{name: "a peer backing off does not count", peer: []int{0, 1}, seed: []int{1}, modify: func(p *srcState) { p.backoff = t0.Add(time.Second) }, want: map[int]bool{1: true}},
+		{name: "a choked peer counts", peer: []int{0, 1}, seed: []int{0, 1}, modify: func(p *srcState) { p.choked = true }, want: map[int]bool{}},
+		{name: "another seed does not count", peer: []int{0, 1}, seed: []int{1}, modify: func(p *srcState) { p.seed = true }, want: map[int]bool{1: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := testPicker(n, DownloadOptions{})
+			peer := source(p, "peer", offer(n, tc.peer...))
+			if tc.modify != nil {
+				tc.modify(peer)
+			}
+			s := &srcState{name: "seed", waiter: true, active: true}
+			p.add(s)
+			p.offered(s, offer(n, tc.seed...), true)
+			for range 20 {
+				got := p.pickFree(s, t0)
+				if len(tc.want) == 0 && got != -1 || len(tc.want) > 0 && !tc.want[got] {
+					t.Fatalf("picked %d, want one of %v", got, tc.want)
+				}
+			}
+			// A partial source is served whatever others offer.
+			if got := p.pickFree(peer, t0); len(tc.peer) > 0 && got < 0 && !peer.seed {
+				t.Fatalf("the peer was asked nothing")
+			}
+		})
+	}
+}
+
+// TestSeedUnstarved: a seed found with nothing to send (the peers offer
+// all it offers) is looked at again when a peer's offer changes, when a
+// peer fails, and when the active set changes: it offers every chunk, so no
+// poll of its own would tell it.
+func TestSeedUnstarved(t *testing.T) {
+	const n = 8
+	for _, tc := range []struct {
+		name   string
+		change func(p *picker, peer *srcState)
+	}{
+		{"a peer's offer changed", func(p *picker, peer *srcState) { p.offered(peer, offer(n, 1), false) }},
+		{"a peer failed", func(p *picker, peer *srcState) { p.failed(peer, t0, time.Time{}) }},
+		{"a peer left the active set", func(p *picker, peer *srcState) {
+			source(p, "candidate", offer(n))
+			p.sources[len(p.sources)-1].active = false
+			peer.fails = activeFailures
+			p.arrange(t0)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := testPicker(n, DownloadOptions{})
+			p.need = offer(n, 0)
+			peer := source(p, "peer", offer(n, 0, 1))
+			seed := source(p, "seed", FullBitfield(n))
+			if i, _ := p.next(seed, t0, 1); i != -1 || !seed.starved {
+				t.Fatalf("seed asked for %d (starved %v), want nothing: the peer offers it", i, seed.starved)
+			}
+			tc.change(p, peer)
+			if i, _ := p.next(seed, t0, 1); i != 0 {
+				t.Fatalf("seed asked for %d, want 0", i)
+			}
+		})
 	}
 }
