@@ -558,8 +558,16 @@ func TestMetrics(t *testing.T) {
 	c := ts.client(t, testToken)
 	content := transfertest.Bytes(6, 1<<20+1)
 	info, _ := c.Upload(context.Background(), "m", bytes.NewReader(content), int64(len(content)))
-	request(t, "GET", ts.URL+"/v1/shares/"+info.ID.String()+"/chunks/1", testToken, nil)
-	body := string(readBody(t, request(t, "GET", ts.URL+"/metrics", testToken, nil)))
+	readBody(t, request(t, "GET", ts.URL+"/v1/shares/"+info.ID.String()+"/chunks/1", testToken, nil))
+	// The handler counts a chunk once it has sent it, which may be after
+	// the client has read the last byte: wait for the count to show.
+	var body string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		body = string(readBody(t, request(t, "GET", ts.URL+"/metrics", testToken, nil)))
+		if strings.Contains(body, "share_chunks_served_total 1") || time.Now().After(deadline) {
+			break
+		}
+	}
 	for _, want := range []string{
 		"share_bytes_received_total 1.048577e+06",
 		"share_bytes_served_total 1",
