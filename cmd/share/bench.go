@@ -49,8 +49,8 @@ each of --peers), fault (the server or seed is killed mid-way), bad-peer
 outsider without the swarm key, a lying member, a member flooding the others;
 a wrong and a revoked token), rtt (N=16 at RTT 0, 20 and 80 ms; emulated
 networks only). Prints a table and writes results.json,
-results.csv, chart.svg and report.md to --out. --quick finishes in about a
-minute.
+results.csv, chart.svg and report.md to --out. --quick finishes in about two
+and a half minutes.
 
 --net loopback (the default) runs every process on loopback, every process
 capping its own upload at --upload-limit. --net lan, dsl, mixed or a YAML or
@@ -69,7 +69,7 @@ opentracker mktorrent).`,
 		},
 	}
 	f := cmd.Flags()
-	f.BoolVar(&o.quick, "quick", false, "a small run: 16 MiB, N=1,2,4, fault etc. at N=4 (about a minute)")
+	f.BoolVar(&o.quick, "quick", false, "a small run: 16 MiB, N=1,2,4, fault etc. at N=4 (about two and a half minutes)")
 	f.StringVar(&o.size, "size", "64MiB", "F: size of the file distributed")
 	f.StringVar(&o.peers, "peers", "1,2,4,8,16", fmt.Sprintf("the N of the scaling scenario: numbers from 1 to %d, comma separated", maxPeers))
 	f.Var(&o.uploadLimit, "upload-limit", "upload cap of every process")

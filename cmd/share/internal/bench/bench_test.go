@@ -53,10 +53,10 @@ func TestSummaries(t *testing.T) {
 
 // TestQuickRun runs `share bench --quick` as CI does, and checks what it
 // writes: every download byte-identical, every file there and well formed.
-// It takes about a minute, so it runs only with SHARE_BENCH=1.
+// It takes about two and a half minutes, so it runs only with SHARE_BENCH=1.
 func TestQuickRun(t *testing.T) {
 	if os.Getenv("SHARE_BENCH") == "" {
-		t.Skip("set SHARE_BENCH=1 to run share bench --quick (about a minute)")
+		t.Skip("set SHARE_BENCH=1 to run share bench --quick (about two and a half minutes)")
 	}
 	dir := t.TempDir()
 	bin := buildShare(t, dir)
