@@ -48,7 +48,14 @@
 //     and the peers trade the copies. A downloader, for its part, asks a
 //     seed only for chunks no partial peer of its active set offers
 //     (transfer's pickFree), so that second copies come from peers and the
-//     seed's upload goes to the chunks the swarm lacks.
+//     seed's upload goes to the chunks the swarm lacks. A peer's offer
+//     counts only while it delivers: not once its last connection closed
+//     (swarm.go's peerGone, from the network's notifications, calls
+//     transfer.Download.SourceGone), nor once it kept the download waiting
+//     transfer.PeerGrace (1 s, or twice its quickest chunk lately) without
+//     a chunk or an answer: a peer that left without a word, or lingers in
+//     a graceful shutdown without serving, must not stall a download the
+//     seed could finish. In the endgame a seed races the last requests.
 //   - Request depth (transfer's srcState.depth): a source's
 //     bandwidth-delay product plus transfer.DepthQueueTime (250 ms) of its
 //     rate, at least 2 and at most DefaultPerSource requests.

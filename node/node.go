@@ -225,6 +225,7 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 	}
 	h.SetStreamHandler(ProtocolID, n.handleStream)
 	h.SetStreamHandler(PEXProtocolID, n.handlePEX)
+	h.Network().Notify(&network.NotifyBundle{DisconnectedF: func(_ network.Network, c network.Conn) { n.peerGone(c.RemotePeer()) }})
 	// A chunk found damaged on disk is fetched again from the swarm.
 	n.store.OnDamaged(func(sh *transfer.Share, _ int) { n.ensureDownload(sh, nil) })
 	n.wg.Go(n.offerLoop)

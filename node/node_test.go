@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/sharefiles/share/transfer"
@@ -233,6 +234,57 @@ func TestSeedLeaves(t *testing.T) {
 		sameContent(t, waitComplete(t, p, sh.ID(), time.Minute), content)
 	}
 	t.Logf("%d of 3 peers were still downloading when the seed left", incomplete)
+}
+
+// TestPartialPeerLeaves: a downloader asks a seed only for the chunks that
+// no partial peer of its active set offers; when such a peer leaves in the
+// middle, the download must finish from the seed at the seed's pace, not
+// wait for the peer (the stall timeout here is minutes).
+func TestPartialPeerLeaves(t *testing.T) {
+	const chunk = 64 << 10
+	const chunks = 32
+	content := transfertest.Bytes(5, chunks*chunk)
+	boot := testNode(t, "", nil)
+	seed := testNode(t, "", func(o *Options) { o.UploadLimit = transfer.NewLimiter(512 << 10) }, boot)
+	sh := importShare(t, seed, "partial.bin", content, chunk)
+	// The partial peer holds every chunk but the last, and sends slowly,
+	// so the downloader still wants many of its chunks when it leaves.
+	partial := testNode(t, "", func(o *Options) { o.UploadLimit = transfer.NewLimiter(128 << 10) }, boot)
+	psh, _, err := partial.Create(sh.Manifest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range chunks - 1 {
+		if err := psh.PutChunk(i, content[i*chunk:(i+1)*chunk]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := testNode(t, "", func(o *Options) { o.StallTimeout = 10 * time.Minute }, boot)
+	d.host.Peerstore().AddAddrs(partial.ID(), partial.host.Addrs(), time.Hour)
+	fetch(t, d, sh.ID())
+	dsh, err := d.Get(sh.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.ensureDownload(dsh, []peer.ID{partial.ID()})
+	st := d.share(sh.ID())
+	deadline := time.Now().Add(time.Minute)
+	for st.fromPeers.Load() < 2 {
+		if time.Now().After(deadline) || dsh.Complete() {
+			t.Fatalf("the downloader got %d chunks from the partial peer (complete: %v); the test proves nothing", st.fromPeers.Load(), dsh.Complete())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	partial.Close()
+	left := chunks - dsh.HaveCount()
+	if left < chunks/2 {
+		t.Fatalf("only %d chunks were left when the peer left; the test proves nothing", left)
+	}
+	// From the seed alone the rest takes about left*chunk / 512 KiB/s
+	// (under 4 s); waiting on the peer that left would take the stall
+	// timeout.
+	sameContent(t, waitComplete(t, d, sh.ID(), 30*time.Second), content)
+	t.Logf("%d chunks were left when the peer left; %d came from the seed in all", left, st.fromSeed.Load())
 }
 
 // TestLyingPeerIsDropped: a peer whose copy is corrupt on disk (it believes

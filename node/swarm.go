@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/sharefiles/share/transfer"
@@ -182,6 +183,26 @@ func (n *Node) addSource(sw *swarmDownload, pid peer.ID) bool {
 }
 
 func protectTag(id transfer.ID) string { return "share:" + id.String() }
+
+// peerGone tells the downloads that have pid as a source that it left, once
+// its last connection closed: a download must not wait on a peer that is
+// gone (see transfer.Download.SourceGone), and a peer that leaves after a
+// graceful close may never fail a request of ours. It runs from the
+// network's notifications, so it only takes locks and returns.
+func (n *Node) peerGone(pid peer.ID) {
+	if n.host.Network().Connectedness(pid) == network.Connected {
+		return // another connection is up
+	}
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	for _, sw := range n.downloads {
+		sw.mu.Lock()
+		if src, ok := sw.added[pid]; ok && !sw.done {
+			sw.d.SourceGone(src)
+		}
+		sw.mu.Unlock()
+	}
+}
 
 // noticeDownloader adds a peer that asks us for a share we are downloading
 // as a source of that download: it is downloading it too, and will have

@@ -123,7 +123,13 @@
 // every 10 s by rate, with one random newcomer: BitTorrent's choking seen
 // from the downloader), asks each for its rarest chunks first, keeps its
 // bandwidth-delay product plus DepthQueueTime of its rate in flight to it,
-// and re-requests the last chunks from a second source (endgame).
+// and re-requests the last chunks from a second source (endgame). From a
+// seed it takes only chunks no partial source of its active set offers,
+// counting a partial source's offer only while that source delivers: not
+// after the caller said it left (SourceGone), nor after PeerGrace (or twice
+// its quickest chunk lately) of waiting on it (choked, or requests out)
+// with nothing from it; so a download never waits on a source that is gone
+// while a seed could send.
 //
 // # Offers: the contract between a source, the wire and a downloader
 //

@@ -103,6 +103,7 @@ type Download struct {
 
 	mu      sync.Mutex
 	pending []Source      // added, not yet seen by Run
+	gone    []string      // names of sources that left (SourceGone), not yet seen by Run
 	wake    chan struct{} // cap 1: a source was added
 	usable  atomic.Int32  // sources known and not dropped, as of the last scheduling pass
 
@@ -140,6 +141,22 @@ func (d *Download) pendingCount() int {
 func (d *Download) AddSource(src Source) {
 	d.mu.Lock()
 	d.pending = append(d.pending, src)
+	d.mu.Unlock()
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// SourceGone tells the download that src left (a peer that disconnected):
+// at once, its offer stops holding a seed back (see picker.pickFree), its
+// have request and chunk requests are cancelled, and it gives way in the
+// active set as a source that failed twice does. A source that comes back
+// counts again from its next have answer. Safe to call from any goroutine,
+// for a source added or not.
+func (d *Download) SourceGone(src Source) {
+	d.mu.Lock()
+	d.gone = append(d.gone, src.String())
 	d.mu.Unlock()
 	select {
 	case d.wake <- struct{}{}:
@@ -308,8 +325,8 @@ func (r *run) sourceErrors() string {
 func (r *run) addPending() {
 	d := r.d
 	d.mu.Lock()
-	pending := d.pending
-	d.pending = nil
+	pending, gone := d.pending, d.gone
+	d.pending, d.gone = nil, nil
 	d.mu.Unlock()
 	for _, src := range pending {
 		name := src.String()
@@ -321,12 +338,32 @@ func (r *run) addPending() {
 		d.byName[name] = s
 		r.p.add(s)
 	}
+	now := time.Now()
+	for _, name := range gone {
+		s := d.byName[name]
+		if s == nil || s.stats.Dropped {
+			continue
+		}
+		d.log.Debug("source gone", "source", name)
+		r.p.gone(s, now)
+		if s.stop != nil {
+			s.stop()
+		}
+		for _, reqs := range r.p.inflight {
+			for _, q := range reqs {
+				if q.s == s && q.cancel != nil {
+					q.cancel() // it fails as counted already (started before failAt)
+				}
+			}
+		}
+	}
 }
 
 // schedule keeps the active set, starts have requests for the active
 // sources that need one, and chunk requests for every free slot.
 func (r *run) schedule(now time.Time) {
 	p := r.p
+	p.expireGrace(now)
 	for _, s := range p.arrange(now) {
 		if s.stop != nil {
 			s.stop() // it left the active set: its long poll is of no use
@@ -415,7 +452,7 @@ func (r *run) onHave(h haveResult) {
 	if s.waiter {
 		s.askAt = time.Time{} // poll again at once: the source answers when it has news
 	}
-	r.p.offered(s, h.bf, h.seed)
+	r.p.offered(s, h.bf, h.seed, time.Now())
 }
 
 func (r *run) startChunk(req *request) {

@@ -21,10 +21,11 @@ import (
 // active source that delivered the fewest bytes since the last refresh (and
 // has been active a whole period) gives way to a random candidate — the
 // optimistic slot, through which a download finds sources better than those
-// it has. A source that fails twice in a row gives way at once. A seed that
-// offers less than it holds (it is super-seeding, see HaveWaiter) is never
-// rotated out for being slow: it hands out each chunk once, to one peer at a
-// time, so a slow rate from it is the policy, not a fault.
+// it has. A source that fails twice in a row, or that left
+// (Download.SourceGone), gives way at once. A seed that offers less than it
+// holds (it is super-seeding, see HaveWaiter) is never rotated out for being
+// slow: it hands out each chunk once, to one peer at a time, so a slow rate
+// from it is the policy, not a fault.
 const (
 	DefaultMaxActive = 8                // sources traded with at once
 	activeRefresh    = 10 * time.Second // the slowest active source may be replaced this often
@@ -34,6 +35,14 @@ const (
 	// requested beyond its bandwidth-delay product (see srcState.depth).
 	DepthQueueTime = 250 * time.Millisecond
 	rateWindow     = 2 * time.Second // rates and round trips are measured over this window
+	// PeerGrace is how long a partial source's offer holds a seed back (see
+	// pickFree) while the download waits on that source without getting
+	// anything from it: choked, or with requests out and no chunk back.
+	// About one chunk's send time on a slow uplink, and longer for a source
+	// whose chunks take longer (srcState.grace): a peer that left without
+	// a word, or lingers without serving, costs this much, not the stall
+	// timeout.
+	PeerGrace = time.Second
 )
 
 // srcState is one source of a download: what it offers, and what the
@@ -49,9 +58,11 @@ type srcState struct {
 	seed     bool     // it holds every chunk, whatever it offers (see Seeder)
 	asking   bool     // a have request (or long poll) is in flight
 	askAt    time.Time
-	starved  bool // offers nothing we need that is not in flight; cleared when that may change
-	choked   bool // answered busy; no requests until its next have answer (a grant: see HaveWaiter)
-	inflight int  // chunk requests in flight
+	starved  bool      // offers nothing we need that is not in flight; cleared when that may change
+	choked   bool      // answered busy; no requests until its next have answer (a grant: see HaveWaiter)
+	inflight int       // chunk requests in flight
+	waitFrom time.Time // when it last delivered (a chunk, a have answer), or began to be waited on
+	gone     bool      // the caller said it left (Download.SourceGone); cleared by its next have answer
 
 	active   bool
 	activeAt time.Time // when it last became active
@@ -74,6 +85,33 @@ type sample struct {
 
 func (s *srcState) usable(now time.Time) bool {
 	return !s.stats.Dropped && !now.Before(s.backoff)
+}
+
+// waiting reports whether the download waits on s for something: a have
+// answer that ends a choke, or the chunks requested from it.
+func (s *srcState) waiting() bool { return s.choked || s.inflight > 0 }
+
+// delivers reports whether s's offer may hold a seed back (see pickFree):
+// it is known, usable and not gone, and if the download waits on it, it
+// delivered something within its grace.
+func (s *srcState) delivers(now time.Time) bool {
+	return s.known && !s.gone && s.usable(now) && (!s.waiting() || now.Sub(s.waitFrom) < s.grace())
+}
+
+// grace is how long s may keep the download waiting without delivering
+// before its offer stops holding a seed back: PeerGrace, or twice the
+// quickest chunk it sent lately (a round trip and one chunk's send time) if
+// that is longer, so that a slow link is not taken for a source that
+// cannot deliver.
+func (s *srcState) grace() time.Duration {
+	if len(s.done) == 0 {
+		return PeerGrace
+	}
+	lat := s.done[0].latency
+	for _, d := range s.done[1:] {
+		lat = min(lat, d.latency)
+	}
+	return max(PeerGrace, 2*lat)
 }
 
 // superSeeding reports whether s is a seed that offers fewer chunks than it
@@ -137,6 +175,7 @@ type picker struct {
 	rng      *rand.Rand
 	refresh  time.Time // next refresh of the active set
 	scratch  Bitfield  // peerOffers' result, reused
+	graceAt  time.Time // when expireGrace last looked
 }
 
 func newPicker(n int, chunkSize int64, need Bitfield, opts DownloadOptions, rng *rand.Rand) *picker {
@@ -269,8 +308,27 @@ func (p *picker) nextWake(now time.Time) time.Time {
 		} else if !s.asking && s.known && s.askAt.After(now) {
 			next = minTime(next, s.askAt)
 		}
+		if end := s.waitFrom.Add(s.grace()); !s.seed && s.waiting() && end.After(now) {
+			next = minTime(next, end) // its offer stops holding the seeds back
+		}
 	}
 	return next
+}
+
+// expireGrace makes the seeds look again at what they offer when an active
+// partial source's grace ran out since the last call: its offer no
+// longer holds them back (see pickFree).
+func (p *picker) expireGrace(now time.Time) {
+	for _, s := range p.sources {
+		if !s.active || s.seed || !s.waiting() {
+			continue
+		}
+		if end := s.waitFrom.Add(s.grace()); end.After(p.graceAt) && !end.After(now) {
+			p.unstarveSeeds()
+			break
+		}
+	}
+	p.graceAt = now
 }
 
 func minTime(a, b time.Time) time.Time {
@@ -307,16 +365,19 @@ func (p *picker) wantsHave(s *srcState, now time.Time) bool {
 // offers, or in the endgame (every needed chunk in flight) a duplicate of the
 // oldest single request to another source. A -1 marks s starved.
 func (p *picker) next(s *srcState, now time.Time, free int) (chunk int, endgame bool) {
-	if s.starved {
-		return -1, false
-	}
 	if free > 0 {
+		if s.starved {
+			return -1, false
+		}
 		if i := p.pickFree(s, now); i >= 0 {
 			return i, false
 		}
 		s.starved = true
 		return -1, false
 	}
+	// In the endgame a starved source is looked at all the same: a seed
+	// starved while peers offered the last chunks must race the peer they
+	// went to, which may be gone or slow (the requests in flight are few).
 	if i := p.pickEndgame(s); i >= 0 {
 		return i, true
 	}
@@ -333,8 +394,11 @@ func (p *picker) next(s *srcState, now time.Time, free int) (chunk int, endgame 
 // From a seed it takes only chunks that no partial source of the active set
 // offers (peerOffers): a seed's upload is what brings new chunks into the
 // swarm, and a copy of a chunk that peers already pass around is taken from
-// them (BitTorrent's super-seeding, seen from the downloader's side). Once
-// every needed chunk is in flight, the endgame may still race a seed.
+// them (BitTorrent's super-seeding, seen from the downloader's side). A
+// partial source that left, failed, or kept the download waiting its grace
+// without delivering does not count, so a download never waits on a peer
+// that cannot deliver while a seed could. Once every needed chunk is in
+// flight, the endgame may still race a seed.
 func (p *picker) pickFree(s *srcState, now time.Time) int {
 	var peers Bitfield
 	if s.seed {
@@ -366,9 +430,10 @@ func (p *picker) pickFree(s *srcState, now time.Time) int {
 }
 
 // peerOffers returns the chunks offered by the active partial sources other
-// than s that can be asked now (choked ones included: they answer when they
-// have room). Sources that failed, were dropped or left the active set do
-// not count, so a seed serves what only they held.
+// than s that deliver (srcState.delivers: choked ones included for their
+// grace: they answer when they have room). Sources that failed, were
+// dropped, are gone, left the active set or kept the download waiting
+// longer do not count, so a seed serves what only they held.
 func (p *picker) peerOffers(s *srcState, now time.Time) Bitfield {
 	if len(p.scratch.b) != (len(p.avail)+7)/8 {
 		p.scratch = NewBitfield(len(p.avail))
@@ -376,7 +441,7 @@ func (p *picker) peerOffers(s *srcState, now time.Time) Bitfield {
 	bf := p.scratch
 	clear(bf.b)
 	for _, o := range p.sources {
-		if o == s || o.seed || !o.active || !o.known || !o.usable(now) {
+		if o == s || o.seed || !o.active || !o.delivers(now) {
 			continue
 		}
 		for k := range bf.b {
@@ -409,6 +474,9 @@ func (p *picker) pickEndgame(s *srcState) int {
 // start records a request for chunk i to s.
 func (p *picker) start(i int, s *srcState, now time.Time) *request {
 	req := &request{i: i, s: s, started: now}
+	if !s.waiting() {
+		s.waitFrom = now
+	}
 	p.inflight[i] = append(p.inflight[i], req)
 	p.active++
 	s.inflight++
@@ -424,6 +492,7 @@ func (p *picker) received(req *request, n int64, now time.Time) {
 	s.inflight--
 	s.fails = 0 // it works
 	s.got += n
+	s.waitFrom = now
 	s.done = append(s.done, sample{at: now, n: n, latency: now.Sub(req.started)})
 }
 
@@ -475,9 +544,10 @@ func (p *picker) requeue(i int) {
 	}
 }
 
-// offered records what s offers now (a have answer), and whether it holds
-// every chunk. The answer also ends a choke (see HaveWaiter).
-func (p *picker) offered(s *srcState, bf Bitfield, seed bool) {
+// offered records what s offers now (a have answer, at now), and whether it
+// holds every chunk. The answer also ends a choke (see HaveWaiter), and shows
+// s is there.
+func (p *picker) offered(s *srcState, bf Bitfield, seed bool, now time.Time) {
 	if s.known {
 		for k := range bf.b {
 			if d := s.have.b[k] ^ bf.b[k]; d != 0 {
@@ -504,7 +574,19 @@ func (p *picker) offered(s *srcState, bf Bitfield, seed bool) {
 		p.unstarveSeeds() // what the active peers offer changed (see pickFree)
 	}
 	s.have, s.known, s.seed = bf, true, seed
-	s.starved, s.choked, s.fails = false, false, 0
+	s.starved, s.choked, s.fails, s.gone, s.waitFrom = false, false, 0, false, now
+}
+
+// gone records that s left (Download.SourceGone): its offer no longer holds
+// the seeds back, it gives way in the active set as one that failed does,
+// and it is not asked again before Backoff(activeFailures), nor counted on
+// until it answers a have request.
+func (p *picker) gone(s *srcState, now time.Time) {
+	s.gone = true
+	s.fails = max(s.fails, activeFailures)
+	s.failAt = now
+	s.backoff = now.Add(Backoff(activeFailures))
+	p.unstarveSeeds()
 }
 
 // unstarveSeeds makes the seeds look again at what they offer: a seed is

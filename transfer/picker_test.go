@@ -28,7 +28,7 @@ func offer(n int, held ...int) Bitfield {
 func source(p *picker, name string, have Bitfield) *srcState {
 	s := &srcState{name: name, waiter: true, active: true}
 	p.add(s)
-	p.offered(s, have, have.Full())
+	p.offered(s, have, have.Full(), t0)
 	return s
 }
 
@@ -316,7 +316,7 @@ func TestArrangeActiveSet(t *testing.T) {
 			}
 		}
 		seed.got = 0
-		p.offered(seed, offer(n, 3), true)
+		p.offered(seed, offer(n, 3), true, t0)
 		for _, s := range p.arrange(t0.Add(activeRefresh)) {
 			if s == seed {
 				t.Fatal("the super-seeding seed was replaced for being slow")
@@ -330,7 +330,7 @@ func TestOfferedKeepsAvailability(t *testing.T) {
 	p := testPicker(n, DownloadOptions{})
 	a := source(p, "a", offer(n, 0, 1, 9, 17))
 	b := source(p, "b", offer(n, 1, 2))
-	p.offered(a, offer(n, 0, 2, 9, 19), false) // lost 1 and 17, gained 2 and 19
+	p.offered(a, offer(n, 0, 2, 9, 19), false, t0) // lost 1 and 17, gained 2 and 19
 	want := map[int]int32{0: 1, 1: 1, 2: 2, 9: 1, 17: 0, 19: 1}
 	for i := range n {
 		if p.avail[i] != want[i] {
@@ -338,7 +338,7 @@ func TestOfferedKeepsAvailability(t *testing.T) {
 		}
 	}
 	b.choked, b.starved = true, true
-	p.offered(b, offer(n, 1, 2), false)
+	p.offered(b, offer(n, 1, 2), false, t0)
 	if b.choked || b.starved {
 		t.Fatal("a have answer must end a choke and a starvation")
 	}
@@ -429,6 +429,23 @@ func TestPickFreeFromSeed(t *testing.T) {
 		{name: "a peer out of the active set does not count", peer: []int{0, 1}, seed: []int{0}, modify: func(p *srcState) { p.active = false }, want: map[int]bool{0: true}},
 		{name: "a peer backing off does not count", peer: []int{0, 1}, seed: []int{1}, modify: func(p *srcState) { p.backoff = t0.Add(time.Second) }, want: map[int]bool{1: true}},
 		{name: "a choked peer counts", peer: []int{0, 1}, seed: []int{0, 1}, modify: func(p *srcState) { p.choked = true }, want: map[int]bool{}},
+		{name: "a peer that left does not count", peer: []int{0, 1}, seed: []int{0, 1}, modify: func(p *srcState) { p.gone = true }, want: map[int]bool{0: true, 1: true}},
+		{name: "a peer choking us PeerGrace does not count", peer: []int{0, 1}, seed: []int{0, 1}, modify: func(p *srcState) {
+			p.choked, p.waitFrom = true, t0.Add(-PeerGrace)
+		}, want: map[int]bool{0: true, 1: true}},
+		{name: "a peer with requests out and no chunk for PeerGrace does not count", peer: []int{0, 1}, seed: []int{0, 1}, modify: func(p *srcState) {
+			p.inflight, p.waitFrom = 2, t0.Add(-PeerGrace)
+		}, want: map[int]bool{0: true, 1: true}},
+		{name: "a peer that delivered within PeerGrace counts", peer: []int{0, 1}, seed: []int{0, 1}, modify: func(p *srcState) {
+			p.inflight, p.waitFrom = 2, t0.Add(-PeerGrace+time.Millisecond)
+		}, want: map[int]bool{}},
+		{name: "a slow peer is given twice its quickest chunk", peer: []int{0, 1}, seed: []int{0, 1}, modify: func(p *srcState) {
+			p.inflight, p.waitFrom = 2, t0.Add(-5*time.Second)
+			p.done = []sample{{at: t0.Add(-6 * time.Second), latency: 3 * time.Second}, {at: t0.Add(-5 * time.Second), latency: 4 * time.Second}}
+		}, want: map[int]bool{}},
+		{name: "an idle peer counts however long ago it delivered", peer: []int{0, 1}, seed: []int{0, 1}, modify: func(p *srcState) {
+			p.waitFrom = t0.Add(-time.Hour)
+		}, want: map[int]bool{}},
 		{name: "another seed does not count", peer: []int{0, 1}, seed: []int{1}, modify: func(p *srcState) { p.seed = true }, want: map[int]bool{1: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -439,7 +456,7 @@ func TestPickFreeFromSeed(t *testing.T) {
 			}
 			s := &srcState{name: "seed", waiter: true, active: true}
 			p.add(s)
-			p.offered(s, offer(n, tc.seed...), true)
+			p.offered(s, offer(n, tc.seed...), true, t0)
 			for range 20 {
 				got := p.pickFree(s, t0)
 				if len(tc.want) == 0 && got != -1 || len(tc.want) > 0 && !tc.want[got] {
@@ -462,15 +479,33 @@ func TestSeedUnstarved(t *testing.T) {
 	const n = 8
 	for _, tc := range []struct {
 		name   string
-		change func(p *picker, peer *srcState)
+		change func(t *testing.T, p *picker, peer *srcState) (at time.Time) // when to look again
 	}{
-		{"a peer's offer changed", func(p *picker, peer *srcState) { p.offered(peer, offer(n, 1), false) }},
-		{"a peer failed", func(p *picker, peer *srcState) { p.failed(peer, t0, time.Time{}) }},
-		{"a peer left the active set", func(p *picker, peer *srcState) {
+		{"a peer's offer changed", func(t *testing.T, p *picker, peer *srcState) time.Time {
+			p.offered(peer, offer(n, 1), false, t0)
+			return t0
+		}},
+		{"a peer failed", func(t *testing.T, p *picker, peer *srcState) time.Time { p.failed(peer, t0, time.Time{}); return t0 }},
+		{"a peer left", func(t *testing.T, p *picker, peer *srcState) time.Time { p.gone(peer, t0); return t0 }},
+		{"a peer kept us waiting PeerGrace", func(t *testing.T, p *picker, peer *srcState) time.Time {
+			peer.choked = true
+			p.refresh = t0.Add(activeRefresh)
+			if got := p.nextWake(t0); !got.Equal(t0.Add(PeerGrace)) {
+				t.Fatalf("next wake in %v, want PeerGrace", got.Sub(t0))
+			}
+			p.expireGrace(t0.Add(PeerGrace - time.Millisecond))
+			if !p.sources[1].starved {
+				t.Fatal("the seed was looked at again before PeerGrace ran out")
+			}
+			p.expireGrace(t0.Add(PeerGrace))
+			return t0.Add(PeerGrace)
+		}},
+		{"a peer left the active set", func(t *testing.T, p *picker, peer *srcState) time.Time {
 			source(p, "candidate", offer(n))
 			p.sources[len(p.sources)-1].active = false
 			peer.fails = activeFailures
 			p.arrange(t0)
+			return t0
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -481,10 +516,33 @@ func TestSeedUnstarved(t *testing.T) {
 			if i, _ := p.next(seed, t0, 1); i != -1 || !seed.starved {
 				t.Fatalf("seed asked for %d (starved %v), want nothing: the peer offers it", i, seed.starved)
 			}
-			tc.change(p, peer)
-			if i, _ := p.next(seed, t0, 1); i != 0 {
+			at := tc.change(t, p, peer)
+			if i, _ := p.next(seed, at, 1); i != 0 {
 				t.Fatalf("seed asked for %d, want 0", i)
 			}
 		})
+	}
+}
+
+// TestSeedRacesInEndgame: a seed starved while a peer offered the last
+// chunk still races that peer once the chunk is in flight to it (the peer
+// may have left without a word): a starved source is looked at in the
+// endgame all the same.
+func TestSeedRacesInEndgame(t *testing.T) {
+	const n = 8
+	p := testPicker(n, DownloadOptions{})
+	p.need = offer(n, 5)
+	peer := source(p, "peer", offer(n, 5))
+	seed := source(p, "seed", FullBitfield(n))
+	if i, _ := p.next(seed, t0, 1); i != -1 {
+		t.Fatalf("seed asked for %d while the peer offers the chunk", i)
+	}
+	i, _ := p.next(peer, t0, 1)
+	if i != 5 {
+		t.Fatalf("peer asked for %d, want 5", i)
+	}
+	p.start(i, peer, t0)
+	if i, endgame := p.next(seed, t0, 0); i != 5 || !endgame {
+		t.Fatalf("seed asked for %d (endgame %v), want 5 in the endgame", i, endgame)
 	}
 }
