@@ -55,7 +55,10 @@
 //     transfer.PeerGrace (1 s, or twice its quickest chunk lately) without
 //     a chunk or an answer: a peer that left without a word, or lingers in
 //     a graceful shutdown without serving, must not stall a download the
-//     seed could finish. In the endgame a seed races the last requests.
+//     seed could finish. With no peer that delivers, a seed is asked for
+//     any chunk, not only those it offers (it does not offer chunks it sent
+//     in the last seedRecent, to peers that may be gone). In the endgame a
+//     seed races the last requests.
 //   - Request depth (transfer's srcState.depth): a source's
 //     bandwidth-delay product plus transfer.DepthQueueTime (250 ms) of its
 //     rate, at least 2 and at most DefaultPerSource requests.

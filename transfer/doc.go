@@ -129,7 +129,8 @@
 // after the caller said it left (SourceGone), nor after PeerGrace (or twice
 // its quickest chunk lately) of waiting on it (choked, or requests out)
 // with nothing from it; so a download never waits on a source that is gone
-// while a seed could send.
+// while a seed could send. With no partial source that delivers, it asks a
+// seed for any chunk, offered or not (1. below).
 //
 // # Offers: the contract between a source, the wire and a downloader
 //

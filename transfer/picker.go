@@ -397,13 +397,33 @@ func (p *picker) next(s *srcState, now time.Time, free int) (chunk int, endgame 
 // them (BitTorrent's super-seeding, seen from the downloader's side). A
 // partial source that left, failed, or kept the download waiting its grace
 // without delivering does not count, so a download never waits on a peer
-// that cannot deliver while a seed could. Once every needed chunk is in
+// that cannot deliver while a seed could. When no partial source delivers,
+// a seed is asked for any chunk, offered or not (an offer is a hint, see
+// transfer/doc.go): a super-seeding seed does not offer the chunks it sent
+// lately, and the peers it sent them to may be gone; when some do, a seed
+// with nothing offered to send and no request of ours is asked for one
+// chunk it holds that none of them offers. Once every needed chunk is in
 // flight, the endgame may still race a seed.
 func (p *picker) pickFree(s *srcState, now time.Time) int {
 	var peers Bitfield
+	alone := false // s is a seed and no partial source delivers: its offer is no limit
 	if s.seed {
-		peers = p.peerOffers(s, now)
+		peers, alone = p.peerOffers(s, now)
 	}
+	i := p.pickFreeOf(s, peers, alone)
+	if i < 0 && s.seed && !alone && s.inflight == 0 {
+		// Nothing it offers is wanted from it: ask it, one at a time, for
+		// a chunk it holds but does not offer that no peer that delivers
+		// offers either (it sent it lately, maybe to peers now gone).
+		i = p.pickFreeOf(s, peers, true)
+	}
+	return i
+}
+
+// pickFreeOf is pickFree's scan: the rarest free chunk s offers (any, if
+// anyOffer) that no source in peers offers.
+func (p *picker) pickFreeOf(s *srcState, peers Bitfield, anyOffer bool) int {
+	alone := anyOffer
 	n := len(p.avail)
 	best, bestAvail := -1, int32(1<<30)
 	start := p.rng.IntN(n)
@@ -412,11 +432,11 @@ func (p *picker) pickFree(s *srcState, now time.Time) int {
 		if i >= n {
 			i -= n
 		}
-		if i%8 == 0 && i+8 <= n && (p.need.b[i/8] == 0 || s.have.b[i/8] == 0 || s.seed && peers.b[i/8] == 0xff) {
+		if i%8 == 0 && i+8 <= n && (p.need.b[i/8] == 0 || !alone && s.have.b[i/8] == 0 || s.seed && peers.b[i/8] == 0xff) {
 			k += 7 // eight chunks held, not offered, or offered by peers, at once
 			continue
 		}
-		if !p.need.Has(i) || len(p.inflight[i]) > 0 || !s.have.Has(i) || s.seed && peers.Has(i) {
+		if !p.need.Has(i) || len(p.inflight[i]) > 0 || !alone && !s.have.Has(i) || s.seed && peers.Has(i) {
 			continue
 		}
 		if p.avail[i] < bestAvail {
@@ -433,22 +453,25 @@ func (p *picker) pickFree(s *srcState, now time.Time) int {
 // than s that deliver (srcState.delivers: choked ones included for their
 // grace: they answer when they have room). Sources that failed, were
 // dropped, are gone, left the active set or kept the download waiting
-// longer do not count, so a seed serves what only they held.
-func (p *picker) peerOffers(s *srcState, now time.Time) Bitfield {
+// longer do not count, so a seed serves what only they held. alone reports
+// that no such source delivers.
+func (p *picker) peerOffers(s *srcState, now time.Time) (offers Bitfield, alone bool) {
 	if len(p.scratch.b) != (len(p.avail)+7)/8 {
 		p.scratch = NewBitfield(len(p.avail))
 	}
 	bf := p.scratch
 	clear(bf.b)
+	alone = true
 	for _, o := range p.sources {
 		if o == s || o.seed || !o.active || !o.delivers(now) {
 			continue
 		}
+		alone = false
 		for k := range bf.b {
 			bf.b[k] |= o.have.b[k]
 		}
 	}
-	return bf
+	return bf, alone
 }
 
 // pickEndgame is for when every missing chunk is in flight: it returns the

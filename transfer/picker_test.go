@@ -451,12 +451,14 @@ func TestPickFreeFromSeed(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			p := testPicker(n, DownloadOptions{})
 			peer := source(p, "peer", offer(n, tc.peer...))
+			source(p, "other", offer(n, 7)) // a partial source that delivers: the seed's offer limits it
 			if tc.modify != nil {
 				tc.modify(peer)
 			}
 			s := &srcState{name: "seed", waiter: true, active: true}
 			p.add(s)
 			p.offered(s, offer(n, tc.seed...), true, t0)
+			s.inflight = 1 // a request of ours out: no chunk it does not offer (see TestSeedAloneIsAskedForAnything)
 			for range 20 {
 				got := p.pickFree(s, t0)
 				if len(tc.want) == 0 && got != -1 || len(tc.want) > 0 && !tc.want[got] {
@@ -544,5 +546,39 @@ func TestSeedRacesInEndgame(t *testing.T) {
 	p.start(i, peer, t0)
 	if i, endgame := p.next(seed, t0, 0); i != 5 || !endgame {
 		t.Fatalf("seed asked for %d (endgame %v), want 5 in the endgame", i, endgame)
+	}
+}
+
+// TestSeedAloneIsAskedForAnything: with no partial source that delivers (the
+// peers left), a super-seeding seed is asked for chunks it does not offer:
+// it offers only the chunks it sent least lately, and those it sent went to
+// peers that are gone.
+func TestSeedAloneIsAskedForAnything(t *testing.T) {
+	const n = 8
+	p := testPicker(n, DownloadOptions{})
+	p.need = offer(n, 5)
+	peer := source(p, "peer", offer(n, 1, 5))
+	seed := source(p, "seed", offer(n, 0, 1))
+	seed.seed = true
+	if i, _ := p.next(seed, t0, 1); i != -1 {
+		t.Fatalf("seed asked for %d while a peer offers the chunk", i)
+	}
+	p.gone(peer, t0)
+	if i, _ := p.next(seed, t0, 1); i != 5 {
+		t.Fatalf("seed alone asked for %d, want 5 (not offered, held)", i)
+	}
+	// A peer that delivers but lacks the chunk: the seed, with nothing
+	// offered to send and no request of ours, is asked for it all the same.
+	p = testPicker(n, DownloadOptions{})
+	p.need = offer(n, 5, 6)
+	source(p, "peer", offer(n, 6))
+	seed = source(p, "seed", offer(n, 0, 1))
+	seed.seed = true
+	if i, _ := p.next(seed, t0, 2); i != 5 {
+		t.Fatalf("seed asked for %d, want 5: no peer offers it", i)
+	}
+	seed.starved, seed.inflight = false, 1
+	if i, _ := p.next(seed, t0, 2); i != -1 {
+		t.Fatalf("seed with a request out asked for %d it does not offer", i)
 	}
 }
