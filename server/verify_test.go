@@ -17,24 +17,6 @@ import (
 	"github.com/sharefiles/share/transfer/transfertest"
 )
 
-// flipByte inverts the byte at off of the file at path, as rot would.
-func flipByte(t testing.TB, path string, off int64) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	b := make([]byte, 1)
-	if _, err := f.ReadAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-	b[0] ^= 0x10
-	if _, err := f.WriteAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func TestRotUnderRunningServer(t *testing.T) {
 	// Files of a server's store change on disk: a chunk that fails when the
 	// server reads it to serve it is marked missing, shown as damaged,
@@ -62,8 +44,8 @@ func TestRotUnderRunningServer(t *testing.T) {
 	sh, _ := st.Get(info.ID)
 	data := sh.DataPath()
 	st.Close()
-	flipByte(t, data, 5*chunk+100)  // chunk 5
-	flipByte(t, data, 30*chunk+100) // chunk 30
+	transfertest.FlipByte(t, data, 5*chunk+100)  // chunk 5
+	transfertest.FlipByte(t, data, 30*chunk+100) // chunk 30
 	st, err = transfer.OpenStore(dir, transfer.StoreOptions{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
@@ -118,7 +100,7 @@ func TestRotUnderRunningServer(t *testing.T) {
 	}
 
 	// Rot after the first read: only a scrub finds it.
-	flipByte(t, data, 12*chunk)
+	transfertest.FlipByte(t, data, 12*chunk)
 	res, err := c.Verify(context.Background(), info.ID)
 	if err != nil || len(res) != 1 || len(res[0].Damaged) != 1 || res[0].Damaged[0] != 12 {
 		t.Fatalf("verify: %+v, %v; want chunk 12 damaged", res, err)

@@ -4,30 +4,14 @@ import (
 	"bytes"
 	"context"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/sharefiles/share/transfer"
+	"github.com/sharefiles/share/transfer/transfertest"
 )
-
-// flipAt inverts the byte at off of the file at path, as rot would.
-func flipAt(t testing.TB, path string, off int64) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	b := make([]byte, 1)
-	f.ReadAt(b, off)
-	b[0] ^= 0x01
-	if _, err := f.WriteAt(b, off); err != nil {
-		t.Fatal(err)
-	}
-}
 
 func TestVerifyFindsRot(t *testing.T) {
 	const chunk = 64 << 10
@@ -46,7 +30,7 @@ func TestVerifyFindsRot(t *testing.T) {
 	if r = share(t, dir, d.env(), "verify"); r.code != 0 || !strings.Contains(r.stdout, "32 chunks ok") {
 		t.Fatalf("verify of a sound store: %d %q %s", r.code, r.stdout, r.stderr)
 	}
-	flipAt(t, stored, 9*chunk+1)
+	transfertest.FlipByte(t, stored, 9*chunk+1)
 	r = share(t, dir, d.env(), "verify", id)
 	if r.code != 1 || !strings.Contains(r.stdout, "1 of 32 chunks damaged, marked missing: 9") || !strings.Contains(r.stderr, "share put --chunk-size 64KiB f.bin   # "+id) {
 		t.Fatalf("verify of a rotten share: %d %q %s", r.code, r.stdout, r.stderr)
@@ -63,7 +47,7 @@ func TestVerifyFindsRot(t *testing.T) {
 
 	// With no daemon, on the data directory itself.
 	d.stop(t)
-	flipAt(t, stored, 20*chunk)
+	transfertest.FlipByte(t, stored, 20*chunk)
 	r = share(t, dir, nil, "verify", "--data", data)
 	if r.code != 1 || !strings.Contains(r.stdout, "marked missing: 20") {
 		t.Fatalf("verify --data: %d %q %s", r.code, r.stdout, r.stderr)

@@ -168,3 +168,23 @@ func Run(t *testing.T, serve Serve) {
 		}
 	})
 }
+
+// FlipByte inverts the byte at off of the file at path, as rot on disk
+// would: a test of verification corrupts a stored chunk with it. (Package
+// transfer's own tests keep a copy: they cannot import this package.)
+func FlipByte(t testing.TB, path string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0x10
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
