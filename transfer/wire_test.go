@@ -396,13 +396,13 @@ func TestPipelinedChunksCancelMidPayload(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	const cs = 256 << 10
+	const cs = 1 << 20
 	content := transfertest.Bytes(5, 3*cs)
 	sh, err := st.Import(context.Background(), "big.bin", bytes.NewReader(content), transfer.ImportOptions{ChunkSize: cs})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The first 32 KiB (the limiter's burst) go at once, the rest at 256 KiB/s.
+	// A chunk leaves in four buckets of 256 KiB, one every 250 ms.
 	src := serveTCP(t, st, transfer.ServeOptions{Limiter: transfer.NewLimiter(cs)})
 	src.Lanes = 1
 	opens := countOpens(src)

@@ -22,6 +22,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -39,7 +40,10 @@ type asset struct {
 	ctype string
 }
 
-var assets = func() map[string]asset {
+// assets are built on first use, not at init: every share process (a `share
+// get` too) would otherwise pay for hashing them and for loading the
+// system's MIME tables (~5 ms of CPU) at start, and a bench starts hundreds.
+var assets = sync.OnceValue(func() map[string]asset {
 	m := map[string]asset{}
 	fs.WalkDir(static, "static", func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
@@ -58,10 +62,10 @@ var assets = func() map[string]asset {
 		return nil
 	})
 	return m
-}()
+})
 
 func serve(w http.ResponseWriter, r *http.Request, name string, status int) {
-	a, ok := assets[name]
+	a, ok := assets()[name]
 	if !ok {
 		http.NotFound(w, r)
 		return
