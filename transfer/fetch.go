@@ -20,7 +20,7 @@ import (
 const (
 	DefaultMaxInFlight  = 16               // chunks in flight in all; the download holds at most twice this many chunk buffers (in flight, being written)
 	DefaultPerSource    = 8                // chunks in flight per source at most: enough to keep a loopback or LAN link busy
-	DefaultStallTimeout = 60 * time.Second // no chunk for this long ends a download
+	DefaultStallTimeout = 60 * time.Second // no chunk byte for this long ends a download
 	DefaultHaveInterval = 500 * time.Millisecond
 	maxIdleWake         = time.Second // the scheduler looks at its state at least this often
 )
@@ -108,6 +108,28 @@ type Download struct {
 	usable  atomic.Int32  // sources known and not dropped, as of the last scheduling pass
 
 	byName map[string]*srcState // owned by Run's goroutine
+
+	// dataAt is when chunk bytes last arrived from any source (Unix
+	// nanoseconds), set by the readers of receive. A download is stalled
+	// when no byte arrives for its stall timeout, not when no chunk is
+	// completed: a chunk may take minutes where many downloaders share one
+	// uplink (64 clients of one 10 Mbit/s server: ~20 kB/s each) while
+	// every byte of it is progress.
+	dataAt atomic.Int64
+}
+
+// clockReader records in at when bytes were last read through it.
+type clockReader struct {
+	r  io.Reader
+	at *atomic.Int64
+}
+
+func (c clockReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if n > 0 {
+		c.at.Store(time.Now().UnixNano())
+	}
+	return n, err
 }
 
 // NewDownload prepares a download into sh.
@@ -195,6 +217,15 @@ type run struct {
 	last    time.Time // last chunk stored
 }
 
+// moved returns when the download last moved: a chunk stored, or chunk
+// bytes received (see Download.dataAt).
+func (r *run) moved() time.Time {
+	if at := r.d.dataAt.Load(); at > r.last.UnixNano() {
+		return time.Unix(0, at)
+	}
+	return r.last
+}
+
 // Run fetches every missing chunk, verifying each before it is stored, and
 // returns when the share is complete, the context is done, the download
 // stalls or runs out of sources. Chunks fetched before an error stay stored,
@@ -258,7 +289,7 @@ func (r *run) loop() error {
 		if err := r.checkHope(now); err != nil {
 			return err
 		}
-		wake := minTime(r.p.nextWake(now), r.last.Add(d.opts.StallTimeout+time.Millisecond)).Sub(now)
+		wake := minTime(r.p.nextWake(now), r.moved().Add(d.opts.StallTimeout+time.Millisecond)).Sub(now)
 		timer.Reset(min(max(wake, time.Millisecond), maxIdleWake))
 		select {
 		case res := <-r.results:
@@ -296,8 +327,8 @@ func (r *run) relearnNeed() bool {
 // checkHope ends a download that cannot finish.
 func (r *run) checkHope(now time.Time) error {
 	d := r.d
-	if now.Sub(r.last) > d.opts.StallTimeout {
-		return fmt.Errorf("%w: no chunk for %v; %d of %d chunks held%s", ErrStalled,
+	if now.Sub(r.moved()) > d.opts.StallTimeout {
+		return fmt.Errorf("%w: no data for %v; %d of %d chunks held%s", ErrStalled,
 			d.opts.StallTimeout, d.m.NumChunks()-r.p.need.Count(), d.m.NumChunks(), r.sourceErrors())
 	}
 	if d.opts.WaitForSources || r.p.active > 0 {
@@ -501,7 +532,7 @@ func (d *Download) receive(ctx context.Context, req *request, buf []byte) (chunk
 	h := hashers.Get().(*blake3.Hasher)
 	h.Reset()
 	defer hashers.Put(h)
-	got, err := io.ReadFull(io.TeeReader(d.opts.Limiter.Reader(ctx, rc), h), buf[:n])
+	got, err := io.ReadFull(io.TeeReader(d.opts.Limiter.Reader(ctx, clockReader{rc, &d.dataAt}), h), buf[:n])
 	if err == io.EOF || err == io.ErrUnexpectedEOF {
 		res.err = fmt.Errorf("chunk %d: short read, %d of %d bytes: %w", i, got, n, io.ErrUnexpectedEOF)
 		return res, sum

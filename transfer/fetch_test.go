@@ -22,7 +22,19 @@ type wrapSource struct {
 	fail    func(ctx context.Context, i int) error
 	delay   time.Duration
 	only    func(i int) bool // pretend to hold only these chunks
+	trickle time.Duration    // each read returns at most 1 KiB, after this pause
 	served  atomic.Int64
+}
+
+// trickleReader returns at most 1 KiB per read, each after a pause.
+type trickleReader struct {
+	io.ReadCloser
+	pause time.Duration
+}
+
+func (r trickleReader) Read(p []byte) (int, error) {
+	time.Sleep(r.pause)
+	return r.ReadCloser.Read(p[:min(len(p), 1<<10)])
 }
 
 func (w *wrapSource) String() string { return w.name }
@@ -61,6 +73,9 @@ func (w *wrapSource) OpenChunk(ctx context.Context, id ID, i int) (io.ReadCloser
 		return nil, err
 	}
 	w.served.Add(1)
+	if w.trickle > 0 {
+		return trickleReader{rc, w.trickle}, nil
+	}
 	if w.corrupt == nil || !w.corrupt(i) {
 		return rc, nil
 	}
@@ -198,6 +213,20 @@ func TestDownloadStallsOut(t *testing.T) {
 	if !errors.Is(err, ErrStalled) || !strings.Contains(err.Error(), "connection refused") {
 		t.Fatalf("err = %v", err)
 	}
+}
+
+// A chunk that takes longer than the stall timeout to arrive, while its
+// bytes keep coming (a server's uplink shared by many clients), is progress:
+// the download waits for it instead of giving up.
+func TestDownloadSlowChunksAreProgress(t *testing.T) {
+	f := newFixture(t, 1, 2)
+	d := NewDownload(f.dst, DownloadOptions{StallTimeout: 300 * time.Millisecond})
+	d.AddSource(&wrapSource{Source: f.seeds[0], name: "slow", trickle: 40 * time.Millisecond}) // ~16 reads a chunk: 640 ms
+	start := time.Now()
+	if _, err := d.Run(context.Background()); err != nil {
+		t.Fatalf("after %v: %v", time.Since(start), err)
+	}
+	f.check(t)
 }
 
 func TestDownloadPermanentErrorEndsAtOnce(t *testing.T) {

@@ -52,7 +52,7 @@ Prints the output path on stdout.`,
 	f.BoolVar(&o.force, "force", false, "replace an existing output")
 	f.IntVar(&o.parallel, "parallel", server.DefaultParallel, "chunk requests in flight")
 	f.Var(&o.downloadLimit, "download-limit", "cap on bytes received, e.g. 20MiB/s")
-	f.StringVar(&o.stallTimeout, "stall-timeout", transfer.DefaultStallTimeout.String(), "give up when no request succeeds and no chunk arrives for this long (a server restarting is waited for)")
+	f.StringVar(&o.stallTimeout, "stall-timeout", transfer.DefaultStallTimeout.String(), "give up when no request succeeds and no data arrives for this long (a server restarting is waited for)")
 	return cmd
 }
 
