@@ -82,7 +82,7 @@ func runGet(ctx context.Context, o getOptions, stdout, stderr io.Writer) error {
 	// say so rather than wait in silence.
 	notice := time.AfterFunc(waitNotice, func() {
 		if !started.Load() {
-			fmt.Fprintf(stderr, "share: waiting for %s (a peer that lacks the share looks for it in its swarm first, for up to its --fetch-timeout)\n", o.client.url)
+			fmt.Fprintf(stderr, "share: waiting for %s to start sending (a busy server, or a peer that lacks the share and looks for it in its swarm first, for up to its --fetch-timeout)\n", o.client.url)
 		}
 	})
 	defer notice.Stop()

@@ -712,6 +712,16 @@ func (b *bencher) runPoint(ctx context.Context, p Point) Point {
 	return p
 }
 
+// stallFor is the --stall-timeout of a point's downloads: a minute, or the
+// bound if longer. Where N clients share one uplink, a client can wait long
+// for its first byte: on --net dsl at N = 64 (128 connections into a 10
+// Mbit/s link that drops from its queue), a client whose connections all
+// lost packets back to back waited more than a minute (TCP's retransmission
+// timeout doubles from 1 s), and a download that gives up is no figure.
+func stallFor(bound float64) time.Duration {
+	return max(time.Minute, time.Duration(bound*float64(time.Second)))
+}
+
 // timeout bounds one point's downloads.
 func (b *bencher) timeout(bound float64) time.Duration {
 	return time.Duration(3*bound*float64(time.Second)) + 60*time.Second + b.opts.Downtime
@@ -746,7 +756,7 @@ func (b *bencher) distribute(ctx context.Context, p *Point) error {
 	defer c.stop()
 	start := time.Now()
 	b.started = start
-	gets, err := c.downloads(id, start, time.Minute)
+	gets, err := c.downloads(id, start, stallFor(p.Bound))
 	if err != nil {
 		return err
 	}
