@@ -221,7 +221,12 @@ func (b *bencher) bittorrent(ctx context.Context, p *Point) error {
 	}
 
 	// The seeder checks its copy (-V) and announces it; the leechers start
-	// once the tracker counts it complete.
+	// once the tracker counts it complete. The seeder starts once the
+	// tracker answers, so that its first announce never meets a tracker
+	// that is not listening yet.
+	if err := waitTracker(ctx, hc, t, tracker); err != nil {
+		return fmt.Errorf("%w (tracker: %s)", err, strings.TrimSpace(trLog.String()))
+	}
 	lp, err := listen(0)
 	if err != nil {
 		return err
@@ -310,12 +315,38 @@ func (b *bencher) bittorrent(ctx context.Context, p *Point) error {
 	return errors.Join(errs...)
 }
 
+// waitTracker waits until the tracker answers a scrape, for up to a minute.
+func waitTracker(ctx context.Context, hc *http.Client, t *torrent, tracker *proc) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for {
+		req, _ := http.NewRequestWithContext(ctx, "GET", scrapeURL(t), nil)
+		if resp, err := hc.Do(req); err == nil {
+			resp.Body.Close()
+			return nil
+		}
+		if tracker.exited() {
+			return fmt.Errorf("bittorrent: opentracker exited: %v", tracker.cmd.ProcessState)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("bittorrent: opentracker did not answer: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// scrapeURL is the tracker's scrape of t.
+func scrapeURL(t *torrent) string {
+	return fmt.Sprintf("http://%s/scrape?info_hash=%s", net.JoinHostPort(t.host, strconv.Itoa(t.port)), url.QueryEscape(string(t.infoHash)))
+}
+
 // waitSeeded waits until the tracker counts a complete peer (the seeder
 // has checked its copy and announced it), for up to a minute.
 func waitSeeded(ctx context.Context, hc *http.Client, t *torrent, procs ...*proc) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	u := fmt.Sprintf("http://%s/scrape?info_hash=%s", net.JoinHostPort(t.host, strconv.Itoa(t.port)), url.QueryEscape(string(t.infoHash)))
+	u := scrapeURL(t)
 	complete := regexp.MustCompile(`8:completei([0-9]+)e`)
 	for {
 		req, _ := http.NewRequestWithContext(ctx, "GET", u, nil)
