@@ -379,3 +379,15 @@ func TestWhy(t *testing.T) {
 		}
 	}
 }
+
+// The info hash in a scrape is percent-encoded byte by byte: a 0x20 byte
+// written as "+" (url.QueryEscape) is not a space to opentracker, and the
+// seeder of such a torrent was never seen announced.
+func TestScrapeURLEncodesEveryByte(t *testing.T) {
+	h := []byte{0xfa, 0x20, '+', '&', '=', 'a', 0, 0xff, '%', '~', 0x20, 0x20, 0x20, 0x20, 0x20, 0x20, 0x20, 0x20, 0x20, 0x20}
+	u := scrapeURL(&torrent{host: "10.77.0.18", port: 6969, infoHash: h})
+	want := "http://10.77.0.18:6969/scrape?info_hash=%FA%20%2B%26%3D%61%00%FF%25%7E%20%20%20%20%20%20%20%20%20%20"
+	if u != want {
+		t.Fatalf("scrape URL\n got %s\nwant %s", u, want)
+	}
+}

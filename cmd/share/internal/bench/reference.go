@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -336,9 +335,16 @@ func waitTracker(ctx context.Context, hc *http.Client, t *torrent, tracker *proc
 	}
 }
 
-// scrapeURL is the tracker's scrape of t.
+// scrapeURL is the tracker's scrape of t. Every byte of the info hash is
+// percent-encoded (BEP 3, BEP 48): url.QueryEscape writes a 0x20 byte as
+// "+", which opentracker does not read as a space, so a torrent whose hash
+// held one was never seen complete.
 func scrapeURL(t *torrent) string {
-	return fmt.Sprintf("http://%s/scrape?info_hash=%s", net.JoinHostPort(t.host, strconv.Itoa(t.port)), url.QueryEscape(string(t.infoHash)))
+	var q strings.Builder
+	for _, c := range t.infoHash {
+		fmt.Fprintf(&q, "%%%02X", c)
+	}
+	return fmt.Sprintf("http://%s/scrape?info_hash=%s", net.JoinHostPort(t.host, strconv.Itoa(t.port)), q.String())
 }
 
 // waitSeeded waits until the tracker counts a complete peer (the seeder
