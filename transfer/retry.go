@@ -108,7 +108,9 @@ func (r *Retry) failed(what string, err error, wait time.Duration) (stalled bool
 // Do runs op, a request named what (for messages, e.g. "POST manifest"),
 // until it succeeds, fails with a permanent error, ctx is done, or the
 // transfer has made no progress for its stall timeout; it returns op's last
-// error, wrapped with ErrStalled in the last case. A success is progress.
+// error, wrapped with ErrStalled in the last case, and an error that is
+// ctx's (errors.Is(err, context.Canceled) or DeadlineExceeded) once ctx is
+// done, even when op returned before it saw ctx end. A success is progress.
 func (r *Retry) Do(ctx context.Context, what string, op func(context.Context) error) error {
 	fails := 0
 	for {
@@ -119,7 +121,10 @@ func (r *Retry) Do(ctx context.Context, what string, op func(context.Context) er
 			r.progress(start)
 			return nil
 		case ctx.Err() != nil:
-			return err
+			if errors.Is(err, ctx.Err()) {
+				return err
+			}
+			return fmt.Errorf("%s: %w (last error: %v)", what, ctx.Err(), err)
 		case Permanent(err):
 			return err
 		}

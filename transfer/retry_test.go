@@ -179,3 +179,16 @@ func TestRetryResumedOnlyByNewRequests(t *testing.T) {
 		t.Fatalf("a second outage: Retrying %d, want 2", retrying)
 	}
 }
+
+// ctx ending while op fails for another reason still reads as ctx's end:
+// callers tell "the user gave up" from "the server is gone" by it.
+func TestRetryContextEndsDuringOp(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	err := NewRetry(time.Minute).Do(ctx, "op", func(context.Context) error {
+		cancel()
+		return syscall.ECONNREFUSED
+	})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+}
