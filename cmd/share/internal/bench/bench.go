@@ -233,11 +233,14 @@ type bencher struct {
 
 	// An emulated network (nil: loopback), its nodes by name, and an
 	// HTTP client per node for the APIs of the daemons on it.
-	net     *netem.Network
-	nodes   map[string]*netem.Node
-	clients map[string]*http.Client
-	torrent *torrent  // the BitTorrent reference's torrent, made once
-	started time.Time // when the point's downloads started
+	net   *netem.Network
+	nodes map[string]*netem.Node
+	// clients is filled by the goroutines that start a cluster's
+	// daemons at once (startCluster), under clientsMu.
+	clientsMu sync.Mutex
+	clients   map[string]*http.Client
+	torrent   *torrent  // the BitTorrent reference's torrent, made once
+	started   time.Time // when the point's downloads started
 }
 
 // Run runs the benchmark and writes its results to opts.Out. With an

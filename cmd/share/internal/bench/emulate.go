@@ -119,6 +119,8 @@ func (b *bencher) nodeShown(name string, c, shown LinkClass) (*netem.Node, error
 // httpClient returns a client that reaches the API of a daemon on node
 // through the node's own loopback, crossing no shaped link.
 func (b *bencher) httpClient(node string) *http.Client {
+	b.clientsMu.Lock()
+	defer b.clientsMu.Unlock()
 	if c := b.clients[node]; c != nil {
 		return c
 	}
