@@ -9,18 +9,21 @@ import (
 
 // metrics are a Node's Prometheus series.
 type metrics struct {
-	peerSent       *peerCounter           // chunk bytes sent, by peer (bounded; see peerCounter)
-	peerRecv       *peerCounter           // chunk bytes received, by peer
-	chunksRecv     *prometheus.CounterVec // chunks received, from "seed" or "peer"
-	chunksSent     prometheus.Counter
-	badChunks      prometheus.Counter
-	refused        prometheus.Counter     // requests refused at the per-peer limit
-	busy           prometheus.Counter     // chunk requests answered busy (the asker is choked)
-	pexPeers       prometheus.Counter     // sources learned by peer exchange
-	lookups        *prometheus.CounterVec // DHT provider lookups, by result
-	lookupSeconds  prometheus.Histogram   // time to the first provider
-	provides       *prometheus.CounterVec // announcements, by result
-	provideSeconds prometheus.Histogram
+	peerSent   *peerCounter           // chunk bytes sent, by peer (bounded; see peerCounter)
+	peerRecv   *peerCounter           // chunk bytes received, by peer
+	chunksRecv *prometheus.CounterVec // chunks received, from "seed" or "peer"
+	chunksSent prometheus.Counter
+	badChunks  prometheus.Counter
+	refused    prometheus.Counter // requests refused at the per-peer limit
+	busy       prometheus.Counter // chunk requests answered busy (the asker is choked)
+	// dialBackoffCleared counts dials of a source that libp2p refused for
+	// its dial backoff and that were tried again (see Node.newStream).
+	dialBackoffCleared prometheus.Counter
+	pexPeers           prometheus.Counter     // sources learned by peer exchange
+	lookups            *prometheus.CounterVec // DHT provider lookups, by result
+	lookupSeconds      prometheus.Histogram   // time to the first provider
+	provides           *prometheus.CounterVec // announcements, by result
+	provideSeconds     prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer, n *Node) (*metrics, error) {
@@ -42,6 +45,9 @@ func newMetrics(reg prometheus.Registerer, n *Node) (*metrics, error) {
 		}),
 		busy: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "share_peer_chunk_requests_busy_total", Help: "Chunk requests answered busy: the upload was full, and the asker is served when it has room.",
+		}),
+		dialBackoffCleared: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "share_peer_dial_backoff_cleared_total", Help: "Dials of a download's source that libp2p refused for its dial backoff, and that were tried again at once.",
 		}),
 		pexPeers: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "share_peer_exchange_peers_total", Help: "Sources of swarm downloads learned from other peers (peer exchange) rather than the DHT.",
@@ -69,7 +75,7 @@ func newMetrics(reg prometheus.Registerer, n *Node) (*metrics, error) {
 	}
 	gauges = append(gauges, n.nat.collectors()...)
 	gauges = append(gauges, n.guard.refused)
-	for _, c := range append([]prometheus.Collector{m.peerSent, m.peerRecv, m.chunksRecv, m.chunksSent, m.badChunks, m.refused, m.busy, m.pexPeers,
+	for _, c := range append([]prometheus.Collector{m.peerSent, m.peerRecv, m.chunksRecv, m.chunksSent, m.badChunks, m.refused, m.busy, m.dialBackoffCleared, m.pexPeers,
 		m.lookups, m.lookupSeconds, m.provides, m.provideSeconds}, gauges...) {
 		if err := reg.Register(c); err != nil {
 			return nil, err

@@ -54,6 +54,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/host/autorelay"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
 	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 	"github.com/libp2p/go-libp2p/p2p/protocol/holepunch"
@@ -347,10 +348,34 @@ func pathOf(c network.Conn) string {
 	return "direct"
 }
 
+// newStream opens a chunk-protocol stream to pid, dialling it if need be,
+// also when libp2p's swarm keeps pid's addresses in dial backoff. That
+// backoff (5 s + 1 s × tries², up to 5 min: p2p/net/swarm/swarm_dial.go) is
+// for dials that anyone may trigger, such as a DHT query's; a download
+// dials a source only when its own policy says to ask it again (the
+// picker's backoff and active set, transfer/picker.go), and a source that
+// was down or overloaded a minute ago may serve now: a download must not
+// stay without it for minutes (measured: a peer of a 64-peer swarm on two
+// cores never got a chunk, every dial of it answered "dial backoff"). So a
+// dial refused for backoff clears pid's backoff and is tried once more.
+func (n *Node) newStream(ctx context.Context, pid peer.ID) (network.Stream, error) {
+	s, err := n.host.NewStream(ctx, pid, ProtocolID)
+	if err == nil || !errors.Is(err, swarm.ErrDialBackoff) || ctx.Err() != nil {
+		return s, err
+	}
+	sw, ok := n.host.Network().(interface{ Backoff() *swarm.DialBackoff })
+	if !ok {
+		return s, err
+	}
+	sw.Backoff().Clear(pid)
+	n.m.dialBackoffCleared.Inc()
+	return n.host.NewStream(ctx, pid, ProtocolID)
+}
+
 // openControlStream opens a chunk-protocol stream for manifest and have
 // requests: these are small, and may go through a limited relay.
 func (n *Node) openControlStream(ctx context.Context, pid peer.ID) (transfer.Stream, error) {
-	s, err := n.host.NewStream(network.WithAllowLimitedConn(ctx, "share: manifest and have requests are small"), pid, ProtocolID)
+	s, err := n.newStream(network.WithAllowLimitedConn(ctx, "share: manifest and have requests are small"), pid)
 	if err != nil {
 		return nil, streamError(err)
 	}
@@ -365,7 +390,7 @@ func (n *Node) openControlStream(ctx context.Context, pid peer.ID) (transfer.Str
 // connected only through a limited relay, it waits up to holePunchWait for
 // the hole punch, then fails with ErrRelayOnly.
 func (n *Node) openChunkStream(ctx context.Context, pid peer.ID) (transfer.Stream, error) {
-	s, err := n.host.NewStream(network.WithDialPeerTimeout(ctx, holePunchWait), pid, ProtocolID)
+	s, err := n.newStream(network.WithDialPeerTimeout(ctx, holePunchWait), pid)
 	if err != nil {
 		if rerr := n.relayOnlyError(pid); rerr != nil && ctx.Err() == nil {
 			return nil, rerr

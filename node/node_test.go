@@ -15,7 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/sharefiles/share/transfer"
@@ -412,4 +414,57 @@ func TestStatus(t *testing.T) {
 		t.Fatalf("downloader's share status %+v", bs.Shares)
 	}
 	_ = fmt.Sprint(filepath.Separator)
+}
+
+func TestSourceInDialBackoffIsDialled(t *testing.T) {
+	// A source that was down when last dialled is in libp2p's dial backoff
+	// (5 s and more); once it is back, a download that asks it again must
+	// reach it, not be answered "dial backoff".
+	dirB := t.TempDir()
+	b := testNode(t, dirB, func(o *Options) { o.Listen = []string{"/ip4/127.0.0.1/tcp/0"} })
+	sh := importShare(t, b, "back.bin", transfertest.Bytes(7, 4*transfer.MinChunkSize), transfer.MinChunkSize)
+	addrs := b.host.Addrs()
+	a := testNode(t, "", nil)
+	a.host.Peerstore().AddAddrs(b.ID(), addrs, time.Hour)
+	src := a.peerSource(b.ID())
+	defer src.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := src.Have(ctx, sh.ID(), 4); err != nil {
+		t.Fatal(err)
+	}
+
+	b.Close()
+	b.store.Close()
+	for a.host.Network().Connectedness(b.ID()) == network.Connected {
+		if ctx.Err() != nil {
+			t.Fatal("a still connected to the stopped peer")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// A failed dial puts b's address in backoff; the second dial says so.
+	var err error
+	for range 3 {
+		if _, err = a.host.NewStream(ctx, b.ID(), ProtocolID); errors.Is(err, swarm.ErrDialBackoff) {
+			break
+		}
+	}
+	if !errors.Is(err, swarm.ErrDialBackoff) {
+		t.Fatalf("dial of the stopped peer: %v; want libp2p's dial backoff (the test relies on it)", err)
+	}
+
+	b2 := testNode(t, dirB, func(o *Options) { o.Listen = []string{addrs[0].String()} })
+	if b2.ID() != b.ID() {
+		t.Fatalf("peer ID changed across restart: %s -> %s", b.ID(), b2.ID())
+	}
+	bf, err := src.Have(ctx, sh.ID(), 4)
+	if err != nil {
+		t.Fatalf("Have from the restarted peer: %v", err)
+	}
+	if !bf.Full() {
+		t.Fatalf("restarted peer offers %d of 4 chunks", bf.Count())
+	}
+	if got := testutil.ToFloat64(a.m.dialBackoffCleared); got < 1 {
+		t.Fatalf("dial backoffs cleared: %v, want at least 1", got)
+	}
 }
