@@ -261,13 +261,20 @@ func TestUploadWeight(t *testing.T) {
 		{"measured: one at a time before a rate is known", true, 0, 256 << 10, slot},
 		{"measured: dsl uplink, 256 KiB chunks: one at a time", true, 1.2e6, 256 << 10, slot * (256 << 10) / (150000 + 256<<10)},
 		{"measured: fast uplink: many at once", true, 800e6, 1 << 20, slot * (1 << 20) / (100_000_000 + 1<<20)},
+		{"measured: growing (sends limited by their receivers): twice the room", true, -8e6, 1 << 20, slot * (1 << 20) / (2_000_000 + 1<<20)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			u := newUploads(slot, tc.measure, nil)
-			if tc.rate > 0 {
+			d := rateSample
+			switch {
+			case tc.rate > 0:
 				u.measured.start(t0)
-				d := rateSample
 				u.measured.end(t0.Add(d), int64(tc.rate*d.Seconds()))
+			case tc.rate < 0: // -r: a sample of r/2, then one of r
+				u.measured.start(t0)
+				u.measured.end(t0.Add(d), int64(-tc.rate/2*d.Seconds()))
+				u.measured.start(t0.Add(time.Second))
+				u.measured.end(t0.Add(time.Second+d), int64(-tc.rate*d.Seconds()))
 			}
 			if got := u.weight(tc.chunk); got != tc.want {
 				t.Fatalf("weight(%d) = %d, want %d", tc.chunk, got, tc.want)
@@ -276,8 +283,9 @@ func TestUploadWeight(t *testing.T) {
 	}
 }
 
-// TestUploadRate: only time with a send running counts, and each sample
-// moves the estimate half way.
+// TestUploadRate: only time with a send running counts; a sample below the
+// estimate moves it half way, one above it is taken at once, and one
+// growthFactor above it marks the uplink as growing (see slot).
 func TestUploadRate(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	var r uploadRate
@@ -291,9 +299,46 @@ func TestUploadRate(t *testing.T) {
 	if r.bps != 1e6 {
 		t.Fatalf("rate %v, want 1e6", r.bps)
 	}
+	if r.growing {
+		t.Fatal("the first sample marked the uplink growing")
+	}
 	r.start(at(6000))
-	r.end(at(6250), 750_000) // 3 MB/s: half way, 2 MB/s
-	if r.bps != 2e6 {
-		t.Fatalf("rate %v, want 2e6", r.bps)
+	r.end(at(6250), 750_000) // 3 MB/s: taken at once, and growing
+	if r.bps != 3e6 || !r.growing {
+		t.Fatalf("rate %v, growing %v; want 3e6, true", r.bps, r.growing)
+	}
+	r.start(at(7000))
+	r.end(at(7250), 250_000) // 1 MB/s: half way, 2 MB/s
+	if r.bps != 2e6 || r.growing {
+		t.Fatalf("rate %v, growing %v; want 2e6, false", r.bps, r.growing)
+	}
+	r.start(at(8000))
+	r.end(at(8250), 550_000) // 2.2 MB/s: taken, but not growthFactor above
+	if r.bps != 2.2e6 || r.growing {
+		t.Fatalf("rate %v, growing %v; want 2.2e6, false", r.bps, r.growing)
+	}
+}
+
+// TestUploadsRoomy: a request answered busy ends the upload's room for
+// seedRoomAfter.
+func TestUploadsRoomy(t *testing.T) {
+	f := newChokeFixture(t, 100)
+	if !f.u.roomy(time.Now()) {
+		t.Fatal("an upload that never refused has no room")
+	}
+	for _, name := range []string{"a", "b"} {
+		if !f.u.admit(f.key(name), 100) {
+			t.Fatalf("%s refused with room", name)
+		}
+	}
+	if f.u.admit(f.key("c"), 100) {
+		t.Fatal("c admitted beyond capacity")
+	}
+	now := time.Now()
+	if f.u.roomy(now) {
+		t.Fatal("room right after a busy answer")
+	}
+	if !f.u.roomy(now.Add(seedRoomAfter)) {
+		t.Fatal("no room seedRoomAfter after the last busy answer")
 	}
 }

@@ -42,13 +42,19 @@
 //     sets whatever the swarm's size. A seed answers them, and any poll
 //     after a busy answer, one per freed upload room: its offer is an
 //     unchoke.
-//   - Super-seeding (seeding.go, BEP 16). A complete holder offers the
-//     chunks it has sent least in the last seedRecent (20 s) and nobody is
-//     fetching from it: each chunk leaves it once before any leaves twice,
-//     and the peers trade the copies. A downloader, for its part, asks a
-//     seed only for chunks no partial peer of its active set offers
-//     (transfer's pickFree), so that second copies come from peers and the
-//     seed's upload goes to the chunks the swarm lacks. A peer's offer
+//   - Super-seeding (seeding.go, BEP 16). A complete holder whose upload
+//     is full (it answered a request busy in the last seedRoomAfter, 1 s)
+//     offers the chunks it has sent least in the last seedRecent (20 s)
+//     and nobody is fetching from it: each chunk leaves it once before any
+//     leaves twice, and the peers trade the copies. A downloader, for its
+//     part, asks a super-seeding seed only for chunks no partial peer of
+//     its active set offers (transfer's pickFree), so that second copies
+//     come from peers and the seed's upload goes to the chunks the swarm
+//     lacks; a peer whose chunks take transfer's slowPeer (4) times as long
+//     as the seed's does not count. A seed whose upload has room offers
+//     every chunk, and is asked for any: on unequal links (a fibre seed,
+//     DSL peers) its upload would otherwise stand idle while downloaders
+//     wait on peers with a fraction of it. A peer's offer
 //     counts only while it delivers: not once its last connection closed
 //     (swarm.go's peerGone, from the network's notifications, calls
 //     transfer.Download.SourceGone), nor once it kept the download waiting

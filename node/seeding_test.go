@@ -3,6 +3,9 @@ package node
 import (
 	"testing"
 	"time"
+
+	"github.com/sharefiles/share/transfer"
+	"github.com/sharefiles/share/transfer/transfertest"
 )
 
 func TestSeedingOffersLeastSentUnclaimed(t *testing.T) {
@@ -50,5 +53,22 @@ func TestSeedingOffersLeastSentUnclaimed(t *testing.T) {
 	s.release(1, false, now)
 	if s.sends[0] != 1 || s.sends[1] != 0 || s.claimed[0] != 0 || s.claimed[1] != 0 {
 		t.Fatalf("sends %v, claimed %v", s.sends, s.claimed)
+	}
+}
+
+// TestSeedWithRoomOffersEverything: a complete holder whose upload has room
+// offers every chunk, also one it is sending; after a busy answer it
+// super-seeds again (its offer leaves out what it is sending).
+func TestSeedWithRoomOffersEverything(t *testing.T) {
+	n := testNode(t, "", nil)
+	sh := importShare(t, n, "room.bin", transfertest.Bytes(3, 4*transfer.MinChunkSize), transfer.MinChunkSize)
+	n.seedingFor(sh).claim(0)
+	if got := n.offer(sh); !got.Full() {
+		t.Fatalf("seed with room offers %d of 4 chunks, want all", got.Count())
+	}
+	n.uploads.lastBusy.Store(time.Now().UnixNano())
+	got := n.offer(sh)
+	if got.Has(0) || got.Count() != 3 {
+		t.Fatalf("seed after a busy answer offers %v, want chunks 1-3 (chunk 0 is being sent)", got.Bytes())
 	}
 }

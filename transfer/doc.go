@@ -144,6 +144,8 @@
 //     request for a chunk it holds that it did not offer. Whether it holds
 //     every chunk is told apart from the offer (the wire's Complete status;
 //     Seeder), so a downloader knows a seed that offers little is not slow.
+//     A seed that offers every chunk is not rationing its upload: a
+//     downloader may ask it for any, also those peers offer (pickFree).
 //  2. A long poll (HaveWaiter.WaitHave; on the wire a have request with a
 //     wait) carries the Digest of the offer the asker knows. The source
 //     answers it with its offer then current: a partial holder as soon as

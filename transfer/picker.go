@@ -35,6 +35,9 @@ const (
 	// requested beyond its bandwidth-delay product (see srcState.depth).
 	DepthQueueTime = 250 * time.Millisecond
 	rateWindow     = 2 * time.Second // rates and round trips are measured over this window
+	// slowPeer is how many times as long as a seed's a partial source's
+	// chunks may take for its offer to hold the seed back (see peerOffers).
+	slowPeer = 4
 	// PeerGrace is how long a partial source's offer holds a seed back (see
 	// pickFree) while the download waits on that source without getting
 	// anything from it: choked, or with requests out and no chunk back.
@@ -72,9 +75,12 @@ type srcState struct {
 	failAt  time.Time // when the last failure was counted
 	backoff time.Time // no new requests before this
 
-	done  []sample // chunks received in the last rateWindow: rate and round trip
-	stats SourceStats
-	stop  func() // cancels the have request in flight, if any (set by the run loop)
+	done []sample // chunks received in the last rateWindow: rate and round trip
+	// chunkTime is how long its chunks take, request to last byte: a moving
+	// average (each chunk moves it half way), 0 before the first.
+	chunkTime time.Duration
+	stats     SourceStats
+	stop      func() // cancels the have request in flight, if any (set by the run loop)
 }
 
 type sample struct {
@@ -391,10 +397,13 @@ func (p *picker) next(s *srcState, now time.Time, free int) (chunk int, endgame 
 // asked for the same chunk twice while other chunks wait; chunks are written
 // where they belong, so order costs nothing. It returns -1 if s offers none.
 //
-// From a seed it takes only chunks that no partial source of the active set
-// offers (peerOffers): a seed's upload is what brings new chunks into the
+// From a super-seeding seed (one that offers fewer chunks than it holds) it
+// takes only chunks that no partial source of the active set offers
+// (peerOffers): such a seed's upload is what brings new chunks into the
 // swarm, and a copy of a chunk that peers already pass around is taken from
 // them (BitTorrent's super-seeding, seen from the downloader's side). A
+// seed that offers every chunk has upload to spare (node/seeding.go) and is
+// asked for any chunk, as any source is. A
 // partial source that left, failed, or kept the download waiting its grace
 // without delivering does not count, so a download never waits on a peer
 // that cannot deliver while a seed could. When no partial source delivers,
@@ -407,7 +416,7 @@ func (p *picker) next(s *srcState, now time.Time, free int) (chunk int, endgame 
 func (p *picker) pickFree(s *srcState, now time.Time) int {
 	var peers Bitfield
 	alone := false // s is a seed and no partial source delivers: its offer is no limit
-	if s.seed {
+	if s.superSeeding() {
 		peers, alone = p.peerOffers(s, now)
 	}
 	i := p.pickFreeOf(s, peers, alone)
@@ -424,6 +433,7 @@ func (p *picker) pickFree(s *srcState, now time.Time) int {
 // anyOffer) that no source in peers offers.
 func (p *picker) pickFreeOf(s *srcState, peers Bitfield, anyOffer bool) int {
 	alone := anyOffer
+	limited := s.seed && len(peers.b) > 0 // a super-seeding seed: peers' offers are not asked of it
 	n := len(p.avail)
 	best, bestAvail := -1, int32(1<<30)
 	start := p.rng.IntN(n)
@@ -432,11 +442,11 @@ func (p *picker) pickFreeOf(s *srcState, peers Bitfield, anyOffer bool) int {
 		if i >= n {
 			i -= n
 		}
-		if i%8 == 0 && i+8 <= n && (p.need.b[i/8] == 0 || !alone && s.have.b[i/8] == 0 || s.seed && peers.b[i/8] == 0xff) {
+		if i%8 == 0 && i+8 <= n && (p.need.b[i/8] == 0 || !alone && s.have.b[i/8] == 0 || limited && peers.b[i/8] == 0xff) {
 			k += 7 // eight chunks held, not offered, or offered by peers, at once
 			continue
 		}
-		if !p.need.Has(i) || len(p.inflight[i]) > 0 || !alone && !s.have.Has(i) || s.seed && peers.Has(i) {
+		if !p.need.Has(i) || len(p.inflight[i]) > 0 || !alone && !s.have.Has(i) || limited && peers.Has(i) {
 			continue
 		}
 		if p.avail[i] < bestAvail {
@@ -453,8 +463,12 @@ func (p *picker) pickFreeOf(s *srcState, peers Bitfield, anyOffer bool) int {
 // than s that deliver (srcState.delivers: choked ones included for their
 // grace: they answer when they have room). Sources that failed, were
 // dropped, are gone, left the active set or kept the download waiting
-// longer do not count, so a seed serves what only they held. alone reports
-// that no such source delivers.
+// longer do not count, so a seed serves what only they held; nor do those
+// whose chunks take slowPeer times as long as the seed's (a 1 Mbit/s DSL
+// uplink beside a fibre seed: asking the seed only for what they lack would
+// leave its upload idle while the download waits on them; where the seed's
+// upload is what the swarm waits on, its chunks take as long as the peers').
+// alone reports that no partial source counts.
 func (p *picker) peerOffers(s *srcState, now time.Time) (offers Bitfield, alone bool) {
 	if len(p.scratch.b) != (len(p.avail)+7)/8 {
 		p.scratch = NewBitfield(len(p.avail))
@@ -464,6 +478,9 @@ func (p *picker) peerOffers(s *srcState, now time.Time) (offers Bitfield, alone 
 	alone = true
 	for _, o := range p.sources {
 		if o == s || o.seed || !o.active || !o.delivers(now) {
+			continue
+		}
+		if s.chunkTime > 0 && o.chunkTime > slowPeer*s.chunkTime {
 			continue
 		}
 		alone = false
@@ -516,7 +533,13 @@ func (p *picker) received(req *request, n int64, now time.Time) {
 	s.fails = 0 // it works
 	s.got += n
 	s.waitFrom = now
-	s.done = append(s.done, sample{at: now, n: n, latency: now.Sub(req.started)})
+	lat := now.Sub(req.started)
+	s.done = append(s.done, sample{at: now, n: n, latency: lat})
+	if s.chunkTime == 0 {
+		s.chunkTime = lat
+	} else {
+		s.chunkTime = (s.chunkTime + lat) / 2
+	}
 }
 
 // finish removes req from the requests in flight. If ok and its chunk was

@@ -32,6 +32,18 @@ func source(p *picker, name string, have Bitfield) *srcState {
 	return s
 }
 
+// superSeed adds a seed that super-seeds: it holds every chunk and offers
+// all but the last (it sent that one lately).
+func superSeed(p *picker, name string) *srcState {
+	n := len(p.avail)
+	bf := FullBitfield(n)
+	bf.Clear(n - 1)
+	s := &srcState{name: name, waiter: true, active: true}
+	p.add(s)
+	p.offered(s, bf, true, t0)
+	return s
+}
+
 // pickFree must find the one chunk left wherever it is, whatever the random
 // start: a regression test for skipping whole bytes of held chunks.
 func TestPickFreeFindsEveryChunk(t *testing.T) {
@@ -514,7 +526,7 @@ func TestSeedUnstarved(t *testing.T) {
 			p := testPicker(n, DownloadOptions{})
 			p.need = offer(n, 0)
 			peer := source(p, "peer", offer(n, 0, 1))
-			seed := source(p, "seed", FullBitfield(n))
+			seed := superSeed(p, "seed")
 			if i, _ := p.next(seed, t0, 1); i != -1 || !seed.starved {
 				t.Fatalf("seed asked for %d (starved %v), want nothing: the peer offers it", i, seed.starved)
 			}
@@ -535,7 +547,7 @@ func TestSeedRacesInEndgame(t *testing.T) {
 	p := testPicker(n, DownloadOptions{})
 	p.need = offer(n, 5)
 	peer := source(p, "peer", offer(n, 5))
-	seed := source(p, "seed", FullBitfield(n))
+	seed := superSeed(p, "seed")
 	if i, _ := p.next(seed, t0, 1); i != -1 {
 		t.Fatalf("seed asked for %d while the peer offers the chunk", i)
 	}
@@ -553,6 +565,70 @@ func TestSeedRacesInEndgame(t *testing.T) {
 // peers left), a super-seeding seed is asked for chunks it does not offer:
 // it offers only the chunks it sent least lately, and those it sent went to
 // peers that are gone.
+// TestSeedWithRoomIsAskedForAnything: a seed that offers every chunk is not
+// rationing its upload (node/seeding.go: its upload has room), so it is
+// asked for the rarest chunk it offers, also one a peer offers, and a
+// super-seeding seed is not.
+func TestSeedWithRoomIsAskedForAnything(t *testing.T) {
+	const n = 8
+	p := testPicker(n, DownloadOptions{})
+	p.need = offer(n, 2, 3)
+	source(p, "peer", offer(n, 2, 3))
+	seed := source(p, "seed", FullBitfield(n))
+	if !seed.seed || seed.superSeeding() {
+		t.Fatalf("seed %v, super-seeding %v; want a seed that is not super-seeding", seed.seed, seed.superSeeding())
+	}
+	i, _ := p.next(seed, t0, 2)
+	if i != 2 && i != 3 {
+		t.Fatalf("seed with room asked for %d, want 2 or 3", i)
+	}
+	p = testPicker(n, DownloadOptions{})
+	p.need = offer(n, 2, 3)
+	source(p, "peer", offer(n, 2, 3))
+	if i, _ := p.next(superSeed(p, "seed"), t0, 2); i != -1 {
+		t.Fatalf("super-seeding seed asked for %d the peer offers", i)
+	}
+}
+
+// TestSlowPeerDoesNotHoldSeedBack: a super-seeding seed is not asked for
+// what a partial peer offers, unless that peer's chunks take slowPeer times
+// as long as the seed's (a DSL uplink beside a fibre seed).
+func TestSlowPeerDoesNotHoldSeedBack(t *testing.T) {
+	const n = 8
+	for _, tc := range []struct {
+		name      string
+		peer      time.Duration // the peer's chunk time; the seed's is 1 s
+		seedAsked bool
+	}{
+		{"as fast as the seed", time.Second, false},
+		{"slowPeer times slower", slowPeer * time.Second, false},
+		{"more than slowPeer times slower", slowPeer*time.Second + time.Millisecond, true},
+		{"not measured yet", 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := testPicker(n, DownloadOptions{})
+			p.need = offer(n, 2)
+			peer := source(p, "peer", offer(n, 2))
+			peer.chunkTime = tc.peer
+			seed := superSeed(p, "seed")
+			seed.chunkTime = time.Second
+			i, _ := p.next(seed, t0, 1)
+			if got := i == 2; got != tc.seedAsked {
+				t.Fatalf("seed asked for %d; want it asked for chunk 2: %v", i, tc.seedAsked)
+			}
+		})
+	}
+	// The chunk time is a moving average of the chunks received.
+	p := testPicker(n, DownloadOptions{})
+	s := source(p, "s", FullBitfield(n))
+	for _, lat := range []time.Duration{4 * time.Second, 2 * time.Second} {
+		p.received(p.start(0, s, t0), MinChunkSize, t0.Add(lat))
+	}
+	if s.chunkTime != 3*time.Second {
+		t.Fatalf("chunk time %v, want 3s", s.chunkTime)
+	}
+}
+
 func TestSeedAloneIsAskedForAnything(t *testing.T) {
 	const n = 8
 	p := testPicker(n, DownloadOptions{})
