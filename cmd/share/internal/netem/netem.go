@@ -71,6 +71,11 @@ type Network struct {
 	nodes  []*Node
 	behind []*Node // hosts behind routers, not on the hub (nat.go)
 	closed bool
+
+	// neighMu orders the nodes' neighbour entries (see neighbours): a
+	// node added while another is learns of it either way.
+	neighMu  sync.Mutex
+	attached []*Node // nodes with neighbour entries for each other
 }
 
 // Node is a host of the network: a namespace with one interface, eth0, on
@@ -229,7 +234,48 @@ func (n *Network) AddNode(name string, link Link) (*Node, error) {
 	if err := d.SetLink(link); err != nil {
 		return nil, err
 	}
+	if err := n.neighbours(d); err != nil {
+		return nil, err
+	}
 	return d, nil
+}
+
+// neighbours gives d and every node already on the hub a permanent
+// neighbour entry for each other (the address and MAC of its eth0), so that
+// no node needs ARP. The kernel keeps one neighbour table for all network
+// namespaces, and it holds gc_thresh3 (1024 by default) entries learned by
+// ARP, but a cluster of N nodes that all talk to each other needs N^2: at
+// N = 64 the table overflowed ("neighbour: arp_cache: neighbor table
+// overflow!" in the kernel's log) and the nodes that resolved their
+// neighbours last could open no connection at all for half a minute.
+// Permanent entries are not counted against gc_thresh3 (Linux 4.19 and
+// later), and a real host has a table of its own.
+func (n *Network) neighbours(d *Node) error {
+	n.neighMu.Lock()
+	defer n.neighMu.Unlock()
+	entry := func(on, of *Node) error {
+		err := on.handle.NeighSet(&netlink.Neigh{
+			LinkIndex:    on.eth0.Attrs().Index,
+			Family:       netlink.FAMILY_V4,
+			State:        netlink.NUD_PERMANENT,
+			IP:           of.addr.AsSlice(),
+			HardwareAddr: of.eth0.Attrs().HardwareAddr,
+		})
+		if err != nil {
+			return fmt.Errorf("netem: node %s: neighbour entry for %s: %w", on.name, of.name, err)
+		}
+		return nil
+	}
+	for _, o := range n.attached {
+		if err := entry(d, o); err != nil {
+			return err
+		}
+		if err := entry(o, d); err != nil {
+			return err
+		}
+	}
+	n.attached = append(n.attached, d)
+	return nil
 }
 
 // newNamespace creates the named namespace PREFIX-...-name with a netlink

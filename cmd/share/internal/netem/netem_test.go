@@ -19,6 +19,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
 )
 
 // newNetwork returns a network with a prefix of its own (so that Cleanup
@@ -641,4 +643,56 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
+}
+
+// TestNeighbours: every node has a permanent neighbour entry for every
+// other, with its eth0's MAC, also for a node added later, so that no node
+// needs ARP (the kernel's one neighbour table for all namespaces overflows
+// with the N^2 entries of a large cluster).
+func TestNeighbours(t *testing.T) {
+	n := newNetwork(t, false)
+	var nodes []*Node
+	for _, name := range []string{"a", "b", "c"} {
+		d, err := n.AddNode(name, Link{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, d)
+	}
+	for _, d := range nodes {
+		neigh, err := d.handle.NeighList(d.eth0.Attrs().Index, netlink.FAMILY_V4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range nodes {
+			if o == d {
+				continue
+			}
+			found := false
+			for _, e := range neigh {
+				if e.IP.Equal(o.addr.AsSlice()) {
+					found = true
+					if e.State != netlink.NUD_PERMANENT || e.HardwareAddr.String() != o.eth0.Attrs().HardwareAddr.String() {
+						t.Errorf("node %s: entry for %s: state %#x, MAC %v; want permanent, %v", d.name, o.name, e.State, e.HardwareAddr, o.eth0.Attrs().HardwareAddr)
+					}
+				}
+			}
+			if !found {
+				t.Errorf("node %s has no neighbour entry for %s (%v)", d.name, o.name, o.addr)
+			}
+		}
+	}
+	// They reach each other.
+	ln, err := nodes[2].Listen("tcp", net.JoinHostPort(nodes[2].Addr().String(), "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := nodes[0].DialContext(ctx, "tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatalf("a dialling c: %v", err)
+	}
+	c.Close()
 }
