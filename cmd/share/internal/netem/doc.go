@@ -19,7 +19,10 @@
 // the subnet is private to the run (no route leads out of it), so two runs
 // may use the same one. IPv6 is off in every namespace. A process that must
 // reach every node (a tracker, a rendezvous) runs on a node of its own with
-// an unshaped link.
+// an unshaped link. Every node has a permanent neighbour entry (address and
+// MAC) for every other, so nodes do not ARP for each other: the kernel's one
+// neighbour table for all namespaces holds only gc_thresh3 (1024) learned
+// entries, fewer than a cluster of 64 nodes needs (see Network.neighbours).
 //
 // # Shaping
 //
