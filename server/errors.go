@@ -29,6 +29,10 @@ var (
 	// ErrNotSupported: the backend lacks the ability a route needs (a
 	// server cannot fetch a share from elsewhere; a peer can).
 	ErrNotSupported = errors.New("not supported")
+	// ErrHeld: an upload session's run of chunks starts at a chunk the
+	// session holds already: a body sent again (see uploadChunks). The
+	// sender asks the session which chunks are missing and sends those.
+	ErrHeld = errors.New("chunk already held")
 )
 
 // refusal is an error that is also a transfer.ErrSourceRefused.
@@ -66,6 +70,7 @@ var codes = []struct {
 	{"chunk_not_held", http.StatusNotFound, transfer.ErrChunkNotHeld},
 	{"chunk_range", http.StatusRequestedRangeNotSatisfiable, transfer.ErrChunkRange},
 	{"incomplete", http.StatusConflict, transfer.ErrIncomplete},
+	{"held", http.StatusConflict, ErrHeld},
 	{"bad_manifest", http.StatusBadRequest, transfer.ErrBadManifest},
 	{"bad_id", http.StatusBadRequest, transfer.ErrBadID},
 	{"bad_name", http.StatusBadRequest, transfer.ErrBadName},

@@ -18,7 +18,7 @@ import (
 //	POST   /v1/uploads                      declare (transfer.DecodeUploadSpec's JSON); 201 new, 200 resumed (same key)
 //	GET    /v1/uploads                      open sessions: {"uploads": [UploadInfo...]}
 //	GET    /v1/uploads/{uid}                one session (UploadInfo: bitfield of chunks held)
-//	PUT    /v1/uploads/{uid}/chunks/{n}     the bytes of chunks n, n+1, ... (Content-Length: whole chunks)
+//	PUT    /v1/uploads/{uid}/chunks/{n}     the bytes of chunks n, n+1, ... (Content-Length: whole chunks; 409 "held" if it holds chunk n)
 //	POST   /v1/uploads/{uid}/commit         build the share; 201 with its ShareInfo
 //	DELETE /v1/uploads/{uid}                cancel; 204
 //
@@ -118,6 +118,17 @@ func (s *Server) uploadChunks(w http.ResponseWriter, r *http.Request) {
 				ErrBadRequest, cl, first, l.ChunkSize(), l.Size()))
 			return
 		}
+	}
+	// A run that starts at a chunk the session holds is a body sent again:
+	// a browser resends a request from its first byte when the kept-alive
+	// connection it went on breaks (Chromium's
+	// HttpNetworkTransaction::ShouldResendRequest), so the chunks of the run
+	// that arrived before the break would come again. It is answered at
+	// once, its body unread (net/http then closes the connection), and the
+	// sender asks which chunks are missing.
+	if up.Holds(first) {
+		writeError(w, fmt.Errorf("%w: chunk %d of upload %s; GET /v1/uploads/%[3]s says which chunks are missing", ErrHeld, first, up.ID()))
+		return
 	}
 	if !s.acquireUpload(w) {
 		return

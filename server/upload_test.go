@@ -77,6 +77,14 @@ func TestUploadSession(t *testing.T) {
 	if code != http.StatusOK || again.ID != info.ID || again.Have != 5 || again.Received != 5*cs {
 		t.Fatalf("resume: %d %+v", code, again)
 	}
+	// The whole body again from chunk 0, which it holds (a browser resends
+	// a request after a broken connection): 409 "held", at once.
+	r := put(0, content)
+	var e apiError
+	json.Unmarshal(readBody(t, r), &e)
+	if r.StatusCode != http.StatusConflict || e.Code != "held" || !strings.Contains(e.Error, "which chunks are missing") {
+		t.Fatalf("a run from a held chunk: %d %+v", r.StatusCode, e)
+	}
 	bf, err := transfer.ParseBitfield(again.Chunks, again.Bitfield)
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +98,7 @@ func TestUploadSession(t *testing.T) {
 			t.Fatalf("chunk %d: %d", i, r.StatusCode)
 		}
 	}
-	r := request(t, "POST", ts.URL+"/v1/uploads/"+info.ID+"/commit", testToken, nil)
+	r = request(t, "POST", ts.URL+"/v1/uploads/"+info.ID+"/commit", testToken, nil)
 	var sh ShareInfo
 	json.Unmarshal(readBody(t, r), &sh)
 	if r.StatusCode != http.StatusCreated || !sh.Complete {
@@ -144,13 +152,22 @@ func TestUploadSessionRefusals(t *testing.T) {
 	if r := request(t, "GET", ts.URL+"/v1/uploads/"+strings.Repeat("0", 32), testToken, nil); r.StatusCode != http.StatusNotFound {
 		t.Fatalf("unknown session: %d", r.StatusCode)
 	}
-	// A chunk sent twice with other bytes: the file changed under the page.
+	// A chunk sent twice, even with other bytes (the file changed under the
+	// page): the first one stays; the second gets 409 "held", unread.
 	info, _ := declare(t, ts, `{"name":"y","type":"file","chunk_size":16384,"files":[{"size":16384}]}`)
 	url := ts.URL + "/v1/uploads/" + info.ID + "/chunks/0"
 	if r := request(t, "PUT", url, testToken, bytes.NewReader(make([]byte, 16384))); r.StatusCode != 200 {
 		t.Fatalf("chunk: %d", r.StatusCode)
 	}
-	if r := request(t, "PUT", url, testToken, bytes.NewReader(bytes.Repeat([]byte{1}, 16384))); r.StatusCode != http.StatusUnprocessableEntity {
+	if r := request(t, "PUT", url, testToken, bytes.NewReader(bytes.Repeat([]byte{1}, 16384))); r.StatusCode != http.StatusConflict {
 		t.Fatalf("changed chunk: %d", r.StatusCode)
+	}
+	r := request(t, "POST", ts.URL+"/v1/uploads/"+info.ID+"/commit", testToken, nil)
+	var sh ShareInfo
+	if json.Unmarshal(readBody(t, r), &sh); r.StatusCode != http.StatusCreated {
+		t.Fatalf("commit: %d", r.StatusCode)
+	}
+	if got := readBody(t, request(t, "GET", ts.URL+"/v1/shares/"+sh.ID.String(), testToken, nil)); !bytes.Equal(got, make([]byte, 16384)) {
+		t.Fatal("the chunk sent first was not kept")
 	}
 }

@@ -353,6 +353,13 @@ func (up *Upload) Info() UploadInfo {
 	}
 }
 
+// Holds reports whether the session holds chunk i (false outside the layout).
+func (up *Upload) Holds(i int) bool {
+	up.mu.Lock()
+	defer up.mu.Unlock()
+	return i >= 0 && i < up.have.Len() && up.have.Has(i)
+}
+
 // Create starts a session for spec, or, if spec has a Key and an open
 // session has the same key and layout, returns that one (resumed true).
 func (u *Uploads) Create(spec UploadSpec) (up *Upload, resumed bool, err error) {

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -551,6 +552,116 @@ fetch(%q, {method: 'POST', mode: 'no-cors', credentials: 'include', headers: {'C
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return "http://" + ln.Addr().String() + "/"
+}
+
+// TestBrowserUploadSurvivesCut cuts the page's connections in the middle of
+// a large upload: the page (or Chromium itself, resending a request whose
+// kept-alive connection broke, which the server answers 409 "held") asks
+// the server which chunks it kept and sends only the rest, by itself, and
+// the share is byte-identical.
+func TestBrowserUploadSurvivesCut(t *testing.T) {
+	if testing.Short() {
+		t.Skip("moves 160 MiB through Chromium: run without -short")
+	}
+	ctx := newBrowser(t)
+	srv := startServe(t, "", "--download-limit", "48MiB/s")
+	px := newCutProxy(t, strings.TrimPrefix(srv.URL, "http://"))
+	login(t, ctx, px.URL, srv.Token)
+	file := filepath.Join(t.TempDir(), "cut.bin")
+	const size = 160 << 20
+	writeFile(t, file, size, 23)
+	do(t, ctx, "choose the file", 10*time.Second, chromedp.SetUploadFiles(chromedp.ID("file-input"), []string{file}))
+	var ups struct{ Uploads []struct{ Have, Chunks int } }
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		apiGet(t, srv.URL, srv.Token, "/v1/uploads", &ups)
+		if len(ups.Uploads) == 1 && ups.Uploads[0].Have*2 >= ups.Uploads[0].Chunks {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the upload did not get half in: %+v", ups)
+		}
+	}
+	if n := px.cut(); n == 0 {
+		t.Fatal("no connection to cut")
+	}
+	waitJS(t, ctx, "the upload is done", `document.querySelector('#uploads li.done') !== null`, 60*time.Second)
+	if msg := evalJS[string](t, ctx, `document.querySelector('#uploads li.done').innerText`); !strings.Contains(msg, "Done") {
+		t.Fatalf("upload: %s", msg)
+	}
+	// Sent again after the cut: what each request had in flight past its
+	// last whole chunk (1 MiB chunks here), and what the server had yet to
+	// read from its socket when the page asked what it held (a few MiB per
+	// request), not the 80 MiB it held.
+	if got := metric(t, srv, "share_bytes_received_total"); got > size+40<<20 {
+		t.Fatalf("the server received %.0f bytes for a %d-byte file: the page sent again what it held", got, size)
+	}
+	var l listed
+	apiGet(t, srv.URL, srv.Token, "/v1/shares", &l)
+	if len(l.Shares) != 1 {
+		t.Fatalf("shares: %+v", l.Shares)
+	}
+	out := t.TempDir()
+	if r := share(t, out, srv.env(), "get", l.Shares[0].ID); r.code != 0 {
+		t.Fatalf("get: %s", r.stderr)
+	}
+	sameFiles(t, file, filepath.Join(out, "cut.bin"))
+}
+
+// cutProxy forwards TCP connections from its own loopback port to target;
+// cut closes every connection it carries, as a lost network would.
+type cutProxy struct {
+	URL   string
+	mu    sync.Mutex
+	conns map[net.Conn]bool
+}
+
+func newCutProxy(t testing.TB, target string) *cutProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{URL: "http://" + ln.Addr().String(), conns: map[net.Conn]bool{}}
+	t.Cleanup(func() { ln.Close(); p.cut() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns[c], p.conns[u] = true, true
+			p.mu.Unlock()
+			pipe := func(dst, src net.Conn) {
+				io.Copy(dst, src)
+				dst.Close()
+				src.Close()
+				p.mu.Lock()
+				delete(p.conns, src)
+				p.mu.Unlock()
+			}
+			go pipe(u, c)
+			go pipe(c, u)
+		}
+	}()
+	return p
+}
+
+// cut closes every connection in flight and returns how many it closed.
+func (p *cutProxy) cut() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := len(p.conns)
+	for c := range p.conns {
+		c.Close()
+	}
+	clear(p.conns)
+	return n
 }
 
 // BenchmarkPageUpload compares, in one run, uploading the same 1 GiB file
