@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -773,6 +774,77 @@ type ImportOptions struct {
 	SizeHint int64
 }
 
+// importBufSize is the block Import reads and writes at a time.
+const importBufSize = 1 << 20
+
+// importStream writes r to f (the file name in dir) from offset 0 and feeds
+// it to h; it returns the bytes written. Whole aligned blocks are written
+// with direct I/O (O_DIRECT) where the file system allows it, like a
+// download's chunks (see tree.writeSegment): a stream written once and
+// fsynced at the end gains nothing from the page cache, and filling the
+// cache costs more CPU than the write itself on some machines (a VM whose
+// fresh pages are slow to touch: 3.5-5.5 CPU-s per GiB against 1 through
+// direct writes). The last, partial block goes through f.
+func importStream(f *os.File, dir, name string, h io.Writer, r io.Reader) (int64, error) {
+	var direct *os.File
+	if root, err := os.OpenRoot(dir); err == nil {
+		direct, _ = openDirect(root, name)
+		root.Close()
+	}
+	defer func() {
+		if direct != nil {
+			direct.Close()
+		}
+	}()
+	buf := AlignedBuffer(importBufSize)
+	var n int64
+	for {
+		k, rerr := fill(r, buf)
+		if k > 0 {
+			p := buf[:k]
+			h.Write(p)
+			wrote := false
+			if direct != nil && canDirect(p, n) {
+				if _, err := direct.WriteAt(p, n); err == nil {
+					wrote = true
+				} else if errors.Is(err, syscall.EINVAL) {
+					direct.Close() // the device wants other alignment
+					direct = nil
+				} else {
+					return n, err
+				}
+			}
+			if !wrote {
+				if _, err := f.WriteAt(p, n); err != nil {
+					return n, err
+				}
+			}
+			n += int64(k)
+		}
+		switch {
+		case rerr == io.EOF:
+			return n, nil
+		case rerr != nil:
+			return n, rerr
+		}
+	}
+}
+
+// fill reads from r until buf is full (nil error), r ends (io.EOF, with the
+// bytes read before it) or fails. Unlike io.ReadFull it keeps r's own errors,
+// an io.ErrUnexpectedEOF among them, apart from the end of r.
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		k, err := r.Read(buf[n:])
+		n += k
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
 // Import stores the bytes of r as a new single-file share called name,
 // streaming them to disk and hashing them on the way. It reads r to EOF; a
 // read error, an oversize stream or a cancelled ctx leave nothing behind. If
@@ -809,7 +881,7 @@ func (st *Store) Import(ctx context.Context, name string, r io.Reader, opts Impo
 		}
 	}
 	c := newChunker(cs)
-	n, err := io.CopyBuffer(io.MultiWriter(f, c), &ctxReader{ctx, io.LimitReader(r, maxSize+1)}, make([]byte, 256<<10))
+	n, err := importStream(f, filepath.Join(tmp, dataDir), name, c, &ctxReader{ctx, io.LimitReader(r, maxSize+1)})
 	if err != nil {
 		return nil, fmt.Errorf("import %q: %w", name, err)
 	}

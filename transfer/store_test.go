@@ -63,6 +63,34 @@ func TestImportAndReadBack(t *testing.T) {
 	}
 }
 
+// TestImportBlockEdges: Import writes whole aligned blocks directly and the
+// rest through the page cache; the file holds the stream's bytes whatever
+// its size against those blocks, and whatever size the reader's reads are.
+func TestImportBlockEdges(t *testing.T) {
+	st := openStore(t)
+	for i, size := range []int{1, directAlign - 1, directAlign, importBufSize - 1, importBufSize, importBufSize + 1, 3*importBufSize + 12345} {
+		content := randomBytes(uint64(40+i), size)
+		for _, r := range []io.Reader{bytes.NewReader(content), iotest.HalfReader(bytes.NewReader(content))} {
+			sh, err := st.Import(context.Background(), "edge.bin", r, ImportOptions{SizeHint: int64(size)})
+			if err != nil {
+				t.Fatalf("%d bytes: %v", size, err)
+			}
+			if got, err := os.ReadFile(sh.DataPath()); err != nil || !bytes.Equal(got, content) {
+				t.Fatalf("%d bytes: %v, equal=%v", size, err, bytes.Equal(got, content))
+			}
+			for c := range sh.Manifest().NumChunks() { // the hashes are of these bytes
+				_, n := sh.Manifest().ChunkRange(c)
+				if err := sh.ReadChunk(c, make([]byte, n)); err != nil {
+					t.Fatalf("%d bytes, chunk %d: %v", size, c, err)
+				}
+			}
+			if err := st.Remove(sh.ID()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
 func TestImportFailuresLeaveNothing(t *testing.T) {
 	st := openStore(t)
 	tests := []struct {
