@@ -68,9 +68,10 @@
 //   - Request depth (transfer's srcState.depth): a source's
 //     bandwidth-delay product plus transfer.DepthQueueTime (250 ms) of its
 //     rate, at least 2 and at most DefaultPerSource requests.
-//   - Chunk size (transfer.ChunkSizeFor): at least 64 chunks per share, as
-//     far as 16 KiB chunks allow, so that the store-and-forward hops of a
-//     chunk through the swarm stay short.
+//   - Chunk size (transfer.ChunkSizeFor): at least 128 chunks per share as
+//     far as 256 KiB chunks allow, and 64 as far as 16 KiB chunks allow, so
+//     that the store-and-forward hops of a chunk through the swarm stay
+//     short.
 //
 // Discovery must not steal the CPU of running transfers either: a download
 // looks up providers with a bounded lookup (wantSources at most), skips

@@ -9,8 +9,9 @@
 // concatenation of its files' contents, in the manifest's file order (sorted by
 // path), cut into fixed-size chunks of ChunkSize bytes; only the last chunk may
 // be shorter. Unless a size is asked for, ChunkSizeFor chooses it from the
-// share's size: the largest power of two that gives at least MinChunks chunks,
-// from MinChunkSize up to DefaultChunkSize (1 MiB). A chunk may span
+// share's size: the largest power of two up to DefaultChunkSize (1 MiB) that
+// gives at least SwarmChunks (128) chunks, not below SwarmChunkSize (256 KiB)
+// unless that is needed for MinChunks (64), down to MinChunkSize. A chunk may span
 // several files, as BitTorrent v1 pieces do, so that every chunk but the last has
 // the same size whatever the files are; that keeps scheduling and rate limiting
 // uniform. Empty files take no bytes of the stream.

@@ -480,7 +480,11 @@ func TestChunkSizeFor(t *testing.T) {
 		{4 << 20, 64 << 10},
 		{16<<20 - 1, 128 << 10},
 		{16 << 20, 256 << 10},
-		{64 << 20, DefaultChunkSize},
+		{32 << 20, 256 << 10},
+		{64<<20 - 1, 256 << 10},
+		{64 << 20, 512 << 10},
+		{128<<20 - 1, 512 << 10},
+		{128 << 20, DefaultChunkSize},
 		{1 << 30, DefaultChunkSize},
 		{MaxShareSize, DefaultChunkSize},
 	} {

@@ -896,8 +896,8 @@ func (st *Store) Import(ctx context.Context, name string, r io.Reader, opts Impo
 	hashes := c.finish()
 	if want := ChunkSizeFor(n); opts.ChunkSize == 0 && want != cs {
 		// The guess was wrong (no or a wrong size hint): hash it again, cut
-		// as its size asks. Only shares smaller than MinChunks default
-		// chunks get here, so this reads at most that much again.
+		// as its size asks. Only shares smaller than SwarmChunks default
+		// chunks (128 MiB) get here, so this reads at most that much again.
 		cs = want
 		c = newChunker(cs)
 		if _, err := io.CopyBuffer(c, &ctxReader{ctx, io.NewSectionReader(f, 0, n)}, make([]byte, hashBufSize)); err != nil {

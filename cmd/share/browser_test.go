@@ -26,6 +26,8 @@ import (
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
+
+	"github.com/sharefiles/share/transfer"
 )
 
 // findChromium returns the path of a Chromium or Chrome binary, or skips the
@@ -460,8 +462,9 @@ func TestBrowser(t *testing.T) {
 	waitJS(t, ctx, "status filled", `document.getElementById('peer-id').innerText === `+jsString(leech.ID)+` &&
 		document.querySelector('#peer-shares tbody').innerText.includes('video.bin')`, 10*time.Second)
 	text := evalJS[string](t, ctx, `document.getElementById('status-view').innerText`)
-	if !strings.Contains(text, "complete") || !strings.Contains(text, "96 / 0") {
-		t.Errorf("status page does not count the 96 chunks by origin:\n%s", text)
+	chunks := (96 << 20) / transfer.ChunkSizeFor(96<<20)
+	if !strings.Contains(text, "complete") || !strings.Contains(text, fmt.Sprintf("%d / 0", chunks)) {
+		t.Errorf("status page does not count the %d chunks by origin:\n%s", chunks, text)
 	}
 	if rt := evalJS[string](t, ctx, `document.getElementById('peer-rt').innerText`); rt == "0 peers" {
 		t.Errorf("routing table empty on the status page")
