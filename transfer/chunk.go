@@ -30,8 +30,8 @@ const (
 // asked for: the largest power of two, at most DefaultChunkSize, that cuts
 // it into at least SwarmChunks chunks, but not below SwarmChunkSize; smaller
 // still, down to MinChunkSize, only as far as it takes to cut it into
-// MinChunks. So 1 MiB from 128 MiB up, 512 KiB for 64 MiB, 256 KiB from 16
-// to 32 MiB, 64 chunks below 16 MiB. It depends on the size alone, so that
+// MinChunks. So 1 MiB from 128 MiB up, 512 KiB from 64 MiB, 256 KiB from
+// 16 MiB, 64 chunks below 16 MiB. It depends on the size alone, so that
 // the same content gets the same ID on any machine running the same rule.
 // (A share stored with an explicit chunk size gets another ID. The rule was
 // 64 chunks as far as MinChunkSize allows until 2026-12-01: shares of 32 MiB
