@@ -373,15 +373,7 @@ func TestBrowser(t *testing.T) {
 	const resumeSize = 160 << 20
 	writeFile(t, resume, resumeSize, 22)
 	do(t, ctx, "choose a large file", 10*time.Second, chromedp.SetUploadFiles(chromedp.ID("file-input"), []string{resume}))
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		apiGet(t, srv.URL, srv.Token, "/v1/uploads", &ups)
-		if len(ups.Uploads) == 1 && ups.Uploads[0].Have*4 >= ups.Uploads[0].Chunks {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the large upload did not get a quarter in: %+v", ups)
-		}
-	}
+	waitUploadPart(t, srv, 4)
 	do(t, ctx, "reload in the middle", 20*time.Second, chromedp.Reload(), chromedp.WaitVisible(chromedp.ID("shares-view")))
 	waitJS(t, ctx, "the interrupted upload is shown", `document.querySelector('#uploads').innerText.includes('Interrupted')`, 10*time.Second)
 	// The requests the reload cut are still being read by the server for a
@@ -574,16 +566,7 @@ func TestBrowserUploadSurvivesCut(t *testing.T) {
 	const size = 160 << 20
 	writeFile(t, file, size, 23)
 	do(t, ctx, "choose the file", 10*time.Second, chromedp.SetUploadFiles(chromedp.ID("file-input"), []string{file}))
-	var ups struct{ Uploads []struct{ Have, Chunks int } }
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		apiGet(t, srv.URL, srv.Token, "/v1/uploads", &ups)
-		if len(ups.Uploads) == 1 && ups.Uploads[0].Have*2 >= ups.Uploads[0].Chunks {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the upload did not get half in: %+v", ups)
-		}
-	}
+	waitUploadPart(t, srv, 2)
 	if n := px.cut(); n == 0 {
 		t.Fatal("no connection to cut")
 	}
@@ -608,6 +591,22 @@ func TestBrowserUploadSurvivesCut(t *testing.T) {
 		t.Fatalf("get: %s", r.stderr)
 	}
 	sameFiles(t, file, filepath.Join(out, "cut.bin"))
+}
+
+// waitUploadPart waits until the server's one upload session holds at least
+// 1/part of its chunks.
+func waitUploadPart(t testing.TB, srv *daemon, part int) {
+	t.Helper()
+	var ups struct{ Uploads []struct{ Have, Chunks int } }
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		apiGet(t, srv.URL, srv.Token, "/v1/uploads", &ups)
+		if len(ups.Uploads) == 1 && ups.Uploads[0].Have*part >= ups.Uploads[0].Chunks {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the upload did not get 1/%d of its chunks in: %+v", part, ups)
+		}
+	}
 }
 
 // cutProxy forwards TCP connections from its own loopback port to target;
