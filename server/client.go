@@ -249,7 +249,45 @@ func (c *Client) OpenChunk(ctx context.Context, id transfer.ID, i int) (io.ReadC
 	if err != nil {
 		return nil, err
 	}
+	if d := slotWait(resp.Header.Values("Server-Timing")); d > 0 {
+		return queuedBody{resp.Body, d}, nil
+	}
 	return resp.Body, nil
+}
+
+// queuedBody is a chunk response that waited d for a send slot
+// (transfer.Queued).
+type queuedBody struct {
+	io.ReadCloser
+	d time.Duration
+}
+
+func (q queuedBody) Queued() time.Duration { return q.d }
+
+// slotWait returns the "slot" metric's duration from Server-Timing header
+// values (W3C Server Timing: comma-separated metrics, each a name and
+// ;-separated parameters; dur is in milliseconds), 0 if absent or malformed.
+func slotWait(values []string) time.Duration {
+	for _, v := range values {
+		for metric := range strings.SplitSeq(v, ",") {
+			name, params, _ := strings.Cut(metric, ";")
+			if strings.TrimSpace(name) != "slot" {
+				continue
+			}
+			for p := range strings.SplitSeq(params, ";") {
+				k, val, _ := strings.Cut(p, "=")
+				if strings.TrimSpace(k) != "dur" {
+					continue
+				}
+				ms, err := strconv.ParseFloat(strings.Trim(strings.TrimSpace(val), `"`), 64)
+				if err != nil || !(ms > 0 && ms <= float64(time.Hour/time.Millisecond)) {
+					return 0
+				}
+				return time.Duration(ms * float64(time.Millisecond))
+			}
+		}
+	}
+	return 0
 }
 
 // CreateShare sends a manifest; the server makes the share, partial until

@@ -711,8 +711,60 @@ func (s *Server) getChunk(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("ETag", `"`+m.ChunkHash(i).String()+`"`)
 	h.Set("Cache-Control", "private, max-age=31536000, immutable")
+	release, waited, err := s.sendSlot(r.Context())
+	if err != nil {
+		return // the client went away while it waited
+	}
+	defer release()
+	if waited > 0 {
+		h.Set("Server-Timing", fmt.Sprintf("slot;dur=%.1f", float64(waited)/float64(time.Millisecond)))
+	}
 	if s.serveBody(w, r, sh.Created(), rs, true) == int64(m.ChunkLen(i)) {
 		s.m.chunksOut.Inc()
+	}
+}
+
+// sendSlot waits for one of the server's send slots (Options.SendSlots),
+// first come first served, for at most slotWait, and returns how long it
+// waited and the function that gives the slot back (callable more than
+// once). A slot held for slotHold (SlotWait) is given back by itself, so that clients
+// reading slowly cannot keep others waiting for long. After slotWait
+// without one, the response goes out without a slot. The error is ctx's,
+// when it ends during the wait.
+func (s *Server) sendSlot(ctx context.Context) (release func(), waited time.Duration, err error) {
+	if s.slots == nil {
+		return func() {}, 0, nil
+	}
+	select {
+	case s.slots <- struct{}{}:
+		return s.holdSlot(), 0, nil
+	default:
+	}
+	start := time.Now()
+	t := time.NewTimer(s.slotWait)
+	defer t.Stop()
+	s.m.active.WithLabelValues("wait").Inc()
+	defer s.m.active.WithLabelValues("wait").Dec()
+	select {
+	case s.slots <- struct{}{}:
+		return s.holdSlot(), time.Since(start), nil
+	case <-t.C:
+		s.log.Debug("no send slot free; sending anyway", "waited", s.slotWait)
+		return func() {}, time.Since(start), nil
+	case <-ctx.Done():
+		return nil, time.Since(start), ctx.Err()
+	}
+}
+
+// holdSlot returns the release of a slot just taken, which also runs by
+// itself after slotHold.
+func (s *Server) holdSlot() func() {
+	var once sync.Once
+	give := func() { once.Do(func() { <-s.slots }) }
+	t := time.AfterFunc(s.slotHold, give)
+	return func() {
+		t.Stop()
+		give()
 	}
 }
 

@@ -190,8 +190,9 @@ type chunkResult struct {
 	req      *request
 	buf      []byte
 	err      error
-	local    bool // err is ours (disk), not the source's
-	received bool // the chunk arrived and checked out; it is being written
+	local    bool          // err is ours (disk), not the source's
+	received bool          // the chunk arrived and checked out; it is being written
+	queued   time.Duration // how long the source kept the request in line (Queued)
 }
 
 type haveResult struct {
@@ -508,7 +509,7 @@ func (r *run) startChunk(req *request) {
 		if res.err == nil {
 			// The source is free for the next request while the chunk is
 			// written: disk latency does not idle the network.
-			send(chunkResult{req: req, received: true})
+			send(chunkResult{req: req, received: true, queued: res.queued})
 			res = r.d.store(req, buf, sum)
 		}
 		send(res)
@@ -527,6 +528,9 @@ func (d *Download) receive(ctx context.Context, req *request, buf []byte) (chunk
 		return res, sum
 	}
 	defer rc.Close()
+	if q, ok := rc.(Queued); ok {
+		res.queued = q.Queued()
+	}
 	// Hash each piece as it arrives, while it is in cache, rather than in a
 	// second pass over the chunk.
 	h := hashers.Get().(*blake3.Hasher)
@@ -566,7 +570,7 @@ func (d *Download) store(req *request, buf []byte, sum Hash) chunkResult {
 func (r *run) onChunk(res chunkResult) error {
 	p, req, s, i := r.p, res.req, res.req.s, res.req.i
 	if res.received {
-		p.received(req, int64(r.d.m.ChunkLen(i)), time.Now())
+		p.received(req, int64(r.d.m.ChunkLen(i)), res.queued, time.Now())
 		return nil
 	}
 	r.bufs = append(r.bufs, res.buf)

@@ -524,8 +524,11 @@ func (p *picker) start(i int, s *srcState, now time.Time) *request {
 }
 
 // received records that req's chunk arrived whole and checked out: its
-// source is free for another request while the chunk is written.
-func (p *picker) received(req *request, n int64, now time.Time) {
+// source is free for another request while the chunk is written. queued is
+// how long the source kept the request in line before sending (Queued): it
+// is not part of the latency sample, which stands for a round trip and the
+// chunk's sending time.
+func (p *picker) received(req *request, n int64, queued time.Duration, now time.Time) {
 	req.received = true
 	s := req.s
 	p.active--
@@ -534,6 +537,9 @@ func (p *picker) received(req *request, n int64, now time.Time) {
 	s.got += n
 	s.waitFrom = now
 	lat := now.Sub(req.started)
+	if queued > 0 && queued < lat {
+		lat -= queued
+	}
 	s.done = append(s.done, sample{at: now, n: n, latency: lat})
 	if s.chunkTime == 0 {
 		s.chunkTime = lat

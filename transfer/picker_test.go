@@ -126,7 +126,7 @@ func TestNextEndgame(t *testing.T) {
 	}
 	// The first copy wins; the other request for the chunk lost.
 	reqs := append([]*request(nil), p.inflight[2]...)
-	p.received(reqs[1], MinChunkSize, t0)
+	p.received(reqs[1], MinChunkSize, 0, t0)
 	won, lost := p.finish(reqs[1], true)
 	if !won || len(lost) != 1 || lost[0] != reqs[0] || !reqs[0].lost {
 		t.Fatalf("finish: won %v, lost %v", won, lost)
@@ -622,10 +622,44 @@ func TestSlowPeerDoesNotHoldSeedBack(t *testing.T) {
 	p := testPicker(n, DownloadOptions{})
 	s := source(p, "s", FullBitfield(n))
 	for _, lat := range []time.Duration{4 * time.Second, 2 * time.Second} {
-		p.received(p.start(0, s, t0), MinChunkSize, t0.Add(lat))
+		p.received(p.start(0, s, t0), MinChunkSize, 0, t0.Add(lat))
 	}
 	if s.chunkTime != 3*time.Second {
 		t.Fatalf("chunk time %v, want 3s", s.chunkTime)
+	}
+}
+
+// TestQueuedIsNotLatency: time a source kept a request in line (a server's
+// send slots) is not part of the latency sample, so the request depth
+// follows the round trip and the sending time, not the length of the line:
+// with the line counted, a client sharing a server with 63 others would
+// see its depth grow by one with each estimate.
+func TestQueuedIsNotLatency(t *testing.T) {
+	const n = 64
+	p := testPicker(n, DownloadOptions{})
+	s := source(p, "server", FullBitfield(n))
+	chunk := int64(256 << 10)
+	// 19.5 KB/s each (10 Mbit/s shared by 64): a chunk every 13.4 s, each
+	// sent in 1.7 s after 26 s in line.
+	at := t0
+	for i := range 4 {
+		req := p.start(i, s, at.Add(-27700*time.Millisecond))
+		p.received(req, chunk, 26*time.Second, at)
+		p.finish(req, true)
+		at = at.Add(13400 * time.Millisecond)
+	}
+	if lat := s.done[len(s.done)-1].latency; lat != 1700*time.Millisecond {
+		t.Fatalf("latency sample %v, want the 1.7s of sending", lat)
+	}
+	if d := s.depth(at, chunk, 8); d != minDepth {
+		t.Fatalf("depth %d, want %d", d, minDepth)
+	}
+	// A queue time longer than the whole request (a clock off, a lying
+	// source) is ignored rather than making the latency negative.
+	req := p.start(5, s, at)
+	p.received(req, chunk, time.Hour, at.Add(time.Second))
+	if lat := s.done[len(s.done)-1].latency; lat != time.Second {
+		t.Fatalf("latency sample %v with an impossible queue time, want 1s", lat)
 	}
 }
 

@@ -35,6 +35,17 @@ type Source interface {
 // allowed); retrying does not help.
 var ErrSourceRefused = errors.New("source refused the request")
 
+// Queued is an optional ability of a chunk reader that Source.OpenChunk
+// returns: how long the source kept the request waiting in line before it
+// began to send (a server's send slots, reported in its Server-Timing
+// header). A download takes it out of the request's latency, so that time
+// in line does not pass for a longer round trip: the request depth follows
+// the bandwidth-delay product, and a line grows by itself if waiting raised
+// the depth (see srcState.depth).
+type Queued interface {
+	Queued() time.Duration
+}
+
 // HaveWaiter is an optional ability of a Source: a long poll for news, so a
 // download learns at once when a source gains chunks (a peer that is itself
 // downloading) instead of asking again and again.

@@ -32,6 +32,7 @@ type serveOptions struct {
 	uploadLimit   transfer.Rate
 	downloadLimit transfer.Rate
 	maxUpload     string
+	sendSlots     int
 	maxUploads    int
 	chunkSize     string
 	grace         time.Duration
@@ -68,6 +69,7 @@ generates an access token on first start, which it keeps there and prints.`,
 	f.Var(&o.downloadLimit, "download-limit", "cap on share bytes received")
 	f.StringVar(&o.maxUpload, "max-upload", "1TiB", "largest share a client may upload")
 	f.IntVar(&o.maxUploads, "max-uploads", server.DefaultMaxUploads, "uploads in progress at once; more get 503")
+	f.IntVar(&o.sendSlots, "send-slots", server.DefaultSendSlots, "chunk responses sent at once (upload slots); further chunk requests wait their turn, at most 30s (-1: no limit)")
 	f.StringVar(&o.chunkSize, "chunk-size", "auto", "chunk size of files uploaded with PUT /v1/shares/NAME (auto: from each file's size)")
 	f.DurationVar(&o.partialTTL, "partial-ttl", transfer.DefaultUploadTTL, "delete an unfinished upload (a chunked upload of 'share put', or the web page's resumable upload) after this long without a chunk")
 	f.DurationVar(&o.grace, "grace", server.DefaultShutdownGrace, "on SIGINT/SIGTERM, how long requests in flight may take to finish")
@@ -141,6 +143,7 @@ func runServe(ctx context.Context, o serveOptions, stdout, stderr io.Writer) err
 		DownloadLimit: transfer.NewLimiter(o.downloadLimit),
 		MaxUploadSize: maxUpload,
 		MaxUploads:    o.maxUploads,
+		SendSlots:     o.sendSlots,
 		ChunkSize:     chunkSize,
 		ShutdownGrace: o.grace,
 		TLSCertFile:   o.tlsCert,
