@@ -19,7 +19,8 @@
 //	DELETE /v1/shares/{id}               delete a share
 //	GET    /v1/shares/{id}/manifest      the manifest, exactly the bytes the ID addresses
 //	GET    /v1/shares/{id}/have          which chunks are held: a bitfield, MSB first
-//	GET    /v1/shares/{id}/chunks/{n}    chunk n
+//	GET    /v1/shares/{id}/chunks/{n}    chunk n; it may wait for a send slot (Options.SendSlots),
+//	                                     then says how long in Server-Timing: slot;dur=MS
 //	PUT    /v1/shares/{id}/chunks/{n}    upload chunk n; verified before it is stored
 //	POST   /v1/shares/{id}/fetch         a peer fetches a share it lacks from its swarm:
 //	                                     202 (under way) or 200 (held), with the share's JSON;
