@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -111,6 +112,8 @@ type uploads struct {
 	grants   map[uploadKey]*grant
 	refused  map[uploadKey]time.Time // answered busy, not granted since
 	waiters  []*waiter               // parked long polls, oldest first
+
+	trace *slog.Logger // Options.Trace; nil: none
 
 	// lastBusy is when a request was last answered busy (Unix ns); read
 	// without mu, by offer (see roomy).
@@ -308,12 +311,18 @@ func (u *uploads) grantLocked(wt *waiter) {
 		u.mu.Lock()
 		defer u.mu.Unlock()
 		if u.grants[k] == g {
+			if u.trace != nil {
+				u.trace.Info("grant expired", "peer", k.pid)
+			}
 			u.dropGrantLocked(k, g)
 			u.dispatchLocked()
 		}
 	})
 	u.grants[k] = g
 	u.reserved += g.w
+	if u.trace != nil {
+		u.trace.Info("grant", "peer", k.pid)
+	}
 	wt.granted = true
 	close(wt.ready)
 }

@@ -89,8 +89,15 @@ type Options struct {
 	MaxActive    int
 	StallTimeout time.Duration // see transfer.DownloadOptions
 	UserAgent    string
-	Logger       *slog.Logger          // nil: slog.Default()
-	Registry     prometheus.Registerer // nil: metrics are kept but not exported
+	Logger       *slog.Logger // nil: slog.Default()
+	// Trace, if set, gets one Info record per scheduling event: the swarm
+	// downloads' (transfer.DownloadOptions.Trace) and this peer's uploads'
+	// ("serve busy", "serve send" with queued_us: the wait for the upload
+	// slot, "serve sent" with bytes and size, "grant" and "grant expired":
+	// room kept for a choked peer, see choke.go), each with the chunk and
+	// the asking peer. Off (nil) by default; share peer --trace.
+	Trace    *slog.Logger
+	Registry prometheus.Registerer // nil: metrics are kept but not exported
 
 	// denyDial, for tests: addresses this peer must not dial (see allowList).
 	denyDial func(peer.ID, ma.Multiaddr) bool

@@ -211,6 +211,10 @@ func New(ctx context.Context, opts Options) (*Node, error) {
 		inbound:   map[peer.ID]int{},
 	}
 	n.uploads = newUploads(n.slotBytes, opts.UploadLimit == nil, n.offerDigest)
+	n.uploads.trace = opts.Trace
+	if opts.Trace != nil {
+		opts.Trace.Info("peer", "id", h.ID())
+	}
 	reg := opts.Registry
 	if reg == nil {
 		reg = prometheus.NewRegistry()

@@ -206,10 +206,15 @@ func (s servingSource) OpenChunk(ctx context.Context, id transfer.ID, i int) (io
 	}
 	u := s.n.uploads
 	w := u.weight(int64(sh.Manifest().ChunkLen(i)))
+	trace := u.trace
 	if !u.admit(uploadKey{s.pid, id}, w) {
 		s.n.m.busy.Inc()
+		if trace != nil {
+			trace.Info("serve busy", "chunk", i, "peer", s.pid)
+		}
 		return nil, transfer.ErrBusy // choked: it polls, and is answered when there is room
 	}
+	admitted := time.Now()
 	st := s.n.seedingFor(sh)
 	if st != nil {
 		st.claim(i)
@@ -234,12 +239,18 @@ func (s servingSource) OpenChunk(ctx context.Context, id transfer.ID, i int) (io
 	if u.measured != nil {
 		u.measured.start(time.Now())
 	}
+	if trace != nil {
+		trace.Info("serve send", "chunk", i, "peer", s.pid, "queued_us", time.Since(admitted).Microseconds())
+	}
 	size := rc.(interface{ Size() int64 }).Size()
 	return &slotReader{ReadCloser: rc, size: size, release: func(read int64) {
 		if u.measured != nil {
 			u.measured.end(time.Now(), read)
 		}
 		u.slots.Release(w)
+		if trace != nil {
+			trace.Info("serve sent", "chunk", i, "peer", s.pid, "bytes", read, "size", size)
+		}
 		release(read == size)
 	}}, nil
 }

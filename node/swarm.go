@@ -154,6 +154,7 @@ func (n *Node) ensureDownload(sh *transfer.Share, providers []peer.ID) {
 			Progress:       n.progress(sh.Manifest()),
 			BadChunk:       func(transfer.Source, error) { n.m.badChunks.Inc() },
 			Logger:         n.log,
+			Trace:          n.opts.Trace,
 		})
 		n.downloads[id] = sw
 		n.wg.Go(func() { n.runDownload(ctx, sw) })

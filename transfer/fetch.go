@@ -50,6 +50,18 @@ type DownloadOptions struct {
 	// for good ends with ErrNoSources.
 	WaitForSources bool
 	Logger         *slog.Logger // nil: slog.Default()
+	// Trace, if set, gets one record per scheduling event of the download,
+	// at Info level, for finding where a swarm's time goes (share peer
+	// --trace, share bench --trace); nil: none, at no cost. Records:
+	// "request" (chunk, source, endgame, depth, in_flight: the source's
+	// requests before this one), "open" (chunk, source, wait_us: from the
+	// request to its first byte, the source's queue included), "busy"
+	// (chunk, source, wait_us: the answer's round trip), "done" (chunk,
+	// source, won: whether it was the copy kept, age_us: from the request
+	// to the whole chunk written), "failed" (chunk, source, lost: another
+	// copy won and this request was cancelled, age_us, err). The time of
+	// an event is its record's.
+	Trace *slog.Logger
 	// Retry, if set, is the transfer's retry state (see retry.go): a stored
 	// chunk is progress, and a source's transient failure is reported to
 	// its Retrying once per run of failures. The download keeps its own
@@ -430,6 +442,9 @@ func (r *run) schedule(now time.Time) {
 			} else {
 				free--
 			}
+			if t := r.d.opts.Trace; t != nil {
+				t.Info("request", "chunk", i, "source", s.name, "endgame", endgame, "depth", depth, "in_flight", s.inflight)
+			}
 			r.startChunk(p.start(i, s, now))
 		}
 	}
@@ -523,6 +538,15 @@ func (d *Download) receive(ctx context.Context, req *request, buf []byte) (chunk
 	i, n := req.i, d.m.ChunkLen(req.i)
 	var sum Hash
 	rc, err := req.s.src.OpenChunk(ctx, d.m.id, i)
+	if t := d.opts.Trace; t != nil {
+		wait := slog.Int64("wait_us", time.Since(req.started).Microseconds())
+		switch {
+		case err == nil:
+			t.Info("open", "chunk", i, "source", req.s.name, wait)
+		case errors.Is(err, ErrBusy):
+			t.Info("busy", "chunk", i, "source", req.s.name, wait)
+		}
+	}
 	if err != nil {
 		res.err = err
 		return res, sum
@@ -576,6 +600,15 @@ func (r *run) onChunk(res chunkResult) error {
 	r.bufs = append(r.bufs, res.buf)
 	r.held--
 	won, lost := p.finish(req, res.err == nil)
+	if t := r.d.opts.Trace; t != nil {
+		age := slog.Int64("age_us", time.Since(req.started).Microseconds())
+		switch {
+		case res.err == nil:
+			t.Info("done", "chunk", i, "source", s.name, "won", won, age)
+		case !errors.Is(res.err, ErrBusy):
+			t.Info("failed", "chunk", i, "source", s.name, "lost", req.lost, age, "err", res.err)
+		}
+	}
 	switch {
 	case res.err == nil && !won:
 		r.stats.Duplicates++

@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"encoding/json"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -497,5 +499,61 @@ func TestBufferPool(t *testing.T) {
 			t.Fatal("an idle pool kept its buffers")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestDownloadTrace: with Trace set, every chunk has a request, an open
+// and a done record naming it and its source, and only the kept copies say
+// won; a busy answer has a record of its own.
+func TestDownloadTrace(t *testing.T) {
+	f := newFixture(t, 1, 12)
+	var busy atomic.Bool
+	w := &wrapSource{Source: f.seeds[0], name: "seed0", fail: func(_ context.Context, i int) error {
+		if i == 5 && !busy.Swap(true) {
+			return ErrBusy
+		}
+		return nil
+	}}
+	var buf bytes.Buffer
+	d := NewDownload(f.dst, DownloadOptions{PerSource: 2, Trace: slog.New(slog.NewJSONHandler(&buf, nil))})
+	d.AddSource(w)
+	if _, err := d.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	f.check(t)
+	type record struct {
+		Msg    string `json:"msg"`
+		Chunk  int    `json:"chunk"`
+		Source string `json:"source"`
+		Won    bool   `json:"won"`
+	}
+	count := map[string]map[int]int{}
+	won := map[int]bool{}
+	dec := json.NewDecoder(&buf)
+	for {
+		var r record
+		if err := dec.Decode(&r); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if r.Source != "seed0" {
+			t.Fatalf("record %+v names source %q", r, r.Source)
+		}
+		if count[r.Msg] == nil {
+			count[r.Msg] = map[int]int{}
+		}
+		count[r.Msg][r.Chunk]++
+		if r.Msg == "done" && r.Won {
+			won[r.Chunk] = true
+		}
+	}
+	for i := range 12 {
+		if count["request"][i] == 0 || count["open"][i] == 0 || count["done"][i] == 0 || !won[i] {
+			t.Errorf("chunk %d: requests %d, opens %d, dones %d, won %v", i, count["request"][i], count["open"][i], count["done"][i], won[i])
+		}
+	}
+	if count["busy"][5] != 1 || len(count["busy"]) != 1 {
+		t.Errorf("busy records %v, want one for chunk 5", count["busy"])
 	}
 }

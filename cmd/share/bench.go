@@ -34,6 +34,7 @@ type benchOptions struct {
 	net           string
 	serverLink    string
 	reference     string
+	trace         bool
 	netSeed       uint64
 }
 
@@ -84,6 +85,7 @@ opentracker mktorrent).`,
 	f.StringVar(&o.net, "net", bench.NetLoopback, "network: loopback, lan, dsl, mixed, or a YAML/JSON profile file (all but loopback need root)")
 	f.StringVar(&o.serverLink, "server-link", "", "emulated networks: the class of the server's link (default: the seed's)")
 	f.StringVar(&o.reference, "reference", "", "bittorrent: also run aria2c and opentracker on the same work")
+	f.BoolVar(&o.trace, "trace", false, "P2P: every peer and the seed write each chunk request, answer and send to --out/traces/POINT/NAME.jsonl (share peer --trace)")
 	f.Uint64Var(&o.netSeed, "net-seed", 1, "seeds the draw of each downloader's link (mixed and files with several peer classes)")
 	return cmd
 }
@@ -177,6 +179,7 @@ func runBench(ctx context.Context, o benchOptions, changed func(string) bool, st
 		Net:           prof,
 		ServerLink:    o.serverLink,
 		Reference:     o.reference,
+		Trace:         o.trace,
 		RTTPeers:      rttPeers,
 	})
 	if err != nil {

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -54,6 +56,7 @@ type peerOptions struct {
 	logLevel      string
 	logFormat     string
 	pprof         string
+	trace         string
 	net           peerNetFlags // private swarm and NAT traversal; see peernet.go
 }
 
@@ -97,6 +100,7 @@ makes the peer fetch the share from the swarm and streams it to you.`,
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	f.StringVar(&o.logFormat, "log-format", "text", "text or json")
 	f.StringVar(&o.pprof, "pprof", "", pprofFlagHelp)
+	f.StringVar(&o.trace, "trace", "", "write every chunk request, answer and send of this peer to this file, one JSON object a line (for finding where a swarm's time goes; see node.Options.Trace)")
 	o.net.register(f)
 	return cmd
 }
@@ -242,6 +246,18 @@ func runPeer(ctx context.Context, o peerOptions, stdout, stderr io.Writer) error
 	nopts.UserAgent = "share/" + versionString()
 	nopts.Logger = log
 	nopts.Registry = reg
+	if o.trace != "" {
+		tf, err := os.OpenFile(o.trace, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+		if err != nil {
+			return fmt.Errorf("--trace: %w", err)
+		}
+		defer tf.Close()
+		// Buffered: a swarm download writes a record per request, answer
+		// and chunk; Close (deferred after the node's) flushes it.
+		bw := bufio.NewWriterSize(tf, 64<<10)
+		defer bw.Flush()
+		nopts.Trace = slog.New(slog.NewJSONHandler(bw, nil)) // the handler serialises its writes
+	}
 	n, err := node.New(ctx, nopts)
 	if err != nil {
 		return err

@@ -81,6 +81,9 @@ type Options struct {
 	ServerLink string // class of the server's link; "": the seed's
 	Reference  string // "bittorrent": run the BitTorrent reference too; "": none
 	RTTPeers   int    // the N of the rtt scenario; 0: 16
+	// Trace has every peer and seed of a P2P point write its scheduling
+	// events (share peer --trace) to Out/traces/POINT/NAME.jsonl.
+	Trace bool
 }
 
 // Point is one run of one scenario in one mode.
@@ -440,6 +443,7 @@ type cluster struct {
 	extra  []*daemon // P2P: other peers (a liar, an outsider)
 	srcArg []string  // how the source was started, to restart it
 	key    string    // P2P security: the members' swarm key file
+	trace  string    // directory of the peers' --trace files; "": none
 }
 
 // command returns the command that runs the share binary with args on the
@@ -494,6 +498,12 @@ func (b *bencher) capArgs() []string {
 // startCluster starts a server, or a seed and n peers bootstrapped off it.
 func (b *bencher) startCluster(p Point) (*cluster, error) {
 	c := &cluster{b: b, mode: p.Mode, n: p.N, dir: filepath.Join(b.work, fmt.Sprintf("%s%s-%s-n%d-r%d", p.Scenario, p.Variant, p.Mode, p.N, p.Run))}
+	if b.opts.Trace && p.Mode == P2P {
+		c.trace = filepath.Join(b.opts.Out, "traces", pointName(p))
+		if err := os.MkdirAll(c.trace, 0o755); err != nil {
+			return nil, err
+		}
+	}
 	if p.Mode == ClientServer {
 		data := filepath.Join(c.dir, "server")
 		c.srcArg = append([]string{"serve", "--data", data, "--listen", c.listenIP("server") + ":0", "--log-level", "warn", "--grace", "1s"}, b.capArgs()...)
@@ -542,6 +552,9 @@ func (c *cluster) startPeer(name string, extra []string) (*daemon, error) {
 	args = append(args, extra...)
 	if c.key != "" {
 		args = append(args, "--swarm-key", c.key)
+	}
+	if c.trace != "" {
+		args = append(args, "--trace", filepath.Join(c.trace, name+".jsonl"))
 	}
 	if name == "seed" {
 		c.srcArg = slices.Clone(args)

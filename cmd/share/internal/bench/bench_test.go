@@ -391,3 +391,29 @@ func TestScrapeURLEncodesEveryByte(t *testing.T) {
 		t.Fatalf("scrape URL\n got %s\nwant %s", u, want)
 	}
 }
+
+// TestTraceFiles: share bench --trace leaves one trace per peer and seed of
+// each P2P point, each opening with the peer's ID and holding its chunk
+// requests (a seed's: its sends).
+func TestTraceFiles(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs share bench; skipped with -short")
+	}
+	dir := t.TempDir()
+	bin := buildShare(t, dir)
+	outDir := filepath.Join(dir, "results")
+	cmd := exec.Command(bin, "bench", "--mode", "p2p", "--scenario", "scaling", "--peers", "2", "--size", "1MiB", "--trace", "--out", outDir)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("share bench --trace: %v\n%s", err, out)
+	}
+	traces := filepath.Join(outDir, "traces", "scaling-p2p-n2-r1")
+	for name, want := range map[string]string{"seed": `"msg":"serve sent"`, "peer1": `"msg":"request"`, "peer2": `"msg":"request"`} {
+		b, err := os.ReadFile(filepath.Join(traces, name+".jsonl"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(string(b), "{") || !strings.Contains(strings.SplitN(string(b), "\n", 2)[0], `"msg":"peer"`) || !strings.Contains(string(b), want) {
+			t.Errorf("%s.jsonl does not open with the peer's ID or lacks %s:\n%.500s", name, want, b)
+		}
+	}
+}

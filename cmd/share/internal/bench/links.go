@@ -241,11 +241,16 @@ func (s *linkSampler) writeCSV(start time.Time, path string) error {
 
 // samplesFile names the CSV of a point's link samples.
 func samplesFile(out string, p Point) string {
+	return filepath.Join(out, "links", pointName(p)+".csv")
+}
+
+// pointName names a point's files: scaling-p2p-n16-r1, fault-half-p2p-n8-r1.
+func pointName(p Point) string {
 	name := p.Scenario
 	if p.Variant != "" {
 		name += "-" + p.Variant
 	}
-	return filepath.Join(out, "links", fmt.Sprintf("%s-%s-n%d-r%d.csv", name, p.Mode, p.N, p.Run))
+	return fmt.Sprintf("%s-%s-n%d-r%d", name, p.Mode, p.N, p.Run)
 }
 
 // linkAggregate is a point's links summed up: the source's, and the
