@@ -29,7 +29,15 @@
 //     being sent, one queued. A peer with no cap of share's own (its link is
 //     the cap) measures the rate its uplink delivers, and sends at once
 //     slotTime (125 ms) of that rate plus one chunk (uploads.weight): one
-//     chunk at a time on a DSL uplink, many on a LAN. A request beyond
+//     chunk at a time on a DSL uplink, many on a LAN. That measure counts
+//     bytes handed to the connection, not bytes on the wire: a send ends
+//     once its chunk is in the multiplexer's and the kernel's send buffers,
+//     a quarter of a second before it left a 10 Mbit/s uplink, so the next
+//     chunk, and this peer's requests and answers on that connection, wait
+//     behind it (a first byte 220 ms after its send began, traced on the
+//     dsl profile). A cap a little below the line (--upload-limit; share
+//     bench --pace) keeps those buffers short: 1.29-1.30x the bound at
+//     N = 16 on dsl instead of 1.42x (BENCHMARKS.md, "Pacing"). A request beyond
 //     that is answered "busy": the asker is choked, and waits with a long
 //     poll, which the peer answers when it has room, first come first
 //     served, keeping the room for the asker's request for grantTTL

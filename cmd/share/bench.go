@@ -35,6 +35,7 @@ type benchOptions struct {
 	serverLink    string
 	reference     string
 	trace         bool
+	pace          float64
 	netSeed       uint64
 }
 
@@ -85,6 +86,7 @@ opentracker mktorrent).`,
 	f.StringVar(&o.net, "net", bench.NetLoopback, "network: loopback, lan, dsl, mixed, or a YAML/JSON profile file (all but loopback need root)")
 	f.StringVar(&o.serverLink, "server-link", "", "emulated networks: the class of the server's link (default: the seed's)")
 	f.StringVar(&o.reference, "reference", "", "bittorrent: also run aria2c and opentracker on the same work")
+	f.Float64Var(&o.pace, "pace", bench.DefaultPace, "emulated networks: every P2P uploader (share peer, aria2c) limits its upload to this fraction of its link's uplink, below the kernel's cap, so that its send buffers stay short; 0: none (the server is never paced)")
 	f.BoolVar(&o.trace, "trace", false, "P2P: every peer and the seed write each chunk request, answer and send to --out/traces/POINT/NAME.jsonl (share peer --trace)")
 	f.Uint64Var(&o.netSeed, "net-seed", 1, "seeds the draw of each downloader's link (mixed and files with several peer classes)")
 	return cmd
@@ -149,6 +151,9 @@ func runBench(ctx context.Context, o benchOptions, changed func(string) bool, st
 	if o.serverLink != "" && prof == nil {
 		return usageError{fmt.Errorf("--server-link needs an emulated network (--net)")}
 	}
+	if o.pace < 0 || o.pace > 1 {
+		return usageError{fmt.Errorf("--pace %v: a fraction of the uplink, from 0 (none) to 1", o.pace)}
+	}
 	if o.runs < 1 || o.scenarioPeers < 1 || o.scenarioPeers > maxPeers {
 		return usageError{fmt.Errorf("--runs and --scenario-peers must be positive (at most %d peers)", maxPeers)}
 	}
@@ -180,6 +185,7 @@ func runBench(ctx context.Context, o benchOptions, changed func(string) bool, st
 		ServerLink:    o.serverLink,
 		Reference:     o.reference,
 		Trace:         o.trace,
+		Pace:          o.pace,
 		RTTPeers:      rttPeers,
 	})
 	if err != nil {

@@ -81,6 +81,11 @@ type Options struct {
 	ServerLink string // class of the server's link; "": the seed's
 	Reference  string // "bittorrent": run the BitTorrent reference too; "": none
 	RTTPeers   int    // the N of the rtt scenario; 0: 16
+	// Pace is, on an emulated network, the fraction of its link's uplink
+	// (file bytes: line rate × netem.PayloadFraction) at which every P2P
+	// uploader (share peer, aria2c) limits its own upload, below the
+	// kernel's cap; 0: none. See DefaultPace.
+	Pace float64
 	// Trace has every peer and seed of a P2P point write its scheduling
 	// events (share peer --trace) to Out/traces/POINT/NAME.jsonl.
 	Trace bool
@@ -174,9 +179,12 @@ type Results struct {
 	// PayloadFraction is, on an emulated network, the share of a link's
 	// line rate that carries file bytes (TCP payload of a full Ethernet
 	// frame): the bounds' u_s, u_i and d_i are line rates times it.
-	PayloadFraction float64           `json:"payload_fraction,omitempty"`
-	Profile         *Profile          `json:"profile,omitempty"`
-	Links           map[string]string `json:"links,omitempty"`
+	PayloadFraction float64 `json:"payload_fraction,omitempty"`
+	// Pace is Options.Pace where it was used (P2P uploaders on an emulated
+	// network); 0: none.
+	Pace    float64           `json:"pace,omitempty"`
+	Profile *Profile          `json:"profile,omitempty"`
+	Links   map[string]string `json:"links,omitempty"`
 	// ServerLink is the server's link where --server-link gave it one of
 	// its own (Links' source is then the seed's).
 	ServerLink string    `json:"server_link,omitempty"`
@@ -555,6 +563,9 @@ func (c *cluster) startPeer(name string, extra []string) (*daemon, error) {
 	}
 	if c.trace != "" {
 		args = append(args, "--trace", filepath.Join(c.trace, name+".jsonl"))
+	}
+	if up := c.b.pacedUpload(nodeOf(name)); up > 0 {
+		args = append(args, "--upload-limit", strconv.FormatInt(up, 10))
 	}
 	if name == "seed" {
 		c.srcArg = slices.Clone(args)

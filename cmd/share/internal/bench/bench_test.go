@@ -308,6 +308,9 @@ func TestEmulatedRun(t *testing.T) {
 	if modes[ClientServer] != 2 || modes[P2P] != 2 || modes[BitTorrent] != 2 {
 		t.Errorf("points per mode: %v", modes)
 	}
+	if res.Pace != DefaultPace || !strings.Contains(res.Enforcement, "--pace") {
+		t.Errorf("pace %v, enforcement %q: the P2P uploaders were not paced", res.Pace, res.Enforcement)
+	}
 	if !strings.Contains(res.Enforcement, "HTB") || res.Network != NetDSL {
 		t.Errorf("network %q, enforcement %q", res.Network, res.Enforcement)
 	}
@@ -414,6 +417,24 @@ func TestTraceFiles(t *testing.T) {
 		}
 		if !strings.HasPrefix(string(b), "{") || !strings.Contains(strings.SplitN(string(b), "\n", 2)[0], `"msg":"peer"`) || !strings.Contains(string(b), want) {
 			t.Errorf("%s.jsonl does not open with the peer's ID or lacks %s:\n%.500s", name, want, b)
+		}
+	}
+}
+
+func TestPacedRate(t *testing.T) {
+	for _, tc := range []struct {
+		pace float64
+		up   int64
+		want int64
+	}{
+		{0.95, 1_250_000, 1_135_733}, // dsl's 10 Mbit/s: 95 % of 1448/1514 of it
+		{1, 1_250_000, 1_195_508},
+		{0, 1_250_000, 0},             // no --pace
+		{0.95, 0, 0},                  // an unshaped uplink
+		{0.5, 37_500_000, 17_932_628}, // fibre's 300 Mbit/s
+	} {
+		if got := pacedRate(tc.pace, tc.up); got < tc.want-1 || got > tc.want+1 {
+			t.Errorf("pacedRate(%v, %d) = %d, want %d", tc.pace, tc.up, got, tc.want)
 		}
 	}
 }

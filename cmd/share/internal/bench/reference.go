@@ -230,7 +230,15 @@ func (b *bencher) bittorrent(ctx context.Context, p *Point) error {
 	if err != nil {
 		return err
 	}
-	seedArgs := append(append([]string{}, aria...), "-V", "--dir="+filepath.Dir(b.src), "--listen-port="+lp,
+	// --pace: aria2's limits count payload bytes, as share's do.
+	paced := func(node string) []string {
+		if up := b.pacedUpload(node); up > 0 {
+			u := strconv.FormatInt(up, 10)
+			return []string{"--max-overall-upload-limit=" + u, "--max-upload-limit=" + u}
+		}
+		return nil
+	}
+	seedArgs := append(append(paced(nodeSource), aria...), "-V", "--dir="+filepath.Dir(b.src), "--listen-port="+lp,
 		"--log="+filepath.Join(dir, "seed.log"), t.path)
 	if seeder, err = startProc(b.btCommand(nodeSource, "aria2c", seedArgs...), b.usage, KindSource); err != nil {
 		return fmt.Errorf("aria2c seeder: %w", err)
@@ -253,7 +261,7 @@ func (b *bencher) bittorrent(ctx context.Context, p *Point) error {
 		if err != nil {
 			return err
 		}
-		args := append(append([]string{}, aria...), "--seed-time=600", "--dir="+out, "--listen-port="+lp,
+		args := append(append(paced("d"+strconv.Itoa(k)), aria...), "--seed-time=600", "--dir="+out, "--listen-port="+lp,
 			"--log="+filepath.Join(dir, fmt.Sprintf("L%d.log", k)), "--on-bt-download-complete="+hook, t.path)
 		l, err := startProc(b.btCommand("d"+strconv.Itoa(k), "aria2c", args...), b.usage, KindPeer)
 		if err != nil {
