@@ -8,8 +8,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -239,12 +241,14 @@ func TestMeter(t *testing.T) {
 	m := newMeter()
 	for range 2 {
 		cmd := exec.Command("sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done")
-		if err := cmd.Run(); err != nil {
+		if err := cmd.Start(); err != nil {
 			t.Skipf("sh: %v", err)
 		}
-		m.add(KindClient, cmd.ProcessState)
+		rss := watchRSS(cmd.Process.Pid)
+		cmd.Wait()
+		m.add(KindClient, cmd.ProcessState, rss.end())
 	}
-	m.add(KindPeer, nil) // a process that never started counts nothing
+	m.add(KindPeer, nil, 0) // a process that never started counts nothing
 	c := m.cost(1 << 30)
 	k := c.Kind(KindClient)
 	if k.Procs != 2 || k.CPU <= 0 || k.PeakRSS < 100<<10 || c.CPU != k.CPU || c.PerGiB != c.CPU {
@@ -253,6 +257,47 @@ func TestMeter(t *testing.T) {
 	if c.Kind(KindPeer).Procs != 0 {
 		t.Errorf("a nil process state was counted")
 	}
+}
+
+// TestPeakRSSIsTheChilds: a child's peak RSS is its own, not the larger
+// one of the harness that started it (which ru_maxrss reports, Go starting
+// children with vfork), and a child that grows is seen growing.
+func TestPeakRSSIsTheChilds(t *testing.T) {
+	if os.Getenv("SHARE_TEST_RSS_CHILD") != "" {
+		b := make([]byte, 96<<20)
+		for i := 0; i < len(b); i += 4096 {
+			b[i] = 1
+		}
+		time.Sleep(4 * rssPoll)
+		os.Exit(int(b[4096]) - 1)
+	}
+	ballast := make([]byte, 256<<20) // the harness: much larger than its children
+	for i := 0; i < len(ballast); i += 4096 {
+		ballast[i] = 1
+	}
+	run := func(cmd *exec.Cmd) (peak, maxrss int64) {
+		t.Helper()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		rss := watchRSS(cmd.Process.Pid)
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("%v: %v", cmd.Args, err)
+		}
+		return rss.end(), cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss << 10
+	}
+	small, smallMax := run(exec.Command("sleep", "0.6"))
+	if small <= 0 || small > 16<<20 {
+		t.Errorf("sleep's peak RSS: %d bytes (ru_maxrss: %d)", small, smallMax)
+	}
+	child := exec.Command(os.Args[0], "-test.run=^TestPeakRSSIsTheChilds$")
+	child.Env = append(os.Environ(), "SHARE_TEST_RSS_CHILD=1")
+	big, _ := run(child)
+	if big < 96<<20 || big > 200<<20 {
+		t.Errorf("a child of 96 MiB: peak RSS %d MiB", big>>20)
+	}
+	t.Logf("sleep: %d KiB (ru_maxrss %d MiB); the 96 MiB child: %d MiB", small>>10, smallMax>>20, big>>20)
+	runtime.KeepAlive(ballast)
 }
 
 // buildShare builds the share binary into dir.

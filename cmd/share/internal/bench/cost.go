@@ -2,8 +2,11 @@ package bench
 
 import (
 	"os"
+	"strconv"
+	"strings"
 	"sync"
-	"syscall"
+	"sync/atomic"
+	"time"
 )
 
 // Process kinds whose cost a point reports.
@@ -55,16 +58,15 @@ type meter struct {
 
 func newMeter() *meter { return &meter{kinds: map[string]*KindCost{}} }
 
-// add counts an exited process. ps may be nil (a process that never started).
-func (m *meter) add(kind string, ps *os.ProcessState) {
+// add counts an exited process. ps may be nil (a process that never
+// started). peak is its peak resident set size in bytes from an rssWatch;
+// 0 where none was watched (a short command), which leaves its kind's peak
+// as the other processes' (see rssWatch for why ru_maxrss is not used).
+func (m *meter) add(kind string, ps *os.ProcessState, peak int64) {
 	if m == nil || ps == nil {
 		return
 	}
 	cpu := (ps.UserTime() + ps.SystemTime()).Seconds()
-	var rss int64
-	if ru, ok := ps.SysUsage().(*syscall.Rusage); ok {
-		rss = ru.Maxrss << 10 // Linux reports KiB
-	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	k := m.kinds[kind]
@@ -74,7 +76,72 @@ func (m *meter) add(kind string, ps *os.ProcessState) {
 	}
 	k.Procs++
 	k.CPU += cpu
-	k.PeakRSS = max(k.PeakRSS, rss)
+	k.PeakRSS = max(k.PeakRSS, peak)
+}
+
+// rssWatch follows the peak resident set size of a running process: the
+// VmHWM line of /proc/PID/status (proc(5)), read every rssPoll until the
+// process is gone. The ru_maxrss that wait4 reports is no use here: Go
+// starts a child with vfork (CLONE_VM, syscall/exec_linux.go), and Linux
+// carries the high-water mark of the memory the child shared with its
+// parent over the exec (exec_mmap's setmax_mm_hiwater_rss), so every
+// child of a harness of 80 MiB reported at least 80 MiB. A peak reached in
+// a process's last rssPoll is missed.
+type rssWatch struct {
+	peak atomic.Int64 // bytes
+	stop chan struct{}
+	done chan struct{}
+}
+
+const rssPoll = 250 * time.Millisecond
+
+// watchRSS starts following process pid; call end once it exited.
+func watchRSS(pid int) *rssWatch {
+	w := &rssWatch{stop: make(chan struct{}), done: make(chan struct{})}
+	path := "/proc/" + strconv.Itoa(pid) + "/status"
+	go func() {
+		defer close(w.done)
+		t := time.NewTicker(rssPoll)
+		defer t.Stop()
+		for {
+			hwm, ok := readHWM(path)
+			if !ok {
+				return // exited (a zombie has no VmHWM), or no /proc
+			}
+			w.peak.Store(max(w.peak.Load(), hwm))
+			select {
+			case <-t.C:
+			case <-w.stop:
+				return
+			}
+		}
+	}()
+	return w
+}
+
+// end stops the watch and returns the peak seen, in bytes (0: none).
+func (w *rssWatch) end() int64 {
+	if w == nil {
+		return 0
+	}
+	close(w.stop)
+	<-w.done
+	return w.peak.Load()
+}
+
+// readHWM returns the VmHWM of a /proc/PID/status file, in bytes.
+func readHWM(path string) (int64, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, false
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10, err == nil
+		}
+	}
+	return 0, false
 }
 
 // cost returns the total, with CPU per GiB of the bytes distributed.
@@ -95,7 +162,7 @@ func (m *meter) cost(distributed int64) *Cost {
 }
 
 // Peak RSS per process, measured with this harness and rounded up (ru_maxrss
-// in `share bench --mode p2p --scenario scaling --peers 64 --size 16MiB
+// before rssWatch, so perhaps the harness's own, in `share bench --mode p2p --scenario scaling --peers 64 --size 16MiB
 // --upload-limit 2MiB/s`: seed 57 MiB, peers up to 81 MiB, clients up to 34
 // MiB; a client-server N=8 run: server 42 MiB, clients 36 MiB): they size the
 // memory a run of N downloaders needs.

@@ -61,7 +61,8 @@ func startDaemon(cmd *exec.Cmd, m *meter, kind, name, data string) (*daemon, err
 	if err := d.cmd.Start(); err != nil {
 		return nil, err
 	}
-	go func() { d.cmd.Wait(); m.add(kind, d.cmd.ProcessState); close(d.done) }()
+	rss := watchRSS(d.cmd.Process.Pid)
+	go func() { d.cmd.Wait(); m.add(kind, d.cmd.ProcessState, rss.end()); close(d.done) }()
 	lines := make(chan string)
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -229,8 +230,12 @@ func shareCmd(cmd *exec.Cmd, m *meter, d *daemon, dir string) (string, error) {
 	cmd.Env = d.env()
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	m.add(KindClient, cmd.ProcessState)
+	err := cmd.Start()
+	if err == nil {
+		rss := watchRSS(cmd.Process.Pid)
+		err = cmd.Wait()
+		m.add(KindClient, cmd.ProcessState, rss.end())
+	}
 	if err != nil {
 		return "", fmt.Errorf("share %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
@@ -257,10 +262,11 @@ func startGet(cmd *exec.Cmd, m *meter, d *daemon, node int, out string, start ti
 	if err := g.cmd.Start(); err != nil {
 		return nil, err
 	}
+	rss := watchRSS(g.cmd.Process.Pid)
 	go func() {
 		err := g.cmd.Wait()
 		g.finished = time.Since(start)
-		m.add(KindClient, g.cmd.ProcessState)
+		m.add(KindClient, g.cmd.ProcessState, rss.end())
 		if err != nil {
 			g.err = fmt.Errorf("node %d: share get: %v: %s", node, err, strings.TrimSpace(g.stderr.String()))
 		}

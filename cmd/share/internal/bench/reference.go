@@ -95,7 +95,8 @@ func startProc(cmd *exec.Cmd, m *meter, kind string) (*proc, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	go func() { cmd.Wait(); m.add(kind, cmd.ProcessState); close(p.done) }()
+	rss := watchRSS(cmd.Process.Pid)
+	go func() { cmd.Wait(); m.add(kind, cmd.ProcessState, rss.end()); close(p.done) }()
 	return p, nil
 }
 
