@@ -20,5 +20,7 @@
 // too (Point.LineBound). Each point samples every node's link counters
 // (Emulation: uplink use and idle time, queue drops, packets lost, the delay
 // line's CPU and lateness, which Cost leaves out: it counts the processes
-// under test).
+// under test). The kernel is the cap there; every P2P uploader (share peer,
+// aria2c) also limits its own upload to Options.Pace of its uplink, as a user
+// on such a line should (DefaultPace says why), and the server does not.
 package bench
