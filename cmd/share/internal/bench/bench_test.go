@@ -293,8 +293,10 @@ func TestPeakRSSIsTheChilds(t *testing.T) {
 	child := exec.Command(os.Args[0], "-test.run=^TestPeakRSSIsTheChilds$")
 	child.Env = append(os.Environ(), "SHARE_TEST_RSS_CHILD=1")
 	big, _ := run(child)
-	if big < 96<<20 || big > 200<<20 {
-		t.Errorf("a child of 96 MiB: peak RSS %d MiB", big>>20)
+	// Its own 96 MiB and its runtime's (more under the race detector), but
+	// not the harness's peak, which ru_maxrss reports.
+	if big < 96<<20 || big >= smallMax {
+		t.Errorf("a child of 96 MiB: peak RSS %d MiB (the harness's: %d MiB)", big>>20, smallMax>>20)
 	}
 	t.Logf("sleep: %d KiB (ru_maxrss %d MiB); the 96 MiB child: %d MiB", small>>10, smallMax>>20, big>>20)
 	runtime.KeepAlive(ballast)
