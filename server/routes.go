@@ -242,7 +242,11 @@ func (s *Server) observe(next http.Handler) http.Handler {
 			// to keep the connection, waiting for a client that waits for
 			// the 100 (curl: --expect100-timeout, 1 s by default).
 			r = r.WithContext(r.Context())
-			r.Body = &idleBody{ReadCloser: r.Body, rc: rc, idle: s.opts.TransferIdle}
+			lw := newLowWater(r.Context(), r.ContentLength)
+			r.Body = &idleBody{ReadCloser: r.Body, rc: rc, idle: s.opts.TransferIdle, lw: lw}
+			if lw != nil {
+				defer lw.done()
+			}
 		}
 		next.ServeHTTP(rec, r)
 
@@ -341,14 +345,25 @@ func (w *recorder) Flush() { w.rc.Flush() }
 
 type writerOnly struct{ io.Writer }
 
-// idleBody extends the read deadline before every read of a request body.
+// idleBody extends the read deadline before every read of a request body,
+// and sets the socket's receive low-water mark if lw is not nil (lowat.go).
 type idleBody struct {
 	io.ReadCloser
 	rc   *http.ResponseController
 	idle time.Duration
+	lw   *lowWater
 }
 
 func (b *idleBody) Read(p []byte) (int, error) {
 	b.rc.SetReadDeadline(time.Now().Add(b.idle))
-	return b.ReadCloser.Read(p)
+	if b.lw == nil {
+		return b.ReadCloser.Read(p)
+	}
+	b.lw.before(len(p))
+	n, err := b.ReadCloser.Read(p)
+	b.lw.after(n)
+	if err != nil {
+		b.lw.done()
+	}
+	return n, err
 }
