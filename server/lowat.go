@@ -22,8 +22,8 @@ import (
 // never more than the bytes of the body still to come, so a read never
 // waits for bytes the client will not send; it is lowered back to one byte
 // when the body ends, so the connection's next request wakes the server as
-// before. Bodies of unknown length and connections that are not TCP are
-// read as before.
+// before. Bodies of unknown length, connections that are not TCP and
+// HTTP/2 (whose streams share a connection) are read as before.
 const (
 	lowatWindow = 10 * time.Millisecond // the longest a read waits for its bytes at the body's rate
 	lowatMax    = 1 << 20               // bytes; one wake-up per MiB at most

@@ -242,7 +242,10 @@ func (s *Server) observe(next http.Handler) http.Handler {
 			// to keep the connection, waiting for a client that waits for
 			// the 100 (curl: --expect100-timeout, 1 s by default).
 			r = r.WithContext(r.Context())
-			lw := newLowWater(r.Context(), r.ContentLength)
+			var lw *lowWater
+			if r.ProtoMajor == 1 { // one request at a time on the connection
+				lw = newLowWater(r.Context(), r.ContentLength)
+			}
 			r.Body = &idleBody{ReadCloser: r.Body, rc: rc, idle: s.opts.TransferIdle, lw: lw}
 			if lw != nil {
 				defer lw.done()
