@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"net"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -20,14 +21,20 @@ import (
 // many bytes are queued, Linux 4.18 and later) is raised to what the body
 // brings in lowatWindow at the rate it has come so far, at most lowatMax and
 // never more than the bytes of the body still to come, so a read never
-// waits for bytes the client will not send; it is lowered back to one byte
-// when the body ends, so the connection's next request wakes the server as
+// waits for bytes the client will not send. A client that slows down does
+// not leave a read waiting for a mark set at its old rate: lowatWatchdog
+// after a read began, the mark goes back to one byte (lowering it makes the
+// kernel signal at once what is queued), so a read waits at most that long
+// for a slow client's bytes, and the idle timeout of the body
+// (Options.TransferIdle) keeps its meaning. The mark is one byte again when
+// the body ends, so the connection's next request wakes the server as
 // before. Bodies of unknown length, connections that are not TCP and
 // HTTP/2 (whose streams share a connection) are read as before.
 const (
-	lowatWindow = 10 * time.Millisecond // the longest a read waits for its bytes at the body's rate
-	lowatMax    = 1 << 20               // bytes; one wake-up per MiB at most
-	lowatMin    = 16 << 10              // below this, the default of one byte is kept
+	lowatWindow   = 10 * time.Millisecond // the wait for a read's bytes at the body's rate
+	lowatWatchdog = 50 * time.Millisecond // the longest a read waits with the mark up
+	lowatMax      = 1 << 20               // bytes; one wake-up per MiB at most
+	lowatMin      = 16 << 10              // below this, the default of one byte is kept
 )
 
 type connKey struct{}
@@ -39,14 +46,18 @@ func withConn(ctx context.Context, c net.Conn) context.Context {
 }
 
 // lowWater sets the receive low-water mark of one TCP connection while a
-// request body of known length is read. It is used by one request at a
-// time (HTTP/1.1 reads a connection's requests in turn).
+// request body of known length is read. before, after and done are called
+// by the one goroutine reading the body (HTTP/1.1 reads a connection's
+// requests in turn); the watchdog runs on a goroutine of its own.
 type lowWater struct {
 	rc    syscall.RawConn
 	left  int64 // bytes of the body not read yet
 	read  int64
 	start time.Time
-	set   int // the mark now set, 0 or 1 when it is the default
+	dog   *time.Timer
+
+	mu  sync.Mutex
+	set int // the mark now set; 1 is the default (read back as 0 or 1)
 }
 
 // newLowWater returns a lowWater for a body of length bytes read from the
@@ -68,7 +79,10 @@ func newLowWater(ctx context.Context, length int64) *lowWater {
 	if err != nil {
 		return nil
 	}
-	return &lowWater{rc: rc, left: length, start: time.Now(), set: 1}
+	l := &lowWater{rc: rc, left: length, start: time.Now(), set: 1}
+	l.dog = time.AfterFunc(time.Hour, func() { l.mark(1) })
+	l.dog.Stop()
+	return l
 }
 
 // before sets the mark for a read of up to n bytes.
@@ -81,11 +95,15 @@ func (l *lowWater) before(n int) {
 		}
 	}
 	l.mark(want)
+	if want > 1 {
+		l.dog.Reset(lowatWatchdog)
+	}
 }
 
 // after accounts for n bytes read; at the body's end the mark goes back to
 // one byte.
 func (l *lowWater) after(n int) {
+	l.dog.Stop()
 	l.read += int64(n)
 	l.left -= int64(n)
 	if l.left <= 0 {
@@ -94,9 +112,14 @@ func (l *lowWater) after(n int) {
 }
 
 // done puts the default back, whatever was read.
-func (l *lowWater) done() { l.mark(1) }
+func (l *lowWater) done() {
+	l.dog.Stop()
+	l.mark(1)
+}
 
 func (l *lowWater) mark(v int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	if v == l.set {
 		return
 	}

@@ -78,6 +78,11 @@ func TestLowWaterMark(t *testing.T) {
 	if v := rcvLowat(t, tc); v != lowatMax {
 		t.Fatalf("mark %d at 100 MiB/s, want %d", v, lowatMax)
 	}
+	time.Sleep(2 * lowatWatchdog) // a read that waits this long: the mark goes down
+	if v := rcvLowat(t, tc); v > 1 {
+		t.Fatalf("mark %d after the watchdog, want 1", v)
+	}
+	l.after(0)
 	l.before(64 << 10) // a read of 64 KiB waits for no more than 64 KiB
 	if v := rcvLowat(t, tc); v != 64<<10 {
 		t.Fatalf("mark %d for a 64 KiB read, want %d", v, 64<<10)
@@ -164,5 +169,38 @@ func TestLowWaterKeepsBodiesWhole(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("the next request on the connection: %d", resp.StatusCode)
+	}
+}
+
+// TestLowWaterSlowedClient: a client that sends fast, then slowly (100 KiB/s,
+// a mark's worth of its old rate taking seconds), is read as it sends: no
+// read waits for the idle timeout (1 s here) for a mark set at the old rate.
+func TestLowWaterSlowedClient(t *testing.T) {
+	ts := startServer(t, nil, func(o *Options) { o.TransferIdle = time.Second })
+	data := make([]byte, 4<<20+300<<10)
+	rand.Read(data)
+	c, err := net.Dial("tcp", ts.URL[len("http://"):])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	fmt.Fprintf(c, "PUT /v1/shares/slowed.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n", testToken, len(data))
+	if _, err := c.Write(data[:4<<20]); err != nil {
+		t.Fatal(err)
+	}
+	for rest := data[4<<20:]; len(rest) > 0; rest = rest[10<<10:] {
+		time.Sleep(100 * time.Millisecond)
+		if _, err := c.Write(rest[:10<<10]); err != nil {
+			t.Fatalf("the server stopped reading: %v", err)
+		}
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("PUT: %d %s", resp.StatusCode, body)
 	}
 }
