@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strconv"
 	"strings"
@@ -105,6 +106,12 @@ func (c *Client) do(ctx context.Context, method, path string, body io.Reader, si
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	req.Header.Set("User-Agent", c.ua)
+	var conn net.Conn
+	if method == http.MethodGet {
+		req = req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+			GotConn: func(ci httptrace.GotConnInfo) { conn = ci.Conn },
+		}))
+	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		err = unwrapURLError(err)
@@ -124,6 +131,14 @@ func (c *Client) do(ctx context.Context, method, path string, body io.Reader, si
 	c.reached.Store(true)
 	if resp.StatusCode/100 != 2 {
 		return nil, responseError(resp, method+" "+path)
+	}
+	// A download's body, over HTTP/1.x (one response at a time on the
+	// connection), is read with the receive low-water mark of lowat.go:
+	// over a slow line the bytes arrive a packet or two at a time.
+	if resp.ProtoMajor == 1 && conn != nil {
+		if lw := connLowWater(conn, resp.ContentLength); lw != nil {
+			resp.Body = &lowWaterBody{resp.Body, lw}
+		}
 	}
 	return resp, nil
 }

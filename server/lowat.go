@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"io"
 	"net"
 	"sync"
 	"syscall"
@@ -29,7 +30,11 @@ import (
 // (Options.TransferIdle) keeps its meaning. The mark is one byte again when
 // the body ends, so the connection's next request wakes the server as
 // before. Bodies of unknown length, connections that are not TCP and
-// HTTP/2 (whose streams share a connection) are read as before.
+// HTTP/2 (whose streams share a connection) are read as before. The
+// client does the same for the bodies it downloads (Client.do): over a
+// line slower than loopback they arrive a packet or two at a time (a
+// 1 Gbit/s emulated LAN: the client's CPU for 256 MiB 1.13-1.30 s
+// instead of 1.28-1.65 s).
 const (
 	lowatWindow   = 10 * time.Millisecond // the wait for a read's bytes at the body's rate
 	lowatWatchdog = 50 * time.Millisecond // the longest a read waits with the mark up
@@ -64,10 +69,16 @@ type lowWater struct {
 // connection in ctx, or nil if there is none or it is not TCP (length < 0:
 // unknown, chunked).
 func newLowWater(ctx context.Context, length int64) *lowWater {
+	c, _ := ctx.Value(connKey{}).(net.Conn)
+	return connLowWater(c, length)
+}
+
+// connLowWater returns a lowWater for a body of length bytes read from c,
+// or nil if c is not TCP or the body is unknown or small.
+func connLowWater(c net.Conn, length int64) *lowWater {
 	if length < 2*lowatMin {
 		return nil
 	}
-	c, _ := ctx.Value(connKey{}).(net.Conn)
 	if nc, ok := c.(interface{ NetConn() net.Conn }); ok { // TLS
 		c = nc.NetConn()
 	}
@@ -126,4 +137,26 @@ func (l *lowWater) mark(v int) {
 	if setRcvLowat(l.rc, v) == nil {
 		l.set = v
 	}
+}
+
+// lowWaterBody reads a body of known length with lw's mark (a response
+// body, on the client's side).
+type lowWaterBody struct {
+	io.ReadCloser
+	lw *lowWater
+}
+
+func (b *lowWaterBody) Read(p []byte) (int, error) {
+	b.lw.before(len(p))
+	n, err := b.ReadCloser.Read(p)
+	b.lw.after(n)
+	if err != nil {
+		b.lw.done()
+	}
+	return n, err
+}
+
+func (b *lowWaterBody) Close() error {
+	b.lw.done()
+	return b.ReadCloser.Close()
 }

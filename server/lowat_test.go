@@ -10,7 +10,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"runtime"
+	"strconv"
 	"testing"
 	"time"
 
@@ -202,5 +204,64 @@ func TestLowWaterSlowedClient(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusCreated {
 		t.Fatalf("PUT: %d %s", resp.StatusCode, body)
+	}
+}
+
+// TestLowWaterDownload: a client's download body is read with the mark
+// (over HTTP/1.1, length known), whole, also when the server slows down
+// after a fast start, and the connection serves the next request.
+func TestLowWaterDownload(t *testing.T) {
+	data := make([]byte, 4<<20+300<<10)
+	rand.Read(data)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+		w.Write(data[:4<<20])
+		w.(http.Flusher).Flush()
+		for rest := data[4<<20:]; len(rest) > 0; rest = rest[10<<10:] {
+			time.Sleep(50 * time.Millisecond)
+			w.Write(rest[:10<<10])
+			w.(http.Flusher).Flush()
+		}
+	}))
+	defer srv.Close()
+	c, err := NewClient(srv.URL, ClientOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		resp, err := c.do(ctx, http.MethodGet, "/x", nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := resp.Body.(*lowWaterBody); !ok && runtime.GOOS == "linux" {
+			t.Errorf("the body is a %T, not read with the low-water mark", resp.Body)
+		}
+		// Reads of 1 MiB, as a chunk's: a mark set at the fast start's
+		// rate would hold the next read until the last of the 30 slow
+		// writes, 50 ms apart, came (1.5 s); the watchdog lets it return
+		// what came.
+		var got []byte
+		buf := make([]byte, 1<<20)
+		last, gap := time.Now(), time.Duration(0)
+		for {
+			n, err := resp.Body.Read(buf)
+			got = append(got, buf[:n]...)
+			gap, last = max(gap, time.Since(last)), time.Now()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		resp.Body.Close()
+		cancel()
+		if !bytes.Equal(got, data) {
+			t.Fatalf("read %d bytes, not the %d sent", len(got), len(data))
+		}
+		if gap > 500*time.Millisecond {
+			t.Errorf("a read waited %v for a slow server's bytes", gap)
+		}
 	}
 }
