@@ -240,7 +240,10 @@ func TestOutputsOfUnfinishedPoint(t *testing.T) {
 func TestMeter(t *testing.T) {
 	m := newMeter()
 	for range 2 {
-		cmd := exec.Command("sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done")
+		// The shell stays a while after its loop: the watch samples every
+		// rssPoll, and a process gone before its first sample after exec
+		// shows only the few KiB it had then.
+		cmd := exec.Command("sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 0.6")
 		if err := cmd.Start(); err != nil {
 			t.Skipf("sh: %v", err)
 		}
