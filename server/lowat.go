@@ -139,8 +139,8 @@ func (l *lowWater) mark(v int) {
 	}
 }
 
-// lowWaterBody reads a body of known length with lw's mark (a response
-// body, on the client's side).
+// lowWaterBody reads a body of known length with lw's mark: a request body
+// on the server's side, a response body on the client's.
 type lowWaterBody struct {
 	io.ReadCloser
 	lw *lowWater

@@ -109,6 +109,21 @@ func TestLowWaterMark(t *testing.T) {
 	}
 }
 
+// rawPut opens a connection to ts and sends the head of an upload of a
+// body of size bytes to name; the test writes the body. The connection is
+// closed when the test ends.
+func rawPut(t *testing.T, ts *testServer, name string, size int) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", ts.URL[len("http://"):])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	fmt.Fprintf(c, "PUT /v1/shares/%s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n", name, testToken, size)
+	return c
+}
+
 // TestLowWaterKeepsBodiesWhole: a large upload sent in bursts and small
 // writes, with pauses and a last piece smaller than any mark, is stored
 // whole and answered at once, and the next request on the same connection
@@ -117,13 +132,7 @@ func TestLowWaterKeepsBodiesWhole(t *testing.T) {
 	ts := startServer(t, nil, nil)
 	data := make([]byte, 6<<20+12345)
 	rand.Read(data)
-	c, err := net.Dial("tcp", ts.URL[len("http://"):])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	fmt.Fprintf(c, "PUT /v1/shares/big.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n", testToken, len(data))
+	c := rawPut(t, ts, "big.bin", len(data))
 	rest := data
 	send := func(n int) {
 		n = min(n, len(rest))
@@ -181,13 +190,7 @@ func TestLowWaterSlowedClient(t *testing.T) {
 	ts := startServer(t, nil, func(o *Options) { o.TransferIdle = time.Second })
 	data := make([]byte, 4<<20+300<<10)
 	rand.Read(data)
-	c, err := net.Dial("tcp", ts.URL[len("http://"):])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	fmt.Fprintf(c, "PUT /v1/shares/slowed.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n", testToken, len(data))
+	c := rawPut(t, ts, "slowed.bin", len(data))
 	if _, err := c.Write(data[:4<<20]); err != nil {
 		t.Fatal(err)
 	}

@@ -242,14 +242,14 @@ func (s *Server) observe(next http.Handler) http.Handler {
 			// to keep the connection, waiting for a client that waits for
 			// the 100 (curl: --expect100-timeout, 1 s by default).
 			r = r.WithContext(r.Context())
-			var lw *lowWater
+			body := r.Body
 			if r.ProtoMajor == 1 { // one request at a time on the connection
-				lw = newLowWater(r.Context(), r.ContentLength)
+				if lw := newLowWater(r.Context(), r.ContentLength); lw != nil {
+					body = &lowWaterBody{body, lw}
+					defer lw.done() // net/http closes its own Body, not this one
+				}
 			}
-			r.Body = &idleBody{ReadCloser: r.Body, rc: rc, idle: s.opts.TransferIdle, lw: lw}
-			if lw != nil {
-				defer lw.done()
-			}
+			r.Body = &idleBody{ReadCloser: body, rc: rc, idle: s.opts.TransferIdle}
 		}
 		next.ServeHTTP(rec, r)
 
@@ -348,25 +348,14 @@ func (w *recorder) Flush() { w.rc.Flush() }
 
 type writerOnly struct{ io.Writer }
 
-// idleBody extends the read deadline before every read of a request body,
-// and sets the socket's receive low-water mark if lw is not nil (lowat.go).
+// idleBody extends the read deadline before every read of a request body.
 type idleBody struct {
 	io.ReadCloser
 	rc   *http.ResponseController
 	idle time.Duration
-	lw   *lowWater
 }
 
 func (b *idleBody) Read(p []byte) (int, error) {
 	b.rc.SetReadDeadline(time.Now().Add(b.idle))
-	if b.lw == nil {
-		return b.ReadCloser.Read(p)
-	}
-	b.lw.before(len(p))
-	n, err := b.ReadCloser.Read(p)
-	b.lw.after(n)
-	if err != nil {
-		b.lw.done()
-	}
-	return n, err
+	return b.ReadCloser.Read(p)
 }
