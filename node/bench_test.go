@@ -119,7 +119,8 @@ func waitCompleteFast(b *testing.B, n *Node, id transfer.ID) {
 
 // BenchmarkRawStream moves 256 MiB over one raw libp2p stream between two
 // hosts, for each transport and security choice, in the same run: the
-// figures behind tcpFirst's order (TCP before QUIC, TLS before Noise).
+// figures behind tcpFirst's order (TCP before QUIC, TLS before Noise) and
+// behind batchedTLS (tcp-tls against tcp-tls-batched).
 func BenchmarkRawStream(b *testing.B) {
 	const size = 256 << 20
 	for _, tc := range []struct {
@@ -127,6 +128,7 @@ func BenchmarkRawStream(b *testing.B) {
 		opts []libp2p.Option
 	}{
 		{"tcp-tls", []libp2p.Option{libp2p.Transport(tcp.NewTCPTransport), libp2p.Security(libp2ptls.ID, libp2ptls.New), libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0")}},
+		{"tcp-tls-batched", []libp2p.Option{libp2p.Transport(tcp.NewTCPTransport), libp2p.Security(libp2ptls.ID, newBatchedTLS), libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0")}},
 		{"tcp-noise", []libp2p.Option{libp2p.Transport(tcp.NewTCPTransport), libp2p.Security(noise.ID, noise.New), libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0")}},
 		{"quic", []libp2p.Option{libp2p.Transport(libp2pquic.NewTransport), libp2p.ListenAddrStrings("/ip4/127.0.0.1/udp/0/quic-v1")}},
 	} {

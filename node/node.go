@@ -263,7 +263,7 @@ func newHost(key crypto.PrivKey, opts Options, gater *allowList, guard *streamGu
 		libp2p.ListenAddrStrings(opts.Listen...),
 		libp2p.NoTransports,
 		libp2p.Transport(tcp.NewTCPTransport),
-		libp2p.Security(libp2ptls.ID, libp2ptls.New),
+		libp2p.Security(libp2ptls.ID, newBatchedTLS), // tlsbatch.go
 		libp2p.Security(noise.ID, noise.New),
 		libp2p.ResourceManager(guardedRM{rm, guard}),
 		libp2p.ConnectionManager(cm),
