@@ -20,9 +20,10 @@
 //   - Active set (the downloader's side of choking; transfer's picker.go). A
 //     download knows up to wantSources (32) peers of its swarm but trades
 //     with at most transfer.DefaultMaxActive (8) at once; the others are
-//     candidates and cost nothing. Every 10 s the active peer that delivered
-//     least gives way to a random candidate: the optimistic slot, through
-//     which better peers are found. A peer that fails twice in a row gives
+//     candidates and cost nothing. Every 2 s (activeRefresh) the active peer
+//     that delivered least gives way to a random candidate: the optimistic
+//     slot, through which better peers are found, and through which a peer
+//     that joined late, known to all and active in no one's set, gets asked. A peer that fails twice in a row gives
 //     way at once; a super-seeding seed is kept (it is slow by design).
 //   - Choking (the uploader's side; choke.go). A peer's upload holds
 //     2 × uploadSlotBytes (an eighth of a second of its cap each): one chunk

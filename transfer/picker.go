@@ -21,16 +21,24 @@ import (
 // active source that delivered the fewest bytes since the last refresh (and
 // has been active a whole period) gives way to a random candidate — the
 // optimistic slot, through which a download finds sources better than those
-// it has. A source that fails twice in a row, or that left
+// it has. Why every 2 s and not BitTorrent's 30 s (or our former 10 s): a
+// peer that joins a flash crowd late is a candidate everywhere and active
+// nowhere, and its uplink stays idle until some download rotates it in. At
+// N = 64 on loopback (16 MiB, 1 MiB/s uplinks, traced) a sixth of the peers
+// served almost nothing between 6 and 14 s with 10 s, and the uplinks were
+// 75 % busy; with 2 s, 87 %, and the swarm finished in 1.24-1.31x its bound
+// instead of 1.35-1.50x. Rotating costs one have request to the newcomer;
+// chunk requests in flight to the source that leaves go on. A source that
+// fails twice in a row, or that left
 // (Download.SourceGone), gives way at once. A seed that offers less than it
 // holds (it is super-seeding, see HaveWaiter) is never rotated out for being
 // slow: it hands out each chunk once, to one peer at a time, so a slow rate
 // from it is the policy, not a fault.
 const (
-	DefaultMaxActive = 8                // sources traded with at once
-	activeRefresh    = 10 * time.Second // the slowest active source may be replaced this often
-	activeFailures   = 2                // consecutive failures that make an active source give way
-	minDepth         = 2                // requests kept in flight to any source
+	DefaultMaxActive = 8               // sources traded with at once
+	activeRefresh    = 2 * time.Second // the slowest active source may be replaced this often (see above)
+	activeFailures   = 2               // consecutive failures that make an active source give way
+	minDepth         = 2               // requests kept in flight to any source
 	// DepthQueueTime is how much of a source's rate a download keeps
 	// requested beyond its bandwidth-delay product (see srcState.depth).
 	DepthQueueTime = 250 * time.Millisecond
