@@ -243,7 +243,7 @@ func TestMeter(t *testing.T) {
 		// The shell stays a while after its loop: the watch samples every
 		// rssPoll, and a process gone before its first sample after exec
 		// shows only the few KiB it had then.
-		cmd := exec.Command("sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 0.6")
+		cmd := exec.Command("sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; sleep 1.5")
 		if err := cmd.Start(); err != nil {
 			t.Skipf("sh: %v", err)
 		}
@@ -289,7 +289,7 @@ func TestPeakRSSIsTheChilds(t *testing.T) {
 		}
 		return rss.end(), cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss << 10
 	}
-	small, smallMax := run(exec.Command("sleep", "0.6"))
+	small, smallMax := run(exec.Command("sleep", "1.5"))
 	if small <= 0 || small > 16<<20 {
 		t.Errorf("sleep's peak RSS: %d bytes (ru_maxrss: %d)", small, smallMax)
 	}

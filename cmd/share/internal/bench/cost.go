@@ -80,43 +80,81 @@ func (m *meter) add(kind string, ps *os.ProcessState, peak int64) {
 }
 
 // rssWatch follows the peak resident set size of a running process: the
-// VmHWM line of /proc/PID/status (proc(5)), read every rssPoll until the
-// process is gone. The ru_maxrss that wait4 reports is no use here: Go
-// starts a child with vfork (CLONE_VM, syscall/exec_linux.go), and Linux
-// carries the high-water mark of the memory the child shared with its
-// parent over the exec (exec_mmap's setmax_mm_hiwater_rss), so every
-// child of a harness of 80 MiB reported at least 80 MiB. A peak reached in
-// a process's last rssPoll is missed.
+// VmHWM line of /proc/PID/status (proc(5)), a high-water mark, read every
+// rssPoll by one poller for all the processes of a run, and once more by
+// sample just before the harness stops a daemon. The ru_maxrss that wait4
+// reports is no use here: Go starts a child with vfork (CLONE_VM,
+// syscall/exec_linux.go), and Linux carries the high-water mark of the
+// memory the child shared with its parent over the exec (exec_mmap's
+// setmax_mm_hiwater_rss), so every child of a harness of 80 MiB reported at
+// least 80 MiB. A peak that a process that exits by itself (`share get`)
+// reaches in its last rssPoll is missed.
 type rssWatch struct {
+	path string
 	peak atomic.Int64 // bytes
-	stop chan struct{}
-	done chan struct{}
 }
 
-const rssPoll = 250 * time.Millisecond
+// rssPoll is how often the poller reads every watched process's peak. It
+// was 250 ms with a goroutine per process: at 64 peers the harness's reads
+// of /proc and its wake-ups were 12 % of the context switches of the run
+// (perf, sched:sched_switch), on the two cores the swarm is measured on.
+const rssPoll = time.Second
+
+// rssWatches is the set of running watches and whether the poller runs.
+var rssWatches struct {
+	mu      sync.Mutex
+	set     map[*rssWatch]struct{}
+	polling bool
+}
 
 // watchRSS starts following process pid; call end once it exited.
 func watchRSS(pid int) *rssWatch {
-	w := &rssWatch{stop: make(chan struct{}), done: make(chan struct{})}
-	path := "/proc/" + strconv.Itoa(pid) + "/status"
-	go func() {
-		defer close(w.done)
-		t := time.NewTicker(rssPoll)
-		defer t.Stop()
-		for {
-			hwm, ok := readHWM(path)
-			if !ok {
-				return // exited (a zombie has no VmHWM), or no /proc
-			}
-			w.peak.Store(max(w.peak.Load(), hwm))
-			select {
-			case <-t.C:
-			case <-w.stop:
-				return
-			}
-		}
-	}()
+	w := &rssWatch{path: "/proc/" + strconv.Itoa(pid) + "/status"}
+	rssWatches.mu.Lock()
+	defer rssWatches.mu.Unlock()
+	if rssWatches.set == nil {
+		rssWatches.set = map[*rssWatch]struct{}{}
+	}
+	rssWatches.set[w] = struct{}{}
+	if !rssWatches.polling {
+		rssWatches.polling = true
+		go pollRSS()
+	}
 	return w
+}
+
+// pollRSS samples every watch each rssPoll, until none is left.
+func pollRSS() {
+	t := time.NewTicker(rssPoll)
+	defer t.Stop()
+	var ws []*rssWatch
+	for range t.C {
+		rssWatches.mu.Lock()
+		if len(rssWatches.set) == 0 {
+			rssWatches.polling = false
+			rssWatches.mu.Unlock()
+			return
+		}
+		ws = ws[:0]
+		for w := range rssWatches.set {
+			ws = append(ws, w)
+		}
+		rssWatches.mu.Unlock()
+		for _, w := range ws {
+			w.sample()
+		}
+	}
+}
+
+// sample reads the process's peak now; nothing if it is gone (a zombie has
+// no VmHWM) or there is no /proc.
+func (w *rssWatch) sample() {
+	if w == nil {
+		return
+	}
+	if hwm, ok := readHWM(w.path); ok {
+		w.peak.Store(max(w.peak.Load(), hwm))
+	}
 }
 
 // end stops the watch and returns the peak seen, in bytes (0: none).
@@ -124,8 +162,9 @@ func (w *rssWatch) end() int64 {
 	if w == nil {
 		return 0
 	}
-	close(w.stop)
-	<-w.done
+	rssWatches.mu.Lock()
+	delete(rssWatches.set, w)
+	rssWatches.mu.Unlock()
 	return w.peak.Load()
 }
 

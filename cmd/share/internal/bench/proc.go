@@ -31,6 +31,7 @@ type daemon struct {
 	http  *http.Client // reaches its API; nil: httpClient (loopback)
 	done  chan struct{}
 	log   *bytes.Buffer // stderr, for failures
+	rss   *rssWatch
 	mu    sync.Mutex
 }
 
@@ -61,8 +62,8 @@ func startDaemon(cmd *exec.Cmd, m *meter, kind, name, data string) (*daemon, err
 	if err := d.cmd.Start(); err != nil {
 		return nil, err
 	}
-	rss := watchRSS(d.cmd.Process.Pid)
-	go func() { d.cmd.Wait(); m.add(kind, d.cmd.ProcessState, rss.end()); close(d.done) }()
+	d.rss = watchRSS(d.cmd.Process.Pid)
+	go func() { d.cmd.Wait(); m.add(kind, d.cmd.ProcessState, d.rss.end()); close(d.done) }()
 	lines := make(chan string)
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -129,6 +130,7 @@ func (d *daemon) stderr() string {
 
 // kill stops the process at once (SIGKILL), as a crash or a pulled plug would.
 func (d *daemon) kill() {
+	d.rss.sample()
 	d.cmd.Process.Signal(syscall.SIGKILL)
 	<-d.done
 }
@@ -140,6 +142,7 @@ func (d *daemon) stop() {
 		return
 	default:
 	}
+	d.rss.sample()
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-d.done:

@@ -88,6 +88,7 @@ func (b *bencher) makeTorrent(host string, port int) (*torrent, error) {
 type proc struct {
 	cmd  *exec.Cmd
 	done chan struct{}
+	rss  *rssWatch
 }
 
 func startProc(cmd *exec.Cmd, m *meter, kind string) (*proc, error) {
@@ -95,8 +96,8 @@ func startProc(cmd *exec.Cmd, m *meter, kind string) (*proc, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	rss := watchRSS(cmd.Process.Pid)
-	go func() { cmd.Wait(); m.add(kind, cmd.ProcessState, rss.end()); close(p.done) }()
+	p.rss = watchRSS(cmd.Process.Pid)
+	go func() { cmd.Wait(); m.add(kind, cmd.ProcessState, p.rss.end()); close(p.done) }()
 	return p, nil
 }
 
@@ -105,6 +106,7 @@ func (p *proc) stop(grace time.Duration) {
 	if p == nil {
 		return
 	}
+	p.rss.sample()
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-p.done:
