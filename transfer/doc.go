@@ -121,7 +121,7 @@
 // trade with, is the picker's (picker.go): a pure state machine, tested with
 // tables, that the run loop in fetch.go feeds with what happens. A download
 // trades with at most MaxActive sources at once (its active set, refreshed
-// every 10 s by rate, with one random newcomer: BitTorrent's choking seen
+// every 2 s by rate, with one random newcomer: BitTorrent's choking seen
 // from the downloader), asks each for its rarest chunks first, keeps its
 // bandwidth-delay product plus DepthQueueTime of its rate in flight to it,
 // and re-requests the last chunks from a second source (endgame). From a
