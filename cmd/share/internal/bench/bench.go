@@ -121,6 +121,7 @@ type Point struct {
 	Fault        *Fault    `json:"fault,omitempty"`
 	Security     *Security `json:"security,omitempty"`
 	Cost         *Cost     `json:"cost,omitempty"`
+	Startup      *Startup  `json:"startup,omitempty"` // P2P: how the cluster formed
 	// Emulation is what the emulated network did (nil on loopback).
 	Emulation *Emulation `json:"emulation,omitempty"`
 	Error     string     `json:"error,omitempty"`
@@ -452,6 +453,10 @@ type cluster struct {
 	srcArg []string  // how the source was started, to restart it
 	key    string    // P2P security: the members' swarm key file
 	trace  string    // directory of the peers' --trace files; "": none
+	// P2P: when the peers were launched (the seed up), and how long until
+	// every one had printed its addresses and API.
+	launched time.Time
+	started  time.Duration
 }
 
 // command returns the command that runs the share binary with args on the
@@ -537,6 +542,7 @@ func (b *bencher) startCluster(p Point) (*cluster, error) {
 	c.srcArg[4] = tcpAddr(seed.addrs)
 	c.srcArg[6] = strings.TrimPrefix(seed.api, "http://")
 	c.peers = make([]*daemon, p.N)
+	c.launched = time.Now()
 	var g errgroup.Group
 	for k := range p.N {
 		g.Go(func() error {
@@ -549,6 +555,7 @@ func (b *bencher) startCluster(p Point) (*cluster, error) {
 		c.stop()
 		return nil, err
 	}
+	c.started = time.Since(c.launched)
 	return c, nil
 }
 
@@ -628,6 +635,30 @@ func (c *cluster) put(ctx context.Context, d *daemon) (string, error) {
 	return id, err
 }
 
+// Startup is how a P2P point's cluster formed before its downloads: the seed
+// is started first; then its N peers (and any extra: a liar) are launched
+// at once, bootstrapping off the seed's DHT. Times are seconds since that
+// launch. (Issue 9's "start-up at scale": 128 peers on one machine ready in
+// seconds.)
+type Startup struct {
+	Peers   int     `json:"peers"`     // peers launched
+	Started float64 `json:"started_s"` // every peer printed its addresses and API (its host and API are up)
+	Ready   float64 `json:"ready_s"`   // every peer's `share status` answered with a routing table holding another peer
+	// TableMedian and TableMin are the sizes of the peers' DHT routing
+	// tables right after the last peer was ready.
+	TableMedian int `json:"routing_table_median"`
+	TableMin    int `json:"routing_table_min"`
+	// TableAfter is the median size after the downloads (the peers that
+	// were still up): lookups and the swarm's traffic fill the tables.
+	TableAfter int `json:"routing_table_after_median,omitempty"`
+}
+
+// readyWait bounds waitReady: 30 s, and a quarter of a second more per
+// peer, for a large cluster on two cores.
+func readyWait(peers int) time.Duration {
+	return 30*time.Second + time.Duration(peers)*250*time.Millisecond
+}
+
 // status is the part of GET /v1/status the harness reads.
 type status struct {
 	RoutingTable int `json:"routing_table"`
@@ -639,33 +670,69 @@ type status struct {
 
 // waitStatus polls d's status until ok holds, for up to 30 s.
 func waitStatus(ctx context.Context, d *daemon, ok func(status) bool) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	_, err := pollStatus(ctx, d, ok, 30*time.Second)
+	return err
+}
+
+// pollStatus polls d's status until ok holds, for up to limit, and returns
+// the status that did. The polls start 10 ms apart and back off to
+// statusPollMax: a cluster of 128 starting peers polled every 20 ms took
+// 6400 status requests a second from the CPU the peers start with.
+func pollStatus(ctx context.Context, d *daemon, ok func(status) bool, limit time.Duration) (status, error) {
+	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
+	wait := 10 * time.Millisecond
 	for {
 		var st status
 		if err := d.getJSON(ctx, "/v1/status", &st); err == nil && ok(st) {
-			return nil
+			return st, nil
 		}
 		select {
-		case <-time.After(20 * time.Millisecond):
+		case <-time.After(wait):
+			wait = min(2*wait, statusPollMax)
 		case <-ctx.Done():
-			return fmt.Errorf("%s: not ready: %w", d.name, ctx.Err())
+			return status{}, fmt.Errorf("%s: not ready: %w", d.name, ctx.Err())
 		}
 	}
 }
 
-// waitReady waits until every peer knows another through the DHT.
-func (c *cluster) waitReady(ctx context.Context) error {
+// statusPollMax is the longest pause between two polls of a daemon's status.
+const statusPollMax = 200 * time.Millisecond
+
+// waitReady waits until every peer knows another through the DHT, and
+// returns how the cluster formed (nil for a server).
+func (c *cluster) waitReady(ctx context.Context) (*Startup, error) {
 	if c.mode != P2P {
-		return nil
+		return nil, nil
 	}
+	peers := append(slices.Clone(c.peers), c.extra...)
+	su := &Startup{Peers: len(peers), Started: c.started.Seconds()}
 	var g errgroup.Group
-	for _, d := range append(c.peers, c.extra...) {
+	for _, d := range peers {
 		g.Go(func() error {
-			return waitStatus(ctx, d, func(st status) bool { return st.RoutingTable > 0 })
+			_, err := pollStatus(ctx, d, func(st status) bool { return st.RoutingTable > 0 }, readyWait(len(peers)))
+			return err
 		})
 	}
-	return g.Wait()
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	su.Ready = time.Since(c.launched).Seconds()
+	sizes := make([]int, len(peers))
+	for k, d := range peers {
+		g.Go(func() error {
+			var st status
+			err := d.getJSON(ctx, "/v1/status", &st)
+			sizes[k] = st.RoutingTable
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	slices.Sort(sizes)
+	su.TableMin, su.TableMedian = sizes[0], sizes[len(sizes)/2]
+	return su, nil
 }
 
 // downloads starts a `share get` for each of the N downloaders.
@@ -760,7 +827,7 @@ func (b *bencher) setup(ctx context.Context, p *Point) (*cluster, string, error)
 	if err != nil {
 		return nil, "", err
 	}
-	if err := c.waitReady(ctx); err != nil {
+	if p.Startup, err = c.waitReady(ctx); err != nil {
 		c.stop()
 		return nil, "", err
 	}
@@ -871,12 +938,20 @@ func (b *bencher) meter(ctx context.Context, c *cluster, p *Point) {
 		return
 	}
 	p.SourceUpload = int64(read(c.source).sum("share_peer_bytes_sent_total"))
+	var tables []int
 	for _, d := range c.peers {
 		m := read(d)
+		if v, ok := m["share_dht_routing_table_size|*"]; ok {
+			tables = append(tables, int(v))
+		}
 		p.PeerUpload += int64(m.sum("share_peer_bytes_sent_total"))
 		p.FromSource += int64(m["share_peer_chunks_received_total|from=seed"])
 		p.FromPeers += int64(m["share_peer_chunks_received_total|from=peer"])
 		p.BadChunks += int64(m.sum("share_peer_bad_chunks_total"))
+	}
+	if p.Startup != nil && len(tables) > 0 {
+		slices.Sort(tables)
+		p.Startup.TableAfter = tables[len(tables)/2]
 	}
 }
 

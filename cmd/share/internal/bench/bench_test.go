@@ -106,6 +106,12 @@ func TestQuickRun(t *testing.T) {
 		if p.Scenario == ScenarioScaling && (p.Identical != p.N || p.Cost.PerGiB <= 0 || p.Cost.Kind(KindClient).Procs < p.N) {
 			t.Errorf("scaling %s N=%d: %d identical, cost %+v", p.Mode, p.N, p.Identical, p.Cost)
 		}
+		if su := p.Startup; p.Mode == P2P && (su == nil || su.Peers != p.N || su.Started <= 0 || su.Ready < su.Started || su.TableMin < 1) {
+			t.Errorf("%s p2p N=%d: start-up %+v", p.Scenario, p.N, su)
+		}
+		if p.Mode == ClientServer && p.Startup != nil {
+			t.Errorf("%s client-server N=%d: a start-up of a server's cluster: %+v", p.Scenario, p.N, p.Startup)
+		}
 	}
 	for _, k := range []string{"scaling/client-server", "scaling/p2p", "fault/client-server", "fault/p2p", "bad-peer/client-server", "bad-peer/p2p", "churn/p2p", "security/client-server", "security/p2p", "security(flood)/p2p"} {
 		if want[k] == 0 {
@@ -129,6 +135,9 @@ func TestQuickRun(t *testing.T) {
 		t.Errorf("chart.svg is not a chart of four series")
 	}
 	md, _ := os.ReadFile(filepath.Join(outDir, ReportMD))
+	if !strings.Contains(string(md), "Start-up:") {
+		t.Errorf("report.md lacks the start-up table")
+	}
 	for _, row := range []string{"| Architecture |", "| Control |", "| Scalability |", "| Reliability |", "| Security |", "| Resource sharing |"} {
 		if !strings.Contains(string(md), row) {
 			t.Errorf("report.md lacks the row %q", row)
@@ -486,5 +495,33 @@ func TestPacedRate(t *testing.T) {
 		if got := pacedRate(tc.pace, tc.up); got < tc.want-1 || got > tc.want+1 {
 			t.Errorf("pacedRate(%v, %d) = %d, want %d", tc.pace, tc.up, got, tc.want)
 		}
+	}
+}
+
+// TestStartupTable: the start-up table lists every P2P point's figures
+// and is left out when no point has them.
+func TestStartupTable(t *testing.T) {
+	res := &Results{Points: []Point{
+		{Scenario: ScenarioScaling, Mode: ClientServer, N: 4, Run: 1},
+		{Scenario: ScenarioScaling, Mode: P2P, N: 128, Run: 2, Startup: &Startup{Peers: 128, Started: 3.21, Ready: 4.5, TableMedian: 1, TableMin: 1, TableAfter: 47}},
+	}}
+	var b strings.Builder
+	startupTable(&b, res)
+	out := b.String()
+	for _, want := range []string{"Start-up:", "3.21 s", "4.50 s", "1 (min 1)", "47"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("start-up table lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Count(out, "\n  ") != 2 { // a header and one row
+		t.Errorf("start-up table: want one row:\n%s", out)
+	}
+	b.Reset()
+	startupTable(&b, &Results{Points: res.Points[:1]})
+	if b.Len() != 0 {
+		t.Errorf("a start-up table without P2P points:\n%s", b.String())
+	}
+	if readyWait(128) <= readyWait(1) || readyWait(1) < 30*time.Second {
+		t.Errorf("readyWait: %v at N = 1, %v at N = 128", readyWait(1), readyWait(128))
 	}
 }

@@ -58,7 +58,8 @@ func writeCSV(res *Results, path string) error {
 		"source_upload_bytes", "peer_upload_bytes", "chunks_from_seed", "chunks_from_peers", "bad_chunks", "refused",
 		"killed_at_s", "held_at_kill", "finished_without_source", "restarted_at_s", "after_return_s",
 		"cpu_s", "cpu_s_per_gib", "peak_rss_source_bytes", "peak_rss_peer_bytes", "peak_rss_client_bytes",
-		"line_bound_s", "source_up_use", "downloaders_up_use", "downloaders_up_idle", "delay_line_cpu_s", "delay_line_late_over_1ms", "error"})
+		"line_bound_s", "source_up_use", "downloaders_up_use", "downloaders_up_idle", "delay_line_cpu_s", "delay_line_late_over_1ms",
+		"startup_started_s", "startup_ready_s", "routing_table_median", "error"})
 	ff := func(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
 	pos := func(v float64) string { // a time or ratio that exists only when positive
 		if v <= 0 || math.IsNaN(v) {
@@ -97,6 +98,11 @@ func writeCSV(res *Results, path string) error {
 			row = append(row, ff(a.src.UpUse), ff(a.up), ff(a.upIdle), ff(e.DelayLineCPU), ff(e.LateOver1ms))
 		} else {
 			row = append(row, "", "", "", "", "")
+		}
+		if su := p.Startup; su != nil {
+			row = append(row, ff(su.Started), ff(su.Ready), strconv.Itoa(su.TableMedian))
+		} else {
+			row = append(row, "", "", "")
 		}
 		w.Write(append(row, p.Error))
 	}
@@ -195,6 +201,7 @@ func Table(w io.Writer, res *Results) {
 	}
 	rttTable(w, res)
 	costTable(w, res)
+	startupTable(w, res)
 	linksTable(w, res)
 	for _, p := range res.points(ScenarioFault, "half", "") {
 		fmt.Fprintf(w, "\n%s\n", describeFault(p, res))
@@ -261,6 +268,37 @@ func costTable(w io.Writer, res *Results) {
 			row += fmt.Sprintf("%.1f s\t", s.DelayLineCPU)
 		}
 		fmt.Fprintln(tw, row)
+	}
+	tw.Flush()
+}
+
+// startupTable writes how each P2P cluster formed before its downloads.
+func startupTable(w io.Writer, res *Results) {
+	var ps []Point
+	for _, p := range res.Points {
+		if p.Startup != nil {
+			ps = append(ps, p)
+		}
+	}
+	if len(ps) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nStart-up: the seed up, its peers launched at once; seconds until every peer's host and API were up, and until every\n"+
+		"peer's `share status` showed a DHT routing table holding another peer; the routing tables' sizes then (median, smallest)\n"+
+		"and after the downloads (median)\n")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "scenario\tN\trun\tpeers\tup\tin the DHT\trouting table\tafter\t")
+	for _, p := range ps {
+		sc := p.Scenario
+		if p.Variant != "" {
+			sc += "(" + p.Variant + ")"
+		}
+		su := p.Startup
+		after := "—"
+		if su.TableAfter > 0 {
+			after = strconv.Itoa(su.TableAfter)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\t%d (min %d)\t%s\t\n", sc, p.N, p.Run, su.Peers, secs(su.Started), secs(su.Ready), su.TableMedian, su.TableMin, after)
 	}
 	tw.Flush()
 }
