@@ -16,6 +16,10 @@ type metrics struct {
 	badChunks  prometheus.Counter
 	refused    prometheus.Counter // requests refused at the per-peer limit
 	busy       prometheus.Counter // chunk requests answered busy (the asker is choked)
+	// requests counts the chunk-protocol requests this peer answered, by
+	// op: each is two messages (the request and its answer), so with the
+	// chunks received they give the protocol's messages per chunk.
+	requests *prometheus.CounterVec
 	// dialBackoffCleared counts dials of a source that libp2p refused for
 	// its dial backoff and that were tried again (see Node.newStream).
 	dialBackoffCleared prometheus.Counter
@@ -46,6 +50,9 @@ func newMetrics(reg prometheus.Registerer, n *Node) (*metrics, error) {
 		busy: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "share_peer_chunk_requests_busy_total", Help: "Chunk requests answered busy: the upload was full, and the asker is served when it has room.",
 		}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "share_peer_requests_served_total", Help: `Chunk-protocol requests answered, by op ("manifest", "have": a have request or long poll, "chunk"), busy answers included.`,
+		}, []string{"op"}),
 		dialBackoffCleared: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "share_peer_dial_backoff_cleared_total", Help: "Dials of a download's source that libp2p refused for its dial backoff, and that were tried again at once.",
 		}),
@@ -75,7 +82,7 @@ func newMetrics(reg prometheus.Registerer, n *Node) (*metrics, error) {
 	}
 	gauges = append(gauges, n.nat.collectors()...)
 	gauges = append(gauges, n.guard.refused)
-	for _, c := range append([]prometheus.Collector{m.peerSent, m.peerRecv, m.chunksRecv, m.chunksSent, m.badChunks, m.refused, m.busy, m.dialBackoffCleared, m.pexPeers,
+	for _, c := range append([]prometheus.Collector{m.peerSent, m.peerRecv, m.chunksRecv, m.chunksSent, m.badChunks, m.refused, m.busy, m.requests, m.dialBackoffCleared, m.pexPeers,
 		m.lookups, m.lookupSeconds, m.provides, m.provideSeconds}, gauges...) {
 		if err := reg.Register(c); err != nil {
 			return nil, err

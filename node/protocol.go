@@ -33,6 +33,7 @@ func (n *Node) handleStream(s network.Stream) {
 	req, err := transfer.ServeStream(n.ctx, n.countStream(s, "sent"), src, transfer.ServeOptions{
 		Limiter: n.opts.UploadLimit,
 		OnRequest: func(req transfer.Request) {
+			n.m.requests.WithLabelValues(req.OpName()).Inc()
 			n.noticeDownloader(req.ID, pid)
 			if !req.IsChunk() { // a peer's first requests of a share are manifest and have
 				n.noteAsker(req.ID, pid)

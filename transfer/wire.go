@@ -71,6 +71,20 @@ type Request struct {
 // IsChunk reports whether r asks for a chunk.
 func (r Request) IsChunk() bool { return r.Op == opChunk }
 
+// OpName names r's op: "manifest", "have" or "chunk" ("" for another byte;
+// DecodeRequest refuses those).
+func (r Request) OpName() string {
+	switch r.Op {
+	case opManifest:
+		return "manifest"
+	case opHave:
+		return "have"
+	case opChunk:
+		return "chunk"
+	}
+	return ""
+}
+
 // EncodeRequest returns the wire form of r.
 func EncodeRequest(r Request) []byte {
 	b := make([]byte, RequestSize)

@@ -121,7 +121,8 @@ type Point struct {
 	Fault        *Fault    `json:"fault,omitempty"`
 	Security     *Security `json:"security,omitempty"`
 	Cost         *Cost     `json:"cost,omitempty"`
-	Startup      *Startup  `json:"startup,omitempty"` // P2P: how the cluster formed
+	Startup      *Startup  `json:"startup,omitempty"`  // P2P: how the cluster formed
+	Requests     *Requests `json:"requests,omitempty"` // P2P: the chunk protocol's requests
 	// Emulation is what the emulated network did (nil on loopback).
 	Emulation *Emulation `json:"emulation,omitempty"`
 	Error     string     `json:"error,omitempty"`
@@ -161,6 +162,11 @@ type Summary struct {
 	// delay line (not in CPU: it is the emulation's, not share's).
 	DelayLineCPU float64          `json:"delay_line_cpu_s,omitempty"`
 	PeakRSS      map[string]int64 `json:"peak_rss_bytes,omitempty"`
+	// RequestsPerChunk and BusyPerChunk are the medians of the runs'
+	// chunk-protocol requests and busy answers per chunk received (P2P;
+	// see Requests).
+	RequestsPerChunk float64 `json:"requests_per_chunk,omitempty"`
+	BusyPerChunk     float64 `json:"busy_per_chunk,omitempty"`
 }
 
 // Results is everything a run measured.
@@ -653,6 +659,31 @@ type Startup struct {
 	TableAfter int `json:"routing_table_after_median,omitempty"`
 }
 
+// Requests are the chunk-protocol requests the seed and the peers answered
+// during a P2P point (share_peer_requests_served_total and
+// share_peer_chunk_requests_busy_total, from the daemons still up at its
+// end; so only in the scaling and rtt scenarios, where none is killed,
+// stopped or flooded): each is two messages, a request and its answer. Divided by the
+// chunks the downloaders received, they say what the protocol costs per
+// chunk. The figure moves with the swarm's timing as much as CPU time does
+// (two runs of the same N = 64 point: 6.41 and 7.78 requests per chunk,
+// the have requests 13347 and 17217), so compare medians of several runs.
+type Requests struct {
+	Manifest int64 `json:"manifest"`
+	Have     int64 `json:"have"`  // have requests and long polls
+	Chunk    int64 `json:"chunk"` // chunk requests, busy ones included
+	Busy     int64 `json:"busy"`  // chunk requests answered busy
+}
+
+// PerChunk returns the requests (every op) and the busy answers per chunk
+// received, for chunks received; zeros if none was.
+func (r *Requests) PerChunk(chunks int64) (requests, busy float64) {
+	if r == nil || chunks <= 0 {
+		return 0, 0
+	}
+	return float64(r.Manifest+r.Have+r.Chunk) / float64(chunks), float64(r.Busy) / float64(chunks)
+}
+
 // readyWait bounds waitReady: 30 s, and a quarter of a second more per
 // peer, for a large cluster on two cores.
 func readyWait(peers int) time.Duration {
@@ -937,10 +968,20 @@ func (b *bencher) meter(ctx context.Context, c *cluster, p *Point) {
 		p.SourceUpload = int64(read(c.source)["share_bytes_served_total"])
 		return
 	}
-	p.SourceUpload = int64(read(c.source).sum("share_peer_bytes_sent_total"))
+	src := read(c.source)
+	p.SourceUpload = int64(src.sum("share_peer_bytes_sent_total"))
+	var reqs Requests
+	count := func(m metrics) {
+		reqs.Manifest += int64(m["share_peer_requests_served_total|op=manifest"])
+		reqs.Have += int64(m["share_peer_requests_served_total|op=have"])
+		reqs.Chunk += int64(m["share_peer_requests_served_total|op=chunk"])
+		reqs.Busy += int64(m.sum("share_peer_chunk_requests_busy_total"))
+	}
+	count(src)
 	var tables []int
 	for _, d := range c.peers {
 		m := read(d)
+		count(m)
 		if v, ok := m["share_dht_routing_table_size|*"]; ok {
 			tables = append(tables, int(v))
 		}
@@ -948,6 +989,9 @@ func (b *bencher) meter(ctx context.Context, c *cluster, p *Point) {
 		p.FromSource += int64(m["share_peer_chunks_received_total|from=seed"])
 		p.FromPeers += int64(m["share_peer_chunks_received_total|from=peer"])
 		p.BadChunks += int64(m.sum("share_peer_bad_chunks_total"))
+	}
+	if c.mode == P2P && (p.Scenario == ScenarioScaling || p.Scenario == ScenarioRTT) {
+		p.Requests = &reqs // not where daemons are killed, stopped or flooded
 	}
 	if p.Startup != nil && len(tables) > 0 {
 		slices.Sort(tables)
@@ -1154,10 +1198,13 @@ func summarize(points []Point) []Summary {
 			s.Median, s.Min, s.Max = median(ds), ds[0], ds[len(ds)-1]
 			s.Ratio = s.Median / s.Bound
 		}
-		var cpu, perGiB, dl []float64
+		var cpu, perGiB, dl, reqs, busy []float64
 		for _, p := range ps {
 			if p.Emulation != nil {
 				dl = append(dl, p.Emulation.DelayLineCPU)
+			}
+			if r, b := p.Requests.PerChunk(p.FromSource + p.FromPeers); r > 0 {
+				reqs, busy = append(reqs, r), append(busy, b)
 			}
 			if p.Cost == nil {
 				continue
@@ -1184,6 +1231,11 @@ func summarize(points []Point) []Summary {
 		if len(dl) > 0 {
 			slices.Sort(dl)
 			s.DelayLineCPU = median(dl)
+		}
+		if len(reqs) > 0 {
+			slices.Sort(reqs)
+			slices.Sort(busy)
+			s.RequestsPerChunk, s.BusyPerChunk = median(reqs), median(busy)
 		}
 		out = append(out, s)
 	}

@@ -109,6 +109,10 @@ func TestQuickRun(t *testing.T) {
 		if su := p.Startup; p.Mode == P2P && (su == nil || su.Peers != p.N || su.Started <= 0 || su.Ready < su.Started || su.TableMin < 1) {
 			t.Errorf("%s p2p N=%d: start-up %+v", p.Scenario, p.N, su)
 		}
+		// (Scaling only: a point that kills or stops a daemon loses its counters.)
+		if r := p.Requests; p.Mode == P2P && p.Scenario == ScenarioScaling && (r == nil || r.Chunk < p.FromSource+p.FromPeers || r.Have == 0 || r.Manifest == 0) {
+			t.Errorf("%s p2p N=%d: requests %+v for %d chunks received", p.Scenario, p.N, r, p.FromSource+p.FromPeers)
+		}
 		if p.Mode == ClientServer && p.Startup != nil {
 			t.Errorf("%s client-server N=%d: a start-up of a server's cluster: %+v", p.Scenario, p.N, p.Startup)
 		}
@@ -523,5 +527,47 @@ func TestStartupTable(t *testing.T) {
 	}
 	if readyWait(128) <= readyWait(1) || readyWait(1) < 30*time.Second {
 		t.Errorf("readyWait: %v at N = 1, %v at N = 128", readyWait(1), readyWait(128))
+	}
+}
+
+// TestRequestsPerChunk: the protocol's requests per chunk are summarised
+// as medians over runs and shown in the cost table for P2P points only.
+func TestRequestsPerChunk(t *testing.T) {
+	if r, b := (*Requests)(nil).PerChunk(10); r != 0 || b != 0 {
+		t.Errorf("nil requests: %v, %v", r, b)
+	}
+	if r, b := (&Requests{Chunk: 5}).PerChunk(0); r != 0 || b != 0 {
+		t.Errorf("no chunks: %v, %v", r, b)
+	}
+	run := func(run int, have, chunk, busy int64) Point {
+		return Point{Scenario: ScenarioScaling, Mode: P2P, N: 2, Run: run, Distribution: 1, Bound: 1, FromSource: 40, FromPeers: 60,
+			Requests: &Requests{Manifest: 3, Have: have, Chunk: chunk, Busy: busy}}
+	}
+	res := &Results{Points: []Point{
+		{Scenario: ScenarioScaling, Mode: ClientServer, N: 2, Run: 1, Distribution: 1, Bound: 1, Cost: &Cost{CPU: 1}},
+		run(1, 97, 200, 50), run(2, 197, 300, 150), run(3, 397, 100, 0),
+	}}
+	for k := range res.Points {
+		res.Points[k].Cost = &Cost{CPU: 1}
+	}
+	res.Summaries = summarize(res.Points)
+	var p2p Summary
+	for _, s := range res.Summaries {
+		if s.Mode == P2P {
+			p2p = s
+		}
+		if s.Mode == ClientServer && s.RequestsPerChunk != 0 {
+			t.Errorf("client-server summary with requests: %+v", s)
+		}
+	}
+	// Runs: (3+97+200)/100 = 3, (3+197+300)/100 = 5, (3+397+100)/100 = 5;
+	// busy 0.5, 1.5, 0.
+	if p2p.RequestsPerChunk != 5 || p2p.BusyPerChunk != 0.5 {
+		t.Errorf("p2p summary: %v requests and %v busy per chunk, want 5 and 0.5", p2p.RequestsPerChunk, p2p.BusyPerChunk)
+	}
+	var b strings.Builder
+	costTable(&b, res)
+	if out := b.String(); !strings.Contains(out, "requests/chunk") || !strings.Contains(out, "5.00") || !strings.Contains(out, "—") {
+		t.Errorf("cost table:\n%s", out)
 	}
 }

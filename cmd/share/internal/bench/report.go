@@ -59,7 +59,7 @@ func writeCSV(res *Results, path string) error {
 		"killed_at_s", "held_at_kill", "finished_without_source", "restarted_at_s", "after_return_s",
 		"cpu_s", "cpu_s_per_gib", "peak_rss_source_bytes", "peak_rss_peer_bytes", "peak_rss_client_bytes",
 		"line_bound_s", "source_up_use", "downloaders_up_use", "downloaders_up_idle", "delay_line_cpu_s", "delay_line_late_over_1ms",
-		"startup_started_s", "startup_ready_s", "routing_table_median", "error"})
+		"startup_started_s", "startup_ready_s", "routing_table_median", "requests_manifest", "requests_have", "requests_chunk", "requests_busy", "error"})
 	ff := func(v float64) string { return strconv.FormatFloat(v, 'f', 3, 64) }
 	pos := func(v float64) string { // a time or ratio that exists only when positive
 		if v <= 0 || math.IsNaN(v) {
@@ -103,6 +103,11 @@ func writeCSV(res *Results, path string) error {
 			row = append(row, ff(su.Started), ff(su.Ready), strconv.Itoa(su.TableMedian))
 		} else {
 			row = append(row, "", "", "")
+		}
+		if r := p.Requests; r != nil {
+			row = append(row, strconv.FormatInt(r.Manifest, 10), strconv.FormatInt(r.Have, 10), strconv.FormatInt(r.Chunk, 10), strconv.FormatInt(r.Busy, 10))
+		} else {
+			row = append(row, "", "", "", "")
 		}
 		w.Write(append(row, p.Error))
 	}
@@ -250,11 +255,18 @@ func costTable(w io.Writer, res *Results) {
 	if dl {
 		what += "; the delay line's CPU seconds apart (the emulation's, not in CPU)"
 	}
+	rq := slices.ContainsFunc(res.Summaries, func(s Summary) bool { return s.RequestsPerChunk > 0 })
+	if rq {
+		what += "; for P2P, the chunk protocol's requests per chunk received (each a request and an answer), and of them busy answers"
+	}
 	fmt.Fprintf(w, "\nCost: %s\n", what)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	head := "scenario\tmode\tN\tCPU\tCPU/GiB\tsource RSS\tpeer RSS\tclient RSS\t"
 	if dl {
 		head += "delay line\t"
+	}
+	if rq {
+		head += "requests/chunk\tbusy/chunk\t"
 	}
 	fmt.Fprintln(tw, head)
 	for _, s := range res.Summaries {
@@ -266,6 +278,13 @@ func costTable(w io.Writer, res *Results) {
 			mib(s.PeakRSS[KindSource]), mib(s.PeakRSS[KindPeer]), mib(s.PeakRSS[KindClient]))
 		if dl {
 			row += fmt.Sprintf("%.1f s\t", s.DelayLineCPU)
+		}
+		if rq {
+			if s.RequestsPerChunk > 0 {
+				row += fmt.Sprintf("%.2f\t%.2f\t", s.RequestsPerChunk, s.BusyPerChunk)
+			} else {
+				row += "—\t—\t"
+			}
 		}
 		fmt.Fprintln(tw, row)
 	}
