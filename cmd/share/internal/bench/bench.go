@@ -663,9 +663,9 @@ type Startup struct {
 // during a P2P point (share_peer_requests_served_total and
 // share_peer_chunk_requests_busy_total, from the daemons still up at its
 // end; so only in the scaling and rtt scenarios, where none is killed,
-// stopped or flooded): each is two messages, a request and its answer. Divided by the
-// chunks the downloaders received, they say what the protocol costs per
-// chunk. The figure moves with the swarm's timing as much as CPU time does
+// stopped or flooded): each is two messages, a request and its answer.
+// Divided by the chunks the downloaders received, they say what the
+// protocol costs per chunk. The figure moves with the swarm's timing as much as CPU time does
 // (two runs of the same N = 64 point: 6.41 and 7.78 requests per chunk,
 // the have requests 13347 and 17217), so compare medians of several runs.
 type Requests struct {
