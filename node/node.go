@@ -19,6 +19,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
@@ -265,6 +266,7 @@ func newHost(key crypto.PrivKey, opts Options, gater *allowList, guard *streamGu
 		libp2p.Transport(tcp.NewTCPTransport),
 		libp2p.Security(libp2ptls.ID, newBatchedTLS), // tlsbatch.go
 		libp2p.Security(noise.ID, noise.New),
+		libp2p.Muxer(yamux.ID, chunkMuxer), // muxer.go
 		libp2p.ResourceManager(guardedRM{rm, guard}),
 		libp2p.ConnectionManager(cm),
 		libp2p.SwarmOpts(swarm.WithDialRanker(tcpFirst)),
